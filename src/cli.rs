@@ -1,0 +1,160 @@
+//! The command line: `serve`, `check-config`, `hash-password`. Exit codes: 0 done, 1 runtime
+//! failure, 64 bad usage or configuration (EX_USAGE).
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, ConfigSource};
+
+pub const EXIT_RUNTIME: u8 = 1;
+pub const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "authgate", version, about = "Authentication gateway for Rocket.Chat-compatible chat backends")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ConfigArg),
+    /// Validate the configuration and the users file; list every problem.
+    CheckConfig(ConfigArg),
+    /// Read a password from stdin (prompting without echo on a terminal) and print its argon2id PHC hash.
+    HashPassword,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Config file; without it, AUTHGATE_CONFIG, then ./config.toml, then the embedded default.
+    #[arg(long, short = 'c', env = "AUTHGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn source(&self) -> Result<ConfigSource, ConfigError> {
+        match &self.config {
+            Some(p) => ConfigSource::from_file(p),
+            None if std::path::Path::new("config.toml").exists() => ConfigSource::from_file(std::path::Path::new("config.toml")),
+            None => Ok(ConfigSource::embedded_default()),
+        }
+    }
+}
+
+/// Loads and fully validates a config, including the files it names.
+pub fn load_config(arg: &ConfigArg) -> Result<Config, ConfigError> {
+    let source = arg.source()?;
+    let config = Config::load(&source)?;
+    if let Some(local) = &config.directory.local {
+        if let Err(problems) = crate::directory::local::load_users(&local.users_file) {
+            return Err(ConfigError { source_name: source.name, problems });
+        }
+    }
+    Ok(config)
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(arg) => serve(&arg),
+        Command::CheckConfig(arg) => match load_config(&arg) {
+            Ok(_) => {
+                println!("configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::HashPassword => hash_password(),
+    }
+}
+
+fn serve(arg: &ConfigArg) -> ExitCode {
+    let config = match load_config(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    crate::logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.server.worker_threads).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("authgate: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(async move {
+        let running = match crate::server::start(config).await {
+            Ok(r) => r,
+            Err(e @ crate::server::StartError::Config(_)) => {
+                eprint!("invalid configuration:\n{e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            Err(e) => {
+                eprintln!("authgate: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        for addr in &running.addrs {
+            // Tests and scripts read this line to learn the port when listening on port 0.
+            println!("authgate listening on {addr}");
+        }
+        tracing::info!(addrs = ?running.addrs, "authgate started");
+        wait_for_stop_signal().await;
+        tracing::info!("stop signal received; draining connections");
+        running.shutdown().await;
+        tracing::info!("authgate stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ");
+        let second = rpassword::prompt_password("Repeat password: ");
+        match (first, second) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("authgate: the passwords do not match");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("authgate: cannot read the password: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        }
+    } else {
+        let mut input = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+            eprintln!("authgate: cannot read the password from stdin: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        // Only the line ending a shell or `echo` adds is removed; every other character counts.
+        let trimmed = input.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&input);
+        trimmed.to_string()
+    };
+    if password.is_empty() {
+        eprintln!("authgate: the password is empty; give a non-empty password on stdin");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    println!("{}", crate::password::hash_password(&password));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,78 @@
+//! The config file as written by an operator: every field optional, no semantics yet.
+//! `super::validate` turns it into the typed `Config` and reports every problem at once.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    pub server: Option<RawServer>,
+    pub upstream: Option<RawUpstream>,
+    pub session: Option<RawSession>,
+    pub directory: Option<RawDirectory>,
+    pub routes: Option<RawRoutes>,
+    pub log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    pub listen: Option<OneOrMany>,
+    pub public_url: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_header_bytes: Option<i64>,
+    pub max_connections: Option<i64>,
+    pub login_body_limit: Option<i64>,
+    pub shutdown_grace: Option<String>,
+    pub worker_threads: Option<i64>,
+    pub password_hash_concurrency: Option<i64>,
+    pub login_queue_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawUpstream {
+    pub url: Option<String>,
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub pool_max_idle_per_host: Option<i64>,
+    pub preserve_host: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSession {
+    pub store: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_url_file: Option<String>,
+    pub redis_timeout: Option<String>,
+    pub key_prefix: Option<String>,
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDirectory {
+    pub local: Option<RawLocalDirectory>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLocalDirectory {
+    pub users_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRoutes {
+    pub public: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}

@@ -1,0 +1,164 @@
+//! The local users file (`[[users]]` entries, see DESIGN.md).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{fold, stable_user_id, AuthOutcome, Authenticated, Directory, Identity, UserProfile};
+use crate::config::ConfigProblem;
+use crate::error::GatewayError;
+use crate::password::{check_hash_format, Password, Verifier};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    id: Option<String>,
+    username: String,
+    name: Option<String>,
+    email: Option<String>,
+    password_hash: String,
+    roles: Option<Vec<String>>,
+    active: Option<bool>,
+    totp_secret: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalUser {
+    pub profile: UserProfile,
+    pub password_hash: String,
+    pub active: bool,
+    pub totp_secret: Option<String>,
+}
+
+pub struct LocalDirectory {
+    users: Vec<LocalUser>,
+    by_username: HashMap<String, usize>,
+    by_email: HashMap<String, usize>,
+    by_id: HashMap<String, usize>,
+    verifier: Verifier,
+}
+
+fn problem(file: &Path, key: String, problem: impl Into<String>, fix: impl Into<String>) -> ConfigProblem {
+    ConfigProblem { key: format!("{}: {key}", file.display()), problem: problem.into(), fix: fix.into() }
+}
+
+/// Reads and validates a users file, reporting every problem.
+pub fn load_users(path: &Path) -> Result<Vec<LocalUser>, Vec<ConfigProblem>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigProblem {
+            key: "directory.local.users_file".into(),
+            problem: format!("cannot read {}: {e}", path.display()),
+            fix: "create the file (it may hold no users) or correct the path; relative paths resolve against the config file's folder".into(),
+        }]
+    })?;
+    let parsed: UsersFile = toml::from_str(&text).map_err(|e| {
+        vec![problem(path, "users".into(), e.message().to_string(), "each [[users]] entry takes id, username, name, email, password_hash, roles, active, totp_secret")]
+    })?;
+    let mut problems = Vec::new();
+    let mut seen_names = HashMap::new();
+    let mut seen_emails = HashMap::new();
+    let mut seen_ids = HashMap::new();
+    let mut users = Vec::new();
+    for (i, u) in parsed.users.into_iter().enumerate() {
+        let key = |field: &str| format!("users[{i}].{field}");
+        let username = u.username.trim().to_string();
+        if username.is_empty() || username.contains('@') || username.chars().any(char::is_whitespace) {
+            problems.push(problem(path, key("username"), format!("`{username}` is not a usable username"), "use a name without spaces or '@'"));
+        }
+        if let Some(prev) = seen_names.insert(fold(&username), i) {
+            problems.push(problem(path, key("username"), format!("`{username}` repeats users[{prev}] (names match case-insensitively)"), "give every user a distinct username"));
+        }
+        if let Err(why) = check_hash_format(&u.password_hash) {
+            problems.push(problem(path, key("password_hash"), why, "generate one with `authgate hash-password`"));
+        }
+        let email = u.email.map(|e| e.trim().to_string()).filter(|e| !e.is_empty());
+        if let Some(e) = &email {
+            if !e.contains('@') {
+                problems.push(problem(path, key("email"), format!("`{e}` is not an email address"), "write name@domain or leave it out"));
+            }
+            if let Some(prev) = seen_emails.insert(fold(e), i) {
+                problems.push(problem(path, key("email"), format!("`{e}` repeats users[{prev}]"), "give every user a distinct email"));
+            }
+        }
+        let id = u.id.unwrap_or_else(|| stable_user_id("local", &fold(&username)));
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+            problems.push(problem(path, key("id"), format!("`{id}` is not a usable id"), "use letters, digits, '.', '_' or '-' (or leave it out to derive one)"));
+        }
+        if let Some(prev) = seen_ids.insert(id.clone(), i) {
+            problems.push(problem(path, key("id"), format!("`{id}` repeats users[{prev}]"), "give every user a distinct id"));
+        }
+        let totp_secret = u.totp_secret.map(|s| s.trim().replace(' ', "").to_uppercase()).filter(|s| !s.is_empty());
+        if let Some(s) = &totp_secret {
+            if let Err(why) = crate::totp::secret_problem(s) {
+                problems.push(problem(path, key("totp_secret"), why, "use a base32 secret of at least 128 bits (26+ characters), e.g. from `authgate totp enroll`"));
+            }
+        }
+        let roles = u.roles.unwrap_or_else(|| vec!["user".into()]);
+        users.push(LocalUser {
+            profile: UserProfile { id, name: u.name.unwrap_or_else(|| username.clone()), username, email, roles, directory: "local".into() },
+            password_hash: u.password_hash,
+            active: u.active.unwrap_or(true),
+            totp_secret,
+        });
+    }
+    if problems.is_empty() {
+        Ok(users)
+    } else {
+        Err(problems)
+    }
+}
+
+impl LocalDirectory {
+    pub fn new(users: Vec<LocalUser>, verifier: Verifier) -> Self {
+        let mut by_username = HashMap::new();
+        let mut by_email = HashMap::new();
+        let mut by_id = HashMap::new();
+        for (i, u) in users.iter().enumerate() {
+            by_username.insert(fold(&u.profile.username), i);
+            if let Some(e) = &u.profile.email {
+                by_email.insert(fold(e), i);
+            }
+            by_id.insert(u.profile.id.clone(), i);
+        }
+        Self { users, by_username, by_email, by_id, verifier }
+    }
+
+    fn find(&self, identity: &Identity) -> Option<&LocalUser> {
+        let idx = match identity {
+            Identity::Username(u) => self.by_username.get(&fold(u)),
+            Identity::Email(e) => self.by_email.get(&fold(e)),
+        };
+        idx.map(|&i| &self.users[i])
+    }
+}
+
+#[async_trait]
+impl Directory for LocalDirectory {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn authenticate(&self, identity: &Identity, password: &Password) -> Result<AuthOutcome, GatewayError> {
+        let user = self.find(identity);
+        // Unknown users are verified against a dummy hash, so they cost the same as a wrong password.
+        let ok = self.verifier.verify(password, user.map(|u| u.password_hash.as_str())).await?;
+        Ok(match user {
+            None => AuthOutcome::UnknownUser,
+            Some(u) if ok && u.active => AuthOutcome::Authenticated(Authenticated { profile: u.profile.clone(), totp_secret: u.totp_secret.clone() }),
+            Some(_) => AuthOutcome::Rejected,
+        })
+    }
+
+    async fn current_profile(&self, user_id: &str) -> Result<Option<UserProfile>, GatewayError> {
+        Ok(self.by_id.get(user_id).map(|&i| &self.users[i]).filter(|u| u.active).map(|u| u.profile.clone()))
+    }
+}

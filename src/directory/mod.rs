@@ -1,0 +1,126 @@
+//! Directories answer "who is this, and is this their password?". The local users file is one;
+//! LDAP is another. The first directory that knows a login decides it.
+
+pub mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::GatewayError;
+use crate::password::Password;
+
+/// What the client typed to name itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Username(String),
+    Email(String),
+}
+
+impl Identity {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Identity::Username(s) | Identity::Email(s) => s,
+        }
+    }
+}
+
+/// The identity a session carries and `me` is built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserProfile {
+    pub id: String,
+    pub username: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub roles: Vec<String>,
+    /// The directory that authenticated the user (`local`, `ldap`).
+    pub directory: String,
+}
+
+/// A user whose password was verified.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub profile: UserProfile,
+    /// Base32 TOTP secret when the user must give a second factor.
+    pub totp_secret: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum AuthOutcome {
+    Authenticated(Authenticated),
+    /// Known to this directory, but the credentials are wrong or the account is disabled.
+    Rejected,
+    /// Not known here: the next directory may decide.
+    UnknownUser,
+}
+
+#[async_trait]
+pub trait Directory: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn authenticate(&self, identity: &Identity, password: &Password) -> Result<AuthOutcome, GatewayError>;
+    /// The current profile of a user this directory issued a session for, or None when the user
+    /// is gone or disabled (their sessions must then stop working).
+    async fn current_profile(&self, user_id: &str) -> Result<Option<UserProfile>, GatewayError>;
+}
+
+pub type DynDirectory = Arc<dyn Directory>;
+
+/// The configured directories in order.
+#[derive(Clone)]
+pub struct Directories {
+    list: Vec<DynDirectory>,
+}
+
+impl Directories {
+    pub fn new(list: Vec<DynDirectory>) -> Self {
+        Self { list }
+    }
+
+    pub async fn authenticate(&self, identity: &Identity, password: &Password) -> Result<Option<Authenticated>, GatewayError> {
+        for d in &self.list {
+            match d.authenticate(identity, password).await? {
+                AuthOutcome::Authenticated(a) => return Ok(Some(a)),
+                // A wrong password never falls through to the next directory.
+                AuthOutcome::Rejected => return Ok(None),
+                AuthOutcome::UnknownUser => continue,
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn current_profile(&self, profile: &UserProfile) -> Result<Option<UserProfile>, GatewayError> {
+        match self.list.iter().find(|d| d.name() == profile.directory) {
+            Some(d) => d.current_profile(&profile.id).await,
+            None => Ok(None),
+        }
+    }
+}
+
+const ID_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuvwxyz";
+
+/// A stable 17-character id in Rocket.Chat's `Random.id()` alphabet, derived from `seed`.
+pub fn stable_user_id(namespace: &str, seed: &str) -> String {
+    let digest = Sha256::digest(format!("authgate:{namespace}:{seed}").as_bytes());
+    digest.iter().take(17).map(|b| ID_ALPHABET[*b as usize % ID_ALPHABET.len()] as char).collect()
+}
+
+/// Case folding used for every login comparison (and for regulation keys).
+pub fn fold(s: &str) -> String {
+    s.trim().to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_ids_have_rocket_chat_form() {
+        let a = stable_user_id("local", "alice");
+        assert_eq!(a.len(), 17);
+        assert!(a.bytes().all(|b| ID_ALPHABET.contains(&b)));
+        assert_eq!(a, stable_user_id("local", "alice"));
+        assert_ne!(a, stable_user_id("local", "bob"));
+    }
+}

@@ -1,0 +1,280 @@
+//! What the upstream receives: client identity, forwarding and hop-by-hop headers stripped, our
+//! own identity and forwarding headers injected once each, bodies streamed both ways.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
+
+use crate::config::UpstreamConfig;
+use crate::error::{Body, GatewayError};
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the legacy ones proxies still meet.
+const HOP_BY_HOP: [&str; 9] =
+    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Identity the gateway injects to the upstream.
+pub struct Identity<'a> {
+    pub user_id: &'a str,
+    pub token: &'a str,
+}
+
+/// Header names compared as the backends may normalise them: lower case, `_` read as `-`.
+fn normalised(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Headers a client may never set, because the upstream (or a framework in front of it) could
+/// read them as identity, client address, or the real request target.
+fn is_client_forbidden(norm: &str) -> bool {
+    matches!(
+        norm,
+        "x-auth-token" | "x-user-id" | "x-real-ip" | "forwarded" | "x-original-url" | "x-rewrite-url" | "x-http-method-override"
+            | "x-method-override" | "x-2fa-code" | "x-client-ip" | "true-client-ip" | "cf-connecting-ip" | "x-cluster-client-ip"
+    ) || norm.starts_with("x-forwarded-")
+        || norm.starts_with("x-original-")
+        || norm.starts_with("x-remote-")
+}
+
+/// Cookies that Rocket.Chat reads as credentials on file and avatar routes.
+fn strip_credential_cookies(headers: &mut HeaderMap) {
+    let cookies: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    if cookies.is_empty() {
+        return;
+    }
+    headers.remove(header::COOKIE);
+    for value in cookies {
+        let Ok(text) = value.to_str() else { continue };
+        let kept: Vec<&str> = text
+            .split(';')
+            .map(str::trim)
+            .filter(|c| {
+                let name = c.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+                !c.is_empty() && name != "rc_uid" && name != "rc_token"
+            })
+            .collect();
+        if !kept.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                headers.append(header::COOKIE, v);
+            }
+        }
+    }
+}
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy; then the rightmost
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut chain: Vec<IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let Ok(s) = v.to_str() else { return peer };
+        for part in s.split(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) => chain.push(ip),
+                // A malformed chain cannot be trusted past this point.
+                Err(_) => return peer,
+            }
+        }
+    }
+    let mut found = peer;
+    for ip in chain.iter().rev() {
+        found = *ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    found
+}
+
+/// Rewrites request headers in place for the upstream.
+pub fn rewrite_request_headers(headers: &mut HeaderMap, identity: Option<&Identity<'_>>, client: IpAddr, peer: IpAddr, peer_trusted: bool) {
+    // Names listed in Connection go first, before anything is injected (Traefik CVE-2024-45410).
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| normalised(t.trim())).collect::<Vec<_>>())
+        .collect();
+    let prior_xff: Vec<String> =
+        if peer_trusted { headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect() } else { Vec::new() };
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = normalised(name.as_str());
+            HOP_BY_HOP.contains(&n.as_str()) || listed.contains(&n) || is_client_forbidden(&n)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+    strip_credential_cookies(headers);
+    if let Some(id) = identity {
+        if let (Ok(uid), Ok(tok)) = (HeaderValue::from_str(id.user_id), HeaderValue::from_str(id.token)) {
+            headers.insert("x-user-id", uid);
+            headers.insert("x-auth-token", tok);
+        }
+    }
+    let mut xff = prior_xff.join(", ");
+    if !xff.is_empty() {
+        xff.push_str(", ");
+    }
+    xff.push_str(&peer.to_string());
+    headers.insert("x-real-ip", HeaderValue::from_str(&client.to_string()).expect("an IP is a valid header value"));
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+/// Removes hop-by-hop headers from an upstream response.
+pub fn rewrite_response_headers(headers: &mut HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| normalised(t.trim())).collect::<Vec<_>>())
+        .collect();
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            let n = normalised(n.as_str());
+            HOP_BY_HOP.contains(&n.as_str()) || listed.contains(&n)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
+/// One pooled keep-alive client to the chat backend.
+pub struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    host_header: HeaderValue,
+    preserve_host: bool,
+    timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            // Without a timer the idle timeout silently does nothing (hyper#3640).
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(connector);
+        let authority = config.url.authority().expect("validated upstream URL has an authority").clone();
+        Self {
+            client,
+            scheme: config.url.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
+            host_header: HeaderValue::from_str(authority.as_str()).expect("authority is a valid header value"),
+            authority,
+            preserve_host: config.preserve_host,
+            timeout: config.timeout,
+        }
+    }
+
+    /// Sends a request whose headers were already rewritten to `forward` (canonical path+query).
+    pub async fn send(&self, mut req: Request<Incoming>, forward: &str) -> Result<Response<Body>, GatewayError> {
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(forward)
+            .build()
+            .map_err(|_| GatewayError::BadRequest("The request target cannot be forwarded."))?;
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_11;
+        if !self.preserve_host || !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, self.host_header.clone());
+        }
+        let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => return Err(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) => return Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
+            Ok(Ok(resp)) => resp,
+        };
+        let (mut parts, body) = resp.into_parts();
+        rewrite_response_headers(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn client_identity_and_forwarding_headers_are_replaced() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-auth-token", "evil"), ("X_Auth_Token", "evil"), ("x-user-id", "admin"), ("x_user_id", "admin"), ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-for", "1.2.3.4"), ("x-forwarded-host", "evil"), ("forwarded", "for=1.2.3.4"), ("x-original-url", "/admin"),
+            ("connection", "keep-alive, x-custom"), ("x-custom", "dropped"), ("keep-alive", "timeout=5"), ("upgrade", "websocket"),
+            ("cookie", "a=1; rc_uid=admin; rc_token=evil; b=2"), ("accept", "application/json"),
+        ] {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
+        }
+        let id = Identity { user_id: "U1", token: "T1" };
+        rewrite_request_headers(&mut h, Some(&id), ip("10.0.0.9"), ip("10.0.0.9"), false);
+        assert_eq!(h.get_all("x-user-id").iter().collect::<Vec<_>>(), vec!["U1"]);
+        assert_eq!(h.get_all("x-auth-token").iter().collect::<Vec<_>>(), vec!["T1"]);
+        assert_eq!(h.get_all("x-real-ip").iter().collect::<Vec<_>>(), vec!["10.0.0.9"]);
+        assert_eq!(h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), vec!["10.0.0.9"]);
+        for gone in ["x_auth_token", "x_user_id", "x-forwarded-host", "forwarded", "x-original-url", "connection", "x-custom", "keep-alive", "upgrade"] {
+            assert!(!h.contains_key(gone), "{gone} survived");
+        }
+        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
+        assert_eq!(h.get("accept").unwrap(), "application/json");
+    }
+
+    #[test]
+    fn connection_cannot_remove_injected_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-user-id, x-auth-token, x-real-ip, x-forwarded-for"));
+        rewrite_request_headers(&mut h, Some(&Identity { user_id: "U1", token: "T1" }), ip("192.0.2.1"), ip("192.0.2.1"), false);
+        assert_eq!(h.get("x-user-id").unwrap(), "U1");
+        assert_eq!(h.get("x-real-ip").unwrap(), "192.0.2.1");
+    }
+
+    #[test]
+    fn client_ip_reads_forwarded_for_only_from_trusted_peers() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.5, 10.0.0.2"));
+        assert_eq!(client_ip(ip("198.51.100.1"), &h, &trusted), ip("198.51.100.1"));
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.5"));
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &[]), ip("10.0.0.1"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("garbage, 10.0.0.2"));
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"));
+    }
+}

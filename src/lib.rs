@@ -1,0 +1,17 @@
+//! authgate: an authentication gateway in front of Rocket.Chat-compatible chat backends.
+//! See DESIGN.md for the request flow; `gateway.rs` is where a request is decided.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod forward;
+pub mod gateway;
+pub mod logging;
+pub mod login;
+pub mod password;
+pub mod route;
+pub mod server;
+pub mod session;
+pub mod totp;

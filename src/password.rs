@@ -1,0 +1,174 @@
+//! Password hashing and verification. Verification is CPU-heavy (argon2id ≈ 25 ms, 19 MiB), so it
+//! runs on the blocking pool behind a semaphore: a burst of logins waits its turn (or gets a fast
+//! 503) instead of starving proxied traffic on the async workers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::error::{Dependency, GatewayError};
+
+/// A password as the client sent it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Password {
+    Plain(String),
+    /// Meteor's `{digest: sha256 hex, algorithm: "sha-256"}` form.
+    Sha256Digest(String),
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+impl Password {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Password::Plain(p) | Password::Sha256Digest(p) => p.is_empty(),
+        }
+    }
+}
+
+/// OWASP's argon2id recommendation: m = 19 MiB, t = 2, p = 1.
+fn owasp_argon2() -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(19 * 1024, 2, 1, None).expect("valid argon2 params"))
+}
+
+/// A PHC string for `hash-password` and for the dummy hash unknown users are checked against.
+pub fn hash_password(password: &str) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    owasp_argon2().hash_password(password.as_bytes(), &salt).expect("argon2 hashing cannot fail with valid params").to_string()
+}
+
+/// Whether a stored hash is in a format this gateway verifies.
+pub fn check_hash_format(hash: &str) -> Result<(), String> {
+    if is_bcrypt(hash) {
+        return hash.parse::<bcrypt::HashParts>().map(|_| ()).map_err(|e| format!("not a valid bcrypt hash ({e})"));
+    }
+    let parsed = PasswordHash::new(hash).map_err(|e| format!("not a PHC string ({e})"))?;
+    match parsed.algorithm.as_str() {
+        "argon2id" | "argon2i" | "argon2d" => Params::try_from(&parsed).map(|_| ()).map_err(|e| format!("bad argon2 parameters ({e})")),
+        other => Err(format!("unsupported algorithm `{other}`; use argon2 or bcrypt ($2a$/$2b$/$2y$)")),
+    }
+}
+
+fn is_bcrypt(hash: &str) -> bool {
+    hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$")
+}
+
+/// Verifies against argon2 (any variant and parameters, read from the PHC string) or bcrypt.
+/// Never truncates: bcrypt inputs over 72 bytes fail instead of matching a prefix.
+pub fn verify_blocking(password: &Password, hash: &str) -> bool {
+    let input = match password {
+        Password::Plain(p) => p.as_str(),
+        Password::Sha256Digest(d) => d.as_str(),
+    };
+    if is_bcrypt(hash) {
+        return bcrypt::non_truncating_verify(input, hash).unwrap_or(false);
+    }
+    let Ok(parsed) = PasswordHash::new(hash) else { return false };
+    // Argon2::default() takes algorithm, version and parameters from the PHC string itself.
+    Argon2::default().verify_password(input.as_bytes(), &parsed).is_ok()
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs verifications off the async workers, a bounded number at a time.
+#[derive(Clone)]
+pub struct Verifier {
+    permits: Arc<Semaphore>,
+    queue_timeout: Duration,
+    dummy_hash: Arc<str>,
+}
+
+impl Verifier {
+    pub fn new(concurrency: usize, queue_timeout: Duration) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            queue_timeout,
+            dummy_hash: hash_password("authgate dummy password for unknown users").into(),
+        }
+    }
+
+    /// Verifies `password` against `hash`, or against a dummy hash of the same cost when the
+    /// user is unknown, so both cost the same time.
+    pub async fn verify(&self, password: &Password, hash: Option<&str>) -> Result<bool, GatewayError> {
+        let known = hash.is_some();
+        let hash: Arc<str> = hash.map(Arc::from).unwrap_or_else(|| self.dummy_hash.clone());
+        let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| GatewayError::Unavailable(Dependency::PasswordHashing, "password verification queue is full".into()))?
+            .map_err(|_| GatewayError::Internal("verifier closed".into()))?;
+        let password = password.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            verify_blocking(&password, &hash)
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(format!("password verification panicked: {e}")))?;
+        Ok(ok && known)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(s: &str) -> Password {
+        Password::Plain(s.into())
+    }
+
+    #[test]
+    fn hash_password_is_owasp_argon2id_and_verifies() {
+        let h = hash_password("correct horse");
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(verify_blocking(&plain("correct horse"), &h));
+        assert!(!verify_blocking(&plain("correct horsE"), &h));
+        assert!(check_hash_format(&h).is_ok());
+    }
+
+    #[test]
+    fn other_argon2_variants_and_params_verify() {
+        for alg in [Algorithm::Argon2i, Algorithm::Argon2d, Algorithm::Argon2id] {
+            let a = Argon2::new(alg, Version::V0x13, Params::new(64, 1, 2, None).unwrap());
+            let h = a.hash_password(b"pw", &SaltString::generate(&mut OsRng)).unwrap().to_string();
+            assert!(verify_blocking(&plain("pw"), &h), "{h}");
+            assert!(!verify_blocking(&plain("px"), &h), "{h}");
+        }
+    }
+
+    #[test]
+    fn bcrypt_prefixes_verify_and_long_inputs_do_not_truncate() {
+        let h = bcrypt::hash("pw", 4).unwrap();
+        for prefix in ["$2a$", "$2b$", "$2y$"] {
+            let h = format!("{prefix}{}", &h[4..]);
+            assert!(verify_blocking(&plain("pw"), &h), "{h}");
+            assert!(!verify_blocking(&plain("pX"), &h));
+        }
+        let long = "a".repeat(72);
+        let h = bcrypt::hash(&long, 4).unwrap(); // 72 bytes: the most bcrypt takes
+        assert!(verify_blocking(&plain(&long), &h));
+        assert!(!verify_blocking(&plain(&format!("{long}extra")), &h));
+    }
+
+    #[test]
+    fn garbage_hashes_never_verify() {
+        assert!(!verify_blocking(&plain(""), ""));
+        assert!(!verify_blocking(&plain("x"), "$argon2id$garbage"));
+        assert!(check_hash_format("plaintext").is_err());
+        assert!(check_hash_format("$pbkdf2-sha256$i=1$abc$def").is_err());
+    }
+
+    #[tokio::test]
+    async fn unknown_users_never_verify() {
+        let v = Verifier::new(1, Duration::from_secs(5));
+        assert!(!v.verify(&plain("authgate dummy password for unknown users"), None).await.unwrap());
+    }
+}

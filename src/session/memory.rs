@@ -1,0 +1,102 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{now_unix_ms, Session, SessionStore, StoreError, TokenHash};
+
+/// Sessions for a single instance. Lost on restart, which fails closed (users log in again).
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<TokenHash, Session>,
+    by_user: HashMap<String, HashSet<TokenHash>>,
+    creates_since_sweep: usize,
+}
+
+impl Inner {
+    fn remove(&mut self, hash: &TokenHash) -> Option<Session> {
+        let s = self.sessions.remove(hash)?;
+        if let Some(set) = self.by_user.get_mut(&s.user.id) {
+            set.remove(hash);
+            if set.is_empty() {
+                self.by_user.remove(&s.user.id);
+            }
+        }
+        Some(s)
+    }
+
+    fn sweep(&mut self, now: u64) {
+        let dead: Vec<TokenHash> = self.sessions.iter().filter(|(_, s)| !s.is_live(now)).map(|(h, _)| h.clone()).collect();
+        for h in dead {
+            self.remove(&h);
+        }
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent maps behind; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create(&self, hash: &TokenHash, session: &Session) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.creates_since_sweep += 1;
+        if inner.creates_since_sweep >= 1024 {
+            inner.creates_since_sweep = 0;
+            inner.sweep(now_unix_ms());
+        }
+        inner.by_user.entry(session.user.id.clone()).or_default().insert(hash.clone());
+        inner.sessions.insert(hash.clone(), session.clone());
+        Ok(())
+    }
+
+    async fn get(&self, hash: &TokenHash) -> Result<Option<Session>, StoreError> {
+        let mut inner = self.lock();
+        match inner.sessions.get(hash) {
+            Some(s) if s.is_live(now_unix_ms()) => Ok(Some(s.clone())),
+            Some(_) => {
+                inner.remove(hash);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn revoke(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        Ok(self.lock().remove(hash).is_some_and(|s| s.is_live(now_unix_ms())))
+    }
+
+    async fn list_user(&self, user_id: &str) -> Result<Vec<(TokenHash, Session)>, StoreError> {
+        let now = now_unix_ms();
+        let inner = self.lock();
+        let Some(set) = inner.by_user.get(user_id) else { return Ok(Vec::new()) };
+        Ok(set
+            .iter()
+            .filter_map(|h| inner.sessions.get(h).filter(|s| s.is_live(now)).map(|s| (h.clone(), s.clone())))
+            .collect())
+    }
+
+    async fn revoke_user(&self, user_id: &str) -> Result<usize, StoreError> {
+        let now = now_unix_ms();
+        let mut inner = self.lock();
+        let hashes: Vec<TokenHash> = inner.by_user.get(user_id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        Ok(hashes.iter().filter_map(|h| inner.remove(h)).filter(|s| s.is_live(now)).count())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! Sessions: 43-character CSPRNG tokens whose SHA-256 hash is the only thing ever stored.
+//!
+//! Two stores implement [`SessionStore`]: `memory` (one instance) and `redis` (shared by every
+//! instance). Both pass the same contract tests (`tests/session_store.rs`).
+
+mod memory;
+mod redis_store;
+
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{SessionConfig, StoreKind};
+use crate::directory::UserProfile;
+
+/// A raw session token as handed to the client. Never stored, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    /// 32 bytes from the OS CSPRNG, base64url without padding: 43 characters of `[A-Za-z0-9_-]`.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Token(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    pub fn from_client(s: &str) -> Self {
+        Token(s.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// What the store keys on: base64(sha256(token)), as Rocket.Chat stores `hashedToken`.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(base64::engine::general_purpose::STANDARD.encode(Sha256::digest(self.0.as_bytes())))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TokenHash(pub String);
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// What the store keeps per session: who it belongs to, and when it dies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub user: UserProfile,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+}
+
+impl Session {
+    pub fn new(user: UserProfile, ttl: Duration) -> Self {
+        let now = now_unix_ms();
+        Session { user, created_ms: now, expires_ms: now + ttl.as_millis() as u64 }
+    }
+
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_ms
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    #[error("session store timed out")]
+    Timeout,
+    #[error("corrupt session record: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Stores a new session under its token hash, with the session's expiry as the key's TTL.
+    async fn create(&self, hash: &TokenHash, session: &Session) -> Result<(), StoreError>;
+    /// The live session for a token hash; expired sessions are never returned.
+    async fn get(&self, hash: &TokenHash) -> Result<Option<Session>, StoreError>;
+    /// Revokes one session; true when it existed.
+    async fn revoke(&self, hash: &TokenHash) -> Result<bool, StoreError>;
+    /// The live sessions of one user, by token hash.
+    async fn list_user(&self, user_id: &str) -> Result<Vec<(TokenHash, Session)>, StoreError>;
+    /// Revokes every session of one user; returns how many were live.
+    async fn revoke_user(&self, user_id: &str) -> Result<usize, StoreError>;
+    /// Checks the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+pub type DynSessionStore = Arc<dyn SessionStore>;
+
+pub fn build_store(config: &SessionConfig) -> Result<DynSessionStore, StoreError> {
+    Ok(match config.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new()),
+        StoreKind::Redis => Arc::new(RedisStore::new(&config.redis_url, &config.key_prefix, config.redis_timeout)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_rocket_chat_shape() {
+        let t = Token::generate();
+        assert_eq!(t.as_str().len(), 43);
+        assert!(t.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_ne!(t, Token::generate());
+        let h = t.hash();
+        assert_eq!(h.0.len(), 44);
+        assert!(!h.0.contains(t.as_str()));
+        assert!(!format!("{t:?}").contains(t.as_str()));
+    }
+
+    #[test]
+    fn hash_matches_rocket_chat_hashed_token() {
+        // base64(sha256("abc")), as Meteor's Accounts._hashLoginToken computes it.
+        assert_eq!(Token::from_client("abc").hash().0, "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
+    }
+}
