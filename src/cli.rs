@@ -13,7 +13,11 @@ pub const EXIT_RUNTIME: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "authgate", version, about = "Authentication gateway for Rocket.Chat-compatible chat backends")]
+#[command(
+    name = "authgate",
+    version,
+    about = "Authentication gateway for Rocket.Chat-compatible chat backends"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -40,7 +44,9 @@ impl ConfigArg {
     fn source(&self) -> Result<ConfigSource, ConfigError> {
         match &self.config {
             Some(p) => ConfigSource::from_file(p),
-            None if std::path::Path::new("config.toml").exists() => ConfigSource::from_file(std::path::Path::new("config.toml")),
+            None if std::path::Path::new("config.toml").exists() => {
+                ConfigSource::from_file(std::path::Path::new("config.toml"))
+            }
             None => Ok(ConfigSource::embedded_default()),
         }
     }
@@ -51,8 +57,11 @@ pub fn load_config(arg: &ConfigArg) -> Result<Config, ConfigError> {
     let source = arg.source()?;
     let config = Config::load(&source)?;
     if let Some(local) = &config.directory.local {
-        if let Err(problems) = crate::directory::local::load_users(&local.users_file) {
-            return Err(ConfigError { source_name: source.name, problems });
+        if let Err(problems) = crate::directory::local::load_users(local) {
+            return Err(ConfigError {
+                source_name: source.name,
+                problems,
+            });
         }
     }
     Ok(config)
@@ -84,7 +93,11 @@ fn serve(arg: &ConfigArg) -> ExitCode {
         }
     };
     crate::logging::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.server.worker_threads).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.worker_threads)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("authgate: cannot start the runtime: {e}");
@@ -148,7 +161,10 @@ fn hash_password() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
         // Only the line ending a shell or `echo` adds is removed; every other character counts.
-        let trimmed = input.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&input);
+        let trimmed = input
+            .strip_suffix('\n')
+            .map(|s| s.strip_suffix('\r').unwrap_or(s))
+            .unwrap_or(&input);
         trimmed.to_string()
     };
     if password.is_empty() {

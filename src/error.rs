@@ -56,10 +56,11 @@ pub enum GatewayError {
     Internal(String),
 }
 
-pub const LOGIN_FAILED_BODY: &str = r#"{"success":false,"error":"Unauthorized","status":"error","message":"Unauthorized"}"#;
-pub const NOT_LOGGED_IN_BODY: &str =
-    r#"{"success":false,"error":"You must be logged in to do this.","status":"error","message":"You must be logged in to do this."}"#;
-pub const LOGGED_OUT_BODY: &str = r#"{"status":"success","data":{"message":"You've been logged out!"}}"#;
+pub const LOGIN_FAILED_BODY: &str =
+    r#"{"success":false,"error":"Unauthorized","status":"error","message":"Unauthorized"}"#;
+pub const NOT_LOGGED_IN_BODY: &str = r#"{"success":false,"error":"You must be logged in to do this.","status":"error","message":"You must be logged in to do this."}"#;
+pub const LOGGED_OUT_BODY: &str =
+    r#"{"status":"success","data":{"message":"You've been logged out!"}}"#;
 pub const TOTP_REQUIRED_BODY: &str = r#"{"success":false,"error":"totp-required","status":"error","details":{"method":"totp","codeGenerated":false,"availableMethods":["totp"]},"message":"TOTP Required"}"#;
 pub const TOTP_INVALID_BODY: &str = r#"{"success":false,"error":"totp-invalid","status":"error","details":{"method":"totp","codeGenerated":false,"availableMethods":["totp"]},"message":"TOTP Invalid"}"#;
 pub const BLOCKED_FOR_IP_BODY: &str = r#"{"success":false,"error":"error-login-blocked-for-ip","status":"error","details":{"function":"Accounts.validateLoginAttempt"},"message":"Login has been temporarily blocked For IP"}"#;
@@ -67,14 +68,17 @@ pub const BLOCKED_FOR_USER_BODY: &str = r#"{"success":false,"error":"error-login
 pub const INTERNAL_ERROR_BODY: &str = r#"{"success":false,"error":"Internal server error"}"#;
 
 fn error_body(code: &str, message: &str) -> String {
-    serde_json::json!({"success": false, "error": code, "status": "error", "message": message}).to_string()
+    serde_json::json!({"success": false, "error": code, "status": "error", "message": message})
+        .to_string()
 }
 
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            LoginFailed | TotpRequired | TotpInvalid | LoginBlocked(_) | NotLoggedIn => StatusCode::UNAUTHORIZED,
+            LoginFailed | TotpRequired | TotpInvalid | LoginBlocked(_) | NotLoggedIn => {
+                StatusCode::UNAUTHORIZED
+            }
             LoginBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -120,16 +124,24 @@ impl GatewayError {
 
     pub fn into_response(self) -> Response<Body> {
         let mut resp = json_response(self.status(), self.body());
-        if matches!(self, GatewayError::BadRequest(_) | GatewayError::Internal(_) | GatewayError::LoginBodyTooLarge) {
+        if matches!(
+            self,
+            GatewayError::BadRequest(_)
+                | GatewayError::Internal(_)
+                | GatewayError::LoginBodyTooLarge
+        ) {
             // The rest of the connection's bytes cannot be trusted to be framed as the client meant.
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
 }
 
 pub fn full_body(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A JSON answer of the gateway's own, with the contract's headers.
@@ -137,7 +149,10 @@ pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Bod
     let mut resp = Response::new(full_body(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     resp

@@ -17,8 +17,17 @@ use crate::config::UpstreamConfig;
 use crate::error::{Body, GatewayError};
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the legacy ones proxies still meet.
-const HOP_BY_HOP: [&str; 9] =
-    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Identity the gateway injects to the upstream.
 pub struct Identity<'a> {
@@ -36,8 +45,19 @@ fn normalised(name: &str) -> String {
 fn is_client_forbidden(norm: &str) -> bool {
     matches!(
         norm,
-        "x-auth-token" | "x-user-id" | "x-real-ip" | "forwarded" | "x-original-url" | "x-rewrite-url" | "x-http-method-override"
-            | "x-method-override" | "x-2fa-code" | "x-client-ip" | "true-client-ip" | "cf-connecting-ip" | "x-cluster-client-ip"
+        "x-auth-token"
+            | "x-user-id"
+            | "x-real-ip"
+            | "forwarded"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-http-method-override"
+            | "x-method-override"
+            | "x-2fa-code"
+            | "x-client-ip"
+            | "true-client-ip"
+            | "cf-connecting-ip"
+            | "x-cluster-client-ip"
     ) || norm.starts_with("x-forwarded-")
         || norm.starts_with("x-original-")
         || norm.starts_with("x-remote-")
@@ -56,7 +76,12 @@ fn strip_credential_cookies(headers: &mut HeaderMap) {
             .split(';')
             .map(str::trim)
             .filter(|c| {
-                let name = c.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+                let name = c
+                    .split('=')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
                 !c.is_empty() && name != "rc_uid" && name != "rc_token"
             })
             .collect();
@@ -97,16 +122,33 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 }
 
 /// Rewrites request headers in place for the upstream.
-pub fn rewrite_request_headers(headers: &mut HeaderMap, identity: Option<&Identity<'_>>, client: IpAddr, peer: IpAddr, peer_trusted: bool) {
+pub fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    identity: Option<&Identity<'_>>,
+    client: IpAddr,
+    peer: IpAddr,
+    peer_trusted: bool,
+) {
     // Names listed in Connection go first, before anything is injected (Traefik CVE-2024-45410).
     let listed: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|t| normalised(t.trim())).collect::<Vec<_>>())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|t| normalised(t.trim()))
+                .collect::<Vec<_>>()
+        })
         .collect();
-    let prior_xff: Vec<String> =
-        if peer_trusted { headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect() } else { Vec::new() };
+    let prior_xff: Vec<String> = if peer_trusted {
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
@@ -120,7 +162,10 @@ pub fn rewrite_request_headers(headers: &mut HeaderMap, identity: Option<&Identi
     }
     strip_credential_cookies(headers);
     if let Some(id) = identity {
-        if let (Ok(uid), Ok(tok)) = (HeaderValue::from_str(id.user_id), HeaderValue::from_str(id.token)) {
+        if let (Ok(uid), Ok(tok)) = (
+            HeaderValue::from_str(id.user_id),
+            HeaderValue::from_str(id.token),
+        ) {
             headers.insert("x-user-id", uid);
             headers.insert("x-auth-token", tok);
         }
@@ -130,7 +175,10 @@ pub fn rewrite_request_headers(headers: &mut HeaderMap, identity: Option<&Identi
         xff.push_str(", ");
     }
     xff.push_str(&peer.to_string());
-    headers.insert("x-real-ip", HeaderValue::from_str(&client.to_string()).expect("an IP is a valid header value"));
+    headers.insert(
+        "x-real-ip",
+        HeaderValue::from_str(&client.to_string()).expect("an IP is a valid header value"),
+    );
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
@@ -142,7 +190,11 @@ pub fn rewrite_response_headers(headers: &mut HeaderMap) {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|t| normalised(t.trim())).collect::<Vec<_>>())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|t| normalised(t.trim()))
+                .collect::<Vec<_>>()
+        })
         .collect();
     let doomed: Vec<HeaderName> = headers
         .keys()
@@ -179,11 +231,20 @@ impl Upstream {
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .build(connector);
-        let authority = config.url.authority().expect("validated upstream URL has an authority").clone();
+        let authority = config
+            .url
+            .authority()
+            .expect("validated upstream URL has an authority")
+            .clone();
         Self {
             client,
-            scheme: config.url.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
-            host_header: HeaderValue::from_str(authority.as_str()).expect("authority is a valid header value"),
+            scheme: config
+                .url
+                .scheme()
+                .cloned()
+                .unwrap_or(http::uri::Scheme::HTTP),
+            host_header: HeaderValue::from_str(authority.as_str())
+                .expect("authority is a valid header value"),
             authority,
             preserve_host: config.preserve_host,
             timeout: config.timeout,
@@ -191,7 +252,11 @@ impl Upstream {
     }
 
     /// Sends a request whose headers were already rewritten to `forward` (canonical path+query).
-    pub async fn send(&self, mut req: Request<Incoming>, forward: &str) -> Result<Response<Body>, GatewayError> {
+    pub async fn send(
+        &self,
+        mut req: Request<Incoming>,
+        forward: &str,
+    ) -> Result<Response<Body>, GatewayError> {
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -201,7 +266,8 @@ impl Upstream {
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_11;
         if !self.preserve_host || !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, self.host_header.clone());
+            req.headers_mut()
+                .insert(header::HOST, self.host_header.clone());
         }
         let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
@@ -210,7 +276,10 @@ impl Upstream {
         };
         let (mut parts, body) = resp.into_parts();
         rewrite_response_headers(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed_unsync(),
+        ))
     }
 }
 
@@ -237,20 +306,59 @@ mod tests {
     fn client_identity_and_forwarding_headers_are_replaced() {
         let mut h = HeaderMap::new();
         for (k, v) in [
-            ("x-auth-token", "evil"), ("X_Auth_Token", "evil"), ("x-user-id", "admin"), ("x_user_id", "admin"), ("x-real-ip", "1.2.3.4"),
-            ("x-forwarded-for", "1.2.3.4"), ("x-forwarded-host", "evil"), ("forwarded", "for=1.2.3.4"), ("x-original-url", "/admin"),
-            ("connection", "keep-alive, x-custom"), ("x-custom", "dropped"), ("keep-alive", "timeout=5"), ("upgrade", "websocket"),
-            ("cookie", "a=1; rc_uid=admin; rc_token=evil; b=2"), ("accept", "application/json"),
+            ("x-auth-token", "evil"),
+            ("X_Auth_Token", "evil"),
+            ("x-user-id", "admin"),
+            ("x_user_id", "admin"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "evil"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-original-url", "/admin"),
+            ("connection", "keep-alive, x-custom"),
+            ("x-custom", "dropped"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "websocket"),
+            ("cookie", "a=1; rc_uid=admin; rc_token=evil; b=2"),
+            ("accept", "application/json"),
         ] {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
         }
-        let id = Identity { user_id: "U1", token: "T1" };
+        let id = Identity {
+            user_id: "U1",
+            token: "T1",
+        };
         rewrite_request_headers(&mut h, Some(&id), ip("10.0.0.9"), ip("10.0.0.9"), false);
-        assert_eq!(h.get_all("x-user-id").iter().collect::<Vec<_>>(), vec!["U1"]);
-        assert_eq!(h.get_all("x-auth-token").iter().collect::<Vec<_>>(), vec!["T1"]);
-        assert_eq!(h.get_all("x-real-ip").iter().collect::<Vec<_>>(), vec!["10.0.0.9"]);
-        assert_eq!(h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), vec!["10.0.0.9"]);
-        for gone in ["x_auth_token", "x_user_id", "x-forwarded-host", "forwarded", "x-original-url", "connection", "x-custom", "keep-alive", "upgrade"] {
+        assert_eq!(
+            h.get_all("x-user-id").iter().collect::<Vec<_>>(),
+            vec!["U1"]
+        );
+        assert_eq!(
+            h.get_all("x-auth-token").iter().collect::<Vec<_>>(),
+            vec!["T1"]
+        );
+        assert_eq!(
+            h.get_all("x-real-ip").iter().collect::<Vec<_>>(),
+            vec!["10.0.0.9"]
+        );
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            vec!["10.0.0.9"]
+        );
+        for gone in [
+            "x_auth_token",
+            "x_user_id",
+            "x-forwarded-host",
+            "forwarded",
+            "x-original-url",
+            "connection",
+            "x-custom",
+            "keep-alive",
+            "upgrade",
+        ] {
             assert!(!h.contains_key(gone), "{gone} survived");
         }
         assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
@@ -260,8 +368,20 @@ mod tests {
     #[test]
     fn connection_cannot_remove_injected_headers() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("x-user-id, x-auth-token, x-real-ip, x-forwarded-for"));
-        rewrite_request_headers(&mut h, Some(&Identity { user_id: "U1", token: "T1" }), ip("192.0.2.1"), ip("192.0.2.1"), false);
+        h.insert(
+            "connection",
+            HeaderValue::from_static("x-user-id, x-auth-token, x-real-ip, x-forwarded-for"),
+        );
+        rewrite_request_headers(
+            &mut h,
+            Some(&Identity {
+                user_id: "U1",
+                token: "T1",
+            }),
+            ip("192.0.2.1"),
+            ip("192.0.2.1"),
+            false,
+        );
         assert_eq!(h.get("x-user-id").unwrap(), "U1");
         assert_eq!(h.get("x-real-ip").unwrap(), "192.0.2.1");
     }
@@ -270,11 +390,20 @@ mod tests {
     fn client_ip_reads_forwarded_for_only_from_trusted_peers() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.5, 10.0.0.2"));
-        assert_eq!(client_ip(ip("198.51.100.1"), &h, &trusted), ip("198.51.100.1"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.5, 10.0.0.2"),
+        );
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &h, &trusted),
+            ip("198.51.100.1")
+        );
         assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.5"));
         assert_eq!(client_ip(ip("10.0.0.1"), &h, &[]), ip("10.0.0.1"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("garbage, 10.0.0.2"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("garbage, 10.0.0.2"),
+        );
         assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"));
     }
 }

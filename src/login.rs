@@ -13,7 +13,11 @@ const MAX_FIELD_CHARS: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginRequest {
-    Password { identity: Identity, password: Password, code: Option<String> },
+    Password {
+        identity: Identity,
+        password: Password,
+        code: Option<String>,
+    },
     Resume(String),
 }
 
@@ -25,8 +29,15 @@ pub enum BodyKind {
 }
 
 pub fn body_kind(content_type: Option<&str>) -> BodyKind {
-    let Some(ct) = content_type else { return BodyKind::Other };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let Some(ct) = content_type else {
+        return BodyKind::Other;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match mime.as_str() {
         "application/json" => BodyKind::Json,
         "application/x-www-form-urlencoded" => BodyKind::Form,
@@ -66,10 +77,13 @@ fn short_string(v: &Value) -> Option<&str> {
 
 fn password_of(v: &Value) -> Option<Password> {
     match v {
-        Value::String(s) if !s.is_empty() && s.chars().count() <= MAX_PASSWORD_CHARS => Some(Password::Plain(s.clone())),
+        Value::String(s) if !s.is_empty() && s.chars().count() <= MAX_PASSWORD_CHARS => {
+            Some(Password::Plain(s.clone()))
+        }
         Value::Object(o) if o.len() == 2 && o.get("algorithm") == Some(&json!("sha-256")) => {
             let digest = o.get("digest")?.as_str()?;
-            (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Password::Sha256Digest(digest.to_ascii_lowercase()))
+            (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| Password::Sha256Digest(digest.to_ascii_lowercase()))
         }
         _ => None,
     }
@@ -97,21 +111,38 @@ fn native(o: &Map<String, Value>, code: Option<String>) -> Option<LoginRequest> 
     } else {
         Identity::Email(short_string(user.get("email")?)?.to_string())
     };
-    Some(LoginRequest::Password { identity, password: password_of(o.get("password")?)?, code })
+    Some(LoginRequest::Password {
+        identity,
+        password: password_of(o.get("password")?)?,
+        code,
+    })
 }
 
 /// Rocket.Chat's LDAP shape `{ldap: true, username, ldapPass, ldapOptions}`.
 fn ldap_shape(o: &Map<String, Value>, code: Option<String>) -> Option<LoginRequest> {
-    if o.get("ldap") != Some(&Value::Bool(true)) || o.keys().any(|k| !matches!(k.as_str(), "ldap" | "username" | "ldapPass" | "ldapOptions")) {
+    if o.get("ldap") != Some(&Value::Bool(true))
+        || o.keys()
+            .any(|k| !matches!(k.as_str(), "ldap" | "username" | "ldapPass" | "ldapOptions"))
+    {
         return None;
     }
     let login = short_string(o.get("username")?)?;
-    let identity = if login.contains('@') { Identity::Email(login.into()) } else { Identity::Username(login.into()) };
+    let identity = if login.contains('@') {
+        Identity::Email(login.into())
+    } else {
+        Identity::Username(login.into())
+    };
     let password = match o.get("ldapPass")? {
-        Value::String(s) if !s.is_empty() && s.chars().count() <= MAX_PASSWORD_CHARS => Password::Plain(s.clone()),
+        Value::String(s) if !s.is_empty() && s.chars().count() <= MAX_PASSWORD_CHARS => {
+            Password::Plain(s.clone())
+        }
         _ => return None,
     };
-    Some(LoginRequest::Password { identity, password, code })
+    Some(LoginRequest::Password {
+        identity,
+        password,
+        code,
+    })
 }
 
 fn interpret(o: &Map<String, Value>, header_code: Option<&str>) -> Option<LoginRequest> {
@@ -129,14 +160,24 @@ fn interpret(o: &Map<String, Value>, header_code: Option<&str>) -> Option<LoginR
         }
         return ldap_shape(o, None);
     };
-    if o.keys().any(|k| !matches!(k.as_str(), "user" | "username" | "email" | "password" | "code")) {
+    if o.keys().any(|k| {
+        !matches!(
+            k.as_str(),
+            "user" | "username" | "email" | "password" | "code"
+        )
+    }) {
         return native(o, None);
     }
-    let code = code_of(o.get("code")).or_else(|| header_code.filter(|c| !c.is_empty()).map(str::to_string));
+    let code = code_of(o.get("code"))
+        .or_else(|| header_code.filter(|c| !c.is_empty()).map(str::to_string));
     let identity = match (o.get("user"), o.get("username"), o.get("email")) {
         (Some(Value::String(u)), _, _) if !u.is_empty() => {
             let u = short_string(&Value::String(u.clone()))?.to_string();
-            if u.contains('@') { Identity::Email(u) } else { Identity::Username(u) }
+            if u.contains('@') {
+                Identity::Email(u)
+            } else {
+                Identity::Username(u)
+            }
         }
         (_, Some(u), _) if truthy(u) => Identity::Username(short_string(u)?.to_string()),
         (_, _, Some(e)) if truthy(e) => Identity::Email(short_string(e)?.to_string()),
@@ -145,7 +186,11 @@ fn interpret(o: &Map<String, Value>, header_code: Option<&str>) -> Option<LoginR
         }
         _ => return None,
     };
-    Some(LoginRequest::Password { identity, password: password_of(password)?, code })
+    Some(LoginRequest::Password {
+        identity,
+        password: password_of(password)?,
+        code,
+    })
 }
 
 fn truthy(v: &Value) -> bool {
@@ -175,7 +220,10 @@ pub fn me(profile: &UserProfile, avatar_base: &str, totp_enabled: bool) -> Value
         me.insert("email".into(), json!(e));
     }
     me.insert("settings".into(), json!({"profile": {}, "preferences": {}}));
-    me.insert("avatarUrl".into(), json!(format!("{avatar_base}/avatar/{}", profile.username)));
+    me.insert(
+        "avatarUrl".into(),
+        json!(format!("{avatar_base}/avatar/{}", profile.username)),
+    );
     me.insert("isOAuthUser".into(), json!(false));
     let mut services = Map::new();
     services.insert("password".into(), json!({"exists": true}));
@@ -204,57 +252,138 @@ mod tests {
     }
 
     fn user(name: &str, p: &str, code: Option<&str>) -> Option<LoginRequest> {
-        Some(LoginRequest::Password { identity: Identity::Username(name.into()), password: pw(p), code: code.map(Into::into) })
+        Some(LoginRequest::Password {
+            identity: Identity::Username(name.into()),
+            password: pw(p),
+            code: code.map(Into::into),
+        })
     }
 
     fn email(e: &str, p: &str) -> Option<LoginRequest> {
-        Some(LoginRequest::Password { identity: Identity::Email(e.into()), password: pw(p), code: None })
+        Some(LoginRequest::Password {
+            identity: Identity::Email(e.into()),
+            password: pw(p),
+            code: None,
+        })
     }
 
     #[test]
     fn contract_shapes_parse() {
-        assert_eq!(json(r#"{"user":"alice","password":"pw"}"#), user("alice", "pw", None));
-        assert_eq!(json(r#"{"user":"alice@x.io","password":"pw"}"#), email("alice@x.io", "pw"));
-        assert_eq!(json(r#"{"username":"a@b","password":"pw"}"#), user("a@b", "pw", None));
-        assert_eq!(json(r#"{"email":"alice@x.io","password":"pw"}"#), email("alice@x.io", "pw"));
-        assert_eq!(json(r#"{"user":{"username":"alice"},"password":"pw"}"#), user("alice", "pw", None));
-        assert_eq!(json(r#"{"user":{"email":"alice@x.io"},"password":"pw"}"#), email("alice@x.io", "pw"));
-        assert_eq!(json(r#"{"user":"alice","password":"pw","code":"123456"}"#), user("alice", "pw", Some("123456")));
-        assert_eq!(json(r#"{"totp":{"code":"123456","login":{"user":{"username":"alice"},"password":"pw"}}}"#), user("alice", "pw", Some("123456")));
-        assert_eq!(json(r#"{"resume":"tok"}"#), Some(LoginRequest::Resume("tok".into())));
-        assert_eq!(parse(BodyKind::Form, b"user=alice&password=p%20w", None), user("alice", "p w", None));
+        assert_eq!(
+            json(r#"{"user":"alice","password":"pw"}"#),
+            user("alice", "pw", None)
+        );
+        assert_eq!(
+            json(r#"{"user":"alice@x.io","password":"pw"}"#),
+            email("alice@x.io", "pw")
+        );
+        assert_eq!(
+            json(r#"{"username":"a@b","password":"pw"}"#),
+            user("a@b", "pw", None)
+        );
+        assert_eq!(
+            json(r#"{"email":"alice@x.io","password":"pw"}"#),
+            email("alice@x.io", "pw")
+        );
+        assert_eq!(
+            json(r#"{"user":{"username":"alice"},"password":"pw"}"#),
+            user("alice", "pw", None)
+        );
+        assert_eq!(
+            json(r#"{"user":{"email":"alice@x.io"},"password":"pw"}"#),
+            email("alice@x.io", "pw")
+        );
+        assert_eq!(
+            json(r#"{"user":"alice","password":"pw","code":"123456"}"#),
+            user("alice", "pw", Some("123456"))
+        );
+        assert_eq!(
+            json(
+                r#"{"totp":{"code":"123456","login":{"user":{"username":"alice"},"password":"pw"}}}"#
+            ),
+            user("alice", "pw", Some("123456"))
+        );
+        assert_eq!(
+            json(r#"{"resume":"tok"}"#),
+            Some(LoginRequest::Resume("tok".into()))
+        );
+        assert_eq!(
+            parse(BodyKind::Form, b"user=alice&password=p%20w", None),
+            user("alice", "p w", None)
+        );
         let digest = "a".repeat(64);
         assert_eq!(
-            json(&format!(r#"{{"user":"alice","password":{{"digest":"{digest}","algorithm":"sha-256"}}}}"#)),
-            Some(LoginRequest::Password { identity: Identity::Username("alice".into()), password: Password::Sha256Digest(digest), code: None })
+            json(&format!(
+                r#"{{"user":"alice","password":{{"digest":"{digest}","algorithm":"sha-256"}}}}"#
+            )),
+            Some(LoginRequest::Password {
+                identity: Identity::Username("alice".into()),
+                password: Password::Sha256Digest(digest),
+                code: None
+            })
         );
     }
 
     #[test]
     fn header_code_applies_only_without_body_code() {
         let b = br#"{"user":"alice","password":"pw"}"#;
-        assert_eq!(parse(BodyKind::Json, b, Some("111111")), user("alice", "pw", Some("111111")));
+        assert_eq!(
+            parse(BodyKind::Json, b, Some("111111")),
+            user("alice", "pw", Some("111111"))
+        );
         let b = br#"{"user":"alice","password":"pw","code":"222222"}"#;
-        assert_eq!(parse(BodyKind::Json, b, Some("111111")), user("alice", "pw", Some("222222")));
+        assert_eq!(
+            parse(BodyKind::Json, b, Some("111111")),
+            user("alice", "pw", Some("222222"))
+        );
     }
 
     #[test]
     fn unusable_bodies_are_none() {
         for b in [
-            "", "{}", "[]", "null", "not json", r#"{"user":"alice"}"#, r#"{"password":"pw"}"#, r#"{"user":"alice","password":""}"#,
-            r#"{"user":"alice","password":123}"#, r#"{"user":123,"password":"pw"}"#, r#"{"user":{"username":"a"},"password":"p","code":"1"}"#,
-            r#"{"user":"alice","password":"pw","extra":1}"#, r#"{"resume":""}"#, r#"{"resume":5}"#, r#"{"user":{"username":"a","email":"b"},"password":"p"}"#,
+            "",
+            "{}",
+            "[]",
+            "null",
+            "not json",
+            r#"{"user":"alice"}"#,
+            r#"{"password":"pw"}"#,
+            r#"{"user":"alice","password":""}"#,
+            r#"{"user":"alice","password":123}"#,
+            r#"{"user":123,"password":"pw"}"#,
+            r#"{"user":{"username":"a"},"password":"p","code":"1"}"#,
+            r#"{"user":"alice","password":"pw","extra":1}"#,
+            r#"{"resume":""}"#,
+            r#"{"resume":5}"#,
+            r#"{"user":{"username":"a","email":"b"},"password":"p"}"#,
             r#"{"user":"alice","password":{"digest":"zz","algorithm":"sha-256"}}"#,
         ] {
             assert_eq!(json(b), None, "{b}");
         }
-        assert_eq!(parse(BodyKind::Other, br#"{"user":"alice","password":"pw"}"#, None), None);
-        assert_eq!(parse(BodyKind::Form, b"user=a&user=b&password=p", None), None);
+        assert_eq!(
+            parse(
+                BodyKind::Other,
+                br#"{"user":"alice","password":"pw"}"#,
+                None
+            ),
+            None
+        );
+        assert_eq!(
+            parse(BodyKind::Form, b"user=a&user=b&password=p", None),
+            None
+        );
     }
 
     #[test]
     fn success_body_keeps_contract_key_order() {
-        let p = UserProfile { id: "id1".into(), username: "alice".into(), name: "Alice".into(), email: Some("a@x.io".into()), roles: vec!["user".into()], directory: "local".into() };
+        let p = UserProfile {
+            id: "id1".into(),
+            username: "alice".into(),
+            name: "Alice".into(),
+            email: Some("a@x.io".into()),
+            roles: vec!["user".into()],
+            directory: "local".into(),
+        };
         let body = success_body("id1", "tok", me(&p, "https://chat.example", false));
         assert!(body.starts_with(r#"{"status":"success","data":{"userId":"id1","authToken":"tok","me":{"_id":"id1","username":"alice","#), "{body}");
         assert!(body.ends_with(r#""avatarUrl":"https://chat.example/avatar/alice","isOAuthUser":false,"services":{"password":{"exists":true}}}},"success":true}"#), "{body}");

@@ -8,7 +8,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let usage_error = e.use_stderr();
             let _ = e.print();
-            return if usage_error { ExitCode::from(authgate::cli::EXIT_USAGE) } else { ExitCode::SUCCESS };
+            return if usage_error {
+                ExitCode::from(authgate::cli::EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     authgate::cli::run(cli)

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -36,24 +38,38 @@ impl Password {
 
 /// OWASP's argon2id recommendation: m = 19 MiB, t = 2, p = 1.
 fn owasp_argon2() -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(19 * 1024, 2, 1, None).expect("valid argon2 params"))
+    Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(19 * 1024, 2, 1, None).expect("valid argon2 params"),
+    )
 }
 
 /// A PHC string for `hash-password` and for the dummy hash unknown users are checked against.
 pub fn hash_password(password: &str) -> String {
     let salt = SaltString::generate(&mut OsRng);
-    owasp_argon2().hash_password(password.as_bytes(), &salt).expect("argon2 hashing cannot fail with valid params").to_string()
+    owasp_argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 hashing cannot fail with valid params")
+        .to_string()
 }
 
 /// Whether a stored hash is in a format this gateway verifies.
 pub fn check_hash_format(hash: &str) -> Result<(), String> {
     if is_bcrypt(hash) {
-        return hash.parse::<bcrypt::HashParts>().map(|_| ()).map_err(|e| format!("not a valid bcrypt hash ({e})"));
+        return hash
+            .parse::<bcrypt::HashParts>()
+            .map(|_| ())
+            .map_err(|e| format!("not a valid bcrypt hash ({e})"));
     }
     let parsed = PasswordHash::new(hash).map_err(|e| format!("not a PHC string ({e})"))?;
     match parsed.algorithm.as_str() {
-        "argon2id" | "argon2i" | "argon2d" => Params::try_from(&parsed).map(|_| ()).map_err(|e| format!("bad argon2 parameters ({e})")),
-        other => Err(format!("unsupported algorithm `{other}`; use argon2 or bcrypt ($2a$/$2b$/$2y$)")),
+        "argon2id" | "argon2i" | "argon2d" => Params::try_from(&parsed)
+            .map(|_| ())
+            .map_err(|e| format!("bad argon2 parameters ({e})")),
+        other => Err(format!(
+            "unsupported algorithm `{other}`; use argon2 or bcrypt ($2a$/$2b$/$2y$)"
+        )),
     }
 }
 
@@ -71,13 +87,20 @@ pub fn verify_blocking(password: &Password, hash: &str) -> bool {
     if is_bcrypt(hash) {
         return bcrypt::non_truncating_verify(input, hash).unwrap_or(false);
     }
-    let Ok(parsed) = PasswordHash::new(hash) else { return false };
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
     // Argon2::default() takes algorithm, version and parameters from the PHC string itself.
-    Argon2::default().verify_password(input.as_bytes(), &parsed).is_ok()
+    Argon2::default()
+        .verify_password(input.as_bytes(), &parsed)
+        .is_ok()
 }
 
 pub fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Runs verifications off the async workers, a bounded number at a time.
@@ -99,12 +122,23 @@ impl Verifier {
 
     /// Verifies `password` against `hash`, or against a dummy hash of the same cost when the
     /// user is unknown, so both cost the same time.
-    pub async fn verify(&self, password: &Password, hash: Option<&str>) -> Result<bool, GatewayError> {
+    pub async fn verify(
+        &self,
+        password: &Password,
+        hash: Option<&str>,
+    ) -> Result<bool, GatewayError> {
         let known = hash.is_some();
-        let hash: Arc<str> = hash.map(Arc::from).unwrap_or_else(|| self.dummy_hash.clone());
+        let hash: Arc<str> = hash
+            .map(Arc::from)
+            .unwrap_or_else(|| self.dummy_hash.clone());
         let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
             .await
-            .map_err(|_| GatewayError::Unavailable(Dependency::PasswordHashing, "password verification queue is full".into()))?
+            .map_err(|_| {
+                GatewayError::Unavailable(
+                    Dependency::PasswordHashing,
+                    "password verification queue is full".into(),
+                )
+            })?
             .map_err(|_| GatewayError::Internal("verifier closed".into()))?;
         let password = password.clone();
         let ok = tokio::task::spawn_blocking(move || {
@@ -138,7 +172,10 @@ mod tests {
     fn other_argon2_variants_and_params_verify() {
         for alg in [Algorithm::Argon2i, Algorithm::Argon2d, Algorithm::Argon2id] {
             let a = Argon2::new(alg, Version::V0x13, Params::new(64, 1, 2, None).unwrap());
-            let h = a.hash_password(b"pw", &SaltString::generate(&mut OsRng)).unwrap().to_string();
+            let h = a
+                .hash_password(b"pw", &SaltString::generate(&mut OsRng))
+                .unwrap()
+                .to_string();
             assert!(verify_blocking(&plain("pw"), &h), "{h}");
             assert!(!verify_blocking(&plain("px"), &h), "{h}");
         }
@@ -152,8 +189,8 @@ mod tests {
             assert!(verify_blocking(&plain("pw"), &h), "{h}");
             assert!(!verify_blocking(&plain("pX"), &h));
         }
-        let long = "a".repeat(72);
-        let h = bcrypt::hash(&long, 4).unwrap(); // 72 bytes: the most bcrypt takes
+        let long = "a".repeat(71);
+        let h = bcrypt::hash(&long, 4).unwrap(); // 71 bytes and the NUL terminator: the most bcrypt takes
         assert!(verify_blocking(&plain(&long), &h));
         assert!(!verify_blocking(&plain(&format!("{long}extra")), &h));
     }
@@ -169,6 +206,9 @@ mod tests {
     #[tokio::test]
     async fn unknown_users_never_verify() {
         let v = Verifier::new(1, Duration::from_secs(5));
-        assert!(!v.verify(&plain("authgate dummy password for unknown users"), None).await.unwrap());
+        assert!(!v
+            .verify(&plain("authgate dummy password for unknown users"), None)
+            .await
+            .unwrap());
     }
 }

@@ -77,7 +77,10 @@ pub fn canonical_path(raw: &str) -> Result<String, PathError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(|&c| hex_val(c)), bytes.get(i + 2).and_then(|&c| hex_val(c))) else {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|&c| hex_val(c)),
+                bytes.get(i + 2).and_then(|&c| hex_val(c)),
+            ) else {
                 return Err(PathError::BadEscape);
             };
             let d = h * 16 + l;
@@ -95,7 +98,11 @@ pub fn canonical_path(raw: &str) -> Result<String, PathError> {
     }
     let path = String::from_utf8(out).map_err(|_| PathError::Forbidden)?;
     let inner = path[1..].strip_suffix('/').unwrap_or(&path[1..]);
-    if path.len() > 1 && inner.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if path.len() > 1
+        && inner
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(PathError::Forbidden);
     }
     Ok(path)
@@ -130,7 +137,9 @@ pub fn covers_gateway_path(path: &str, is_prefix: bool) -> bool {
     let c = comparable(path);
     GATEWAY_PATHS.iter().any(|g| {
         let g_trim = g.trim_end_matches('/');
-        c == g_trim || c.starts_with(&format!("{g_trim}/")) || (is_prefix && g.starts_with(&format!("{}/", c.trim_end_matches('/'))))
+        c == g_trim
+            || c.starts_with(&format!("{g_trim}/"))
+            || (is_prefix && g.starts_with(&format!("{}/", c.trim_end_matches('/'))))
     }) || (is_prefix && c.trim_end_matches('/').is_empty())
 }
 
@@ -142,9 +151,18 @@ pub fn classify(path: &str, routes: &RoutesConfig) -> RouteKind {
         RouteKind::Logout
     } else if LOGIN_METHODS.contains(&c.as_str()) {
         RouteKind::LoginMethod
-    } else if c == "/websocket" || c == "/sockjs" || c.starts_with("/sockjs/") || c.starts_with("/websocket/") {
+    } else if c == "/websocket"
+        || c == "/sockjs"
+        || c.starts_with("/sockjs/")
+        || c.starts_with("/websocket/")
+    {
         RouteKind::Realtime
-    } else if routes.public_exact.iter().any(|p| p == path) || routes.public_prefixes.iter().any(|p| path.starts_with(p.as_str())) {
+    } else if routes.public_exact.iter().any(|p| p == path)
+        || routes
+            .public_prefixes
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
+    {
         RouteKind::Public
     } else {
         RouteKind::Protected
@@ -157,13 +175,19 @@ pub fn route(path: &str, query: Option<&str>, routes: &RoutesConfig) -> Result<R
     let kind = classify(&canonical, routes);
     let mut forward = encode_path(&canonical);
     if let Some(q) = query {
-        if q.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'#' || b >= 0x80) {
+        if q.bytes()
+            .any(|b| b < 0x20 || b == 0x7f || b == b'#' || b >= 0x80)
+        {
             return Err(PathError::Forbidden);
         }
         forward.push('?');
         forward.push_str(q);
     }
-    Ok(Route { kind, path: canonical, forward })
+    Ok(Route {
+        kind,
+        path: canonical,
+        forward,
+    })
 }
 
 #[cfg(test)]
@@ -171,7 +195,10 @@ mod tests {
     use super::*;
 
     fn routes() -> RoutesConfig {
-        RoutesConfig { public_exact: vec!["/api/info".into()], public_prefixes: vec!["/assets/".into()] }
+        RoutesConfig {
+            public_exact: vec!["/api/info".into()],
+            public_prefixes: vec!["/assets/".into()],
+        }
     }
 
     fn kind(p: &str) -> Result<RouteKind, PathError> {
@@ -180,7 +207,13 @@ mod tests {
 
     #[test]
     fn login_spellings_all_reach_the_login_route() {
-        for p in ["/api/v1/login", "/API/V1/LOGIN", "/api/v1/login/", "/api/v1/%6cogin", "/api/v1/%6Cogin/"] {
+        for p in [
+            "/api/v1/login",
+            "/API/V1/LOGIN",
+            "/api/v1/login/",
+            "/api/v1/%6cogin",
+            "/api/v1/%6Cogin/",
+        ] {
             assert_eq!(kind(p), Ok(RouteKind::Login), "{p}");
         }
     }
@@ -188,9 +221,21 @@ mod tests {
     #[test]
     fn ambiguous_spellings_are_refused() {
         for p in [
-            "/api/v1/../v1/login", "/api/./v1/me", "/api//v1/me", "/api/v1%2flogin", "/api/v1%2Flogin", "/api\\v1\\login",
-            "/api/v1/login%00", "/api/v1/login;x=1", "/api/v1/%2e%2e/login", "/api/v1/me%", "/api/v1/me%zz", "api/v1/me",
-            "/api/v1/%5clogin", "/api/info/..", "/api/info/.",
+            "/api/v1/../v1/login",
+            "/api/./v1/me",
+            "/api//v1/me",
+            "/api/v1%2flogin",
+            "/api/v1%2Flogin",
+            "/api\\v1\\login",
+            "/api/v1/login%00",
+            "/api/v1/login;x=1",
+            "/api/v1/%2e%2e/login",
+            "/api/v1/me%",
+            "/api/v1/me%zz",
+            "api/v1/me",
+            "/api/v1/%5clogin",
+            "/api/info/..",
+            "/api/info/.",
         ] {
             assert!(kind(p).is_err(), "{p} should be refused");
         }
@@ -210,8 +255,14 @@ mod tests {
     #[test]
     fn gateway_paths_are_classified() {
         assert_eq!(kind("/api/v1/logout"), Ok(RouteKind::Logout));
-        assert_eq!(kind("/api/v1/method.callAnon/login"), Ok(RouteKind::LoginMethod));
-        assert_eq!(kind("/api/v1/method.call/login"), Ok(RouteKind::LoginMethod));
+        assert_eq!(
+            kind("/api/v1/method.callAnon/login"),
+            Ok(RouteKind::LoginMethod)
+        );
+        assert_eq!(
+            kind("/api/v1/method.call/login"),
+            Ok(RouteKind::LoginMethod)
+        );
         assert_eq!(kind("/websocket"), Ok(RouteKind::Realtime));
         assert_eq!(kind("/sockjs/info"), Ok(RouteKind::Realtime));
         assert_eq!(kind("/api/v1/me"), Ok(RouteKind::Protected));

@@ -27,7 +27,10 @@ pub enum StartError {
     #[error("{0}")]
     Config(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A gateway that is accepting connections.
@@ -56,21 +59,37 @@ impl RunningGateway {
 
 /// Builds everything the config asks for and binds its listeners.
 pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
-    let verifier = Verifier::new(config.server.password_hash_concurrency, config.server.login_queue_timeout);
+    let verifier = Verifier::new(
+        config.server.password_hash_concurrency,
+        config.server.login_queue_timeout,
+    );
     let mut directories: Vec<DynDirectory> = Vec::new();
     if let Some(local) = &config.directory.local {
-        let users = load_users(&local.users_file).map_err(|problems| StartError::Config(problems.iter().map(|p| format!("  - {p}\n")).collect()))?;
+        let users = load_users(local).map_err(|problems| {
+            StartError::Config(problems.iter().map(|p| format!("  - {p}\n")).collect())
+        })?;
         directories.push(Arc::new(LocalDirectory::new(users, verifier.clone())));
     }
-    let store = build_store(&config.session).map_err(|e| StartError::Config(format!("  - `session.redis_url`: {e}\n")))?;
+    let store = build_store(&config.session)
+        .map_err(|e| StartError::Config(format!("  - `session.redis_url`: {e}\n")))?;
     let upstream = Upstream::new(&config.upstream);
-    Ok(Arc::new(Gateway { config: Arc::new(config), store, directories: Directories::new(directories), upstream }))
+    Ok(Arc::new(Gateway {
+        config: Arc::new(config),
+        store,
+        directories: Directories::new(directories),
+        upstream,
+    }))
 }
 
 pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     let mut listeners = Vec::new();
     for addr in &config.server.listen {
-        let l = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: *addr, source })?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
         listeners.push(l);
     }
     let gateway = build_gateway(config).await?;
@@ -82,11 +101,23 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     let mut tasks = JoinSet::new();
     let mut addrs = Vec::new();
     for listener in listeners {
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: gateway.config.server.listen[0], source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: gateway.config.server.listen[0],
+            source,
+        })?;
         addrs.push(addr);
-        tasks.spawn(accept_loop(listener, gateway.clone(), shutdown_rx.clone(), connections.clone()));
+        tasks.spawn(accept_loop(
+            listener,
+            gateway.clone(),
+            shutdown_rx.clone(),
+            connections.clone(),
+        ));
     }
-    Ok(RunningGateway { addrs, shutdown, tasks })
+    Ok(RunningGateway {
+        addrs,
+        shutdown,
+        tasks,
+    })
 }
 
 fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
@@ -98,11 +129,20 @@ fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(server.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(server.max_header_bytes.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(server.max_header_bytes as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(server.max_header_bytes as u32);
     builder
 }
 
-async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>, connections: Arc<Semaphore>) {
+async fn accept_loop(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+    connections: Arc<Semaphore>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = Arc::new(connection_builder(&gateway));
     loop {
@@ -127,14 +167,18 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown:
             let gw = gw.clone();
             async move {
                 // A panic in one request answers 500 and leaves the process and other requests alone.
-                let answer = std::panic::AssertUnwindSafe(gw.handle(req, peer)).catch_unwind().await;
+                let answer = std::panic::AssertUnwindSafe(gw.handle(req, peer))
+                    .catch_unwind()
+                    .await;
                 Ok::<_, Infallible>(answer.unwrap_or_else(|_| {
                     tracing::error!("request handler panicked");
                     GatewayError::Internal("handler panicked".into()).into_response()
                 }))
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _permit = permit;

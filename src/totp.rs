@@ -4,9 +4,14 @@ use totp_rs::{Algorithm, Secret, TOTP};
 
 /// Secrets must be base32 and at least 128 bits (RFC 4226 section 4).
 pub fn secret_problem(secret: &str) -> Result<(), String> {
-    let bytes = Secret::Encoded(secret.to_string()).to_bytes().map_err(|_| "not valid base32".to_string())?;
+    let bytes = Secret::Encoded(secret.to_string())
+        .to_bytes()
+        .map_err(|_| "not valid base32".to_string())?;
     if bytes.len() < 16 {
-        return Err(format!("only {} bits; at least 128 are required", bytes.len() * 8));
+        return Err(format!(
+            "only {} bits; at least 128 are required",
+            bytes.len() * 8
+        ));
     }
     Ok(())
 }

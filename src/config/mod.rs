@@ -90,6 +90,8 @@ pub struct DirectoryConfig {
 #[derive(Debug, Clone)]
 pub struct LocalDirectoryConfig {
     pub users_file: PathBuf,
+    /// Only the embedded default may run without a users file (it then has no users).
+    pub missing_is_empty: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +137,12 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration in {} ({} problem(s)):", self.source_name, self.problems.len())?;
+        writeln!(
+            f,
+            "invalid configuration in {} ({} problem(s)):",
+            self.source_name,
+            self.problems.len()
+        )?;
         for p in &self.problems {
             writeln!(f, "  - {p}")?;
         }
@@ -150,6 +157,7 @@ pub struct ConfigSource {
     pub name: String,
     pub text: String,
     pub base_dir: PathBuf,
+    pub embedded: bool,
 }
 
 impl ConfigSource {
@@ -164,20 +172,40 @@ impl ConfigSource {
         })?;
         let base_dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        Ok(Self { name: path.display().to_string(), text, base_dir })
+        Ok(Self {
+            name: path.display().to_string(),
+            text,
+            base_dir,
+            embedded: false,
+        })
     }
 
     /// The embedded default, resolving relative paths against the working directory.
     pub fn embedded_default() -> Self {
-        Self { name: "<embedded default config>".into(), text: EMBEDDED_DEFAULT.into(), base_dir: PathBuf::from(".") }
+        Self {
+            name: "<embedded default config>".into(),
+            text: EMBEDDED_DEFAULT.into(),
+            base_dir: PathBuf::from("."),
+            embedded: true,
+        }
     }
 }
 
 fn problem(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigProblem {
-    ConfigProblem { key: key.to_string(), problem: problem.into(), fix: fix.into() }
+    ConfigProblem {
+        key: key.to_string(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
 }
 
 /// Secrets may come from the environment instead of the file.
@@ -187,10 +215,15 @@ fn env_secret(name: &str) -> Option<String> {
 
 impl Config {
     pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
-        let fail = |problems| ConfigError { source_name: source.name.clone(), problems };
+        let fail = |problems| ConfigError {
+            source_name: source.name.clone(),
+            problems,
+        };
         let mut unknown = Vec::new();
         let de = toml::Deserializer::new(&source.text);
-        let raw: RawConfig = match serde_ignored::deserialize(de, |path| unknown.push(path.to_string())) {
+        let raw: RawConfig = match serde_ignored::deserialize(de, |path| {
+            unknown.push(path.to_string())
+        }) {
             Ok(raw) => raw,
             Err(e) => {
                 let msg = e.message().to_string();
@@ -204,9 +237,15 @@ impl Config {
         };
         let mut problems: Vec<ConfigProblem> = unknown
             .into_iter()
-            .map(|k| problem(&k, "unknown key", "remove it or correct its spelling; config.toml lists every key"))
+            .map(|k| {
+                problem(
+                    &k,
+                    "unknown key",
+                    "remove it or correct its spelling; config.toml lists every key",
+                )
+            })
             .collect();
-        let config = validate(raw, &source.base_dir, &mut problems);
+        let config = validate(raw, source, &mut problems);
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -217,7 +256,9 @@ impl Config {
 
 /// Names the key around a TOML syntax or type error, from its span.
 fn locate_toml_error(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    let Some(span) = span else { return "(file)".into() };
+    let Some(span) = span else {
+        return "(file)".into();
+    };
     let upto = &text[..span.start.min(text.len())];
     let line_no = upto.matches('\n').count() + 1;
     let mut table = String::new();
@@ -237,21 +278,39 @@ fn locate_toml_error(text: &str, span: Option<std::ops::Range<usize>>) -> String
     }
 }
 
-pub fn parse_duration(key: &str, value: &str, problems: &mut Vec<ConfigProblem>) -> Option<Duration> {
+pub fn parse_duration(
+    key: &str,
+    value: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<Duration> {
     match humantime::parse_duration(value.trim()) {
         Ok(d) => Some(d),
         Err(e) => {
-            problems.push(problem(key, format!("`{value}` is not a duration ({e})"), "write a number with a unit, e.g. \"500ms\", \"5s\", \"10m\", \"90d\""));
+            problems.push(problem(
+                key,
+                format!("`{value}` is not a duration ({e})"),
+                "write a number with a unit, e.g. \"500ms\", \"5s\", \"10m\", \"90d\"",
+            ));
             None
         }
     }
 }
 
-fn duration_or(key: &str, value: Option<&String>, default: Duration, min: Duration, problems: &mut Vec<ConfigProblem>) -> Duration {
+fn duration_or(
+    key: &str,
+    value: Option<&String>,
+    default: Duration,
+    min: Duration,
+    problems: &mut Vec<ConfigProblem>,
+) -> Duration {
     let Some(v) = value else { return default };
     match parse_duration(key, v, problems) {
         Some(d) if d < min => {
-            problems.push(problem(key, format!("`{v}` is too short"), format!("use at least {}", humantime::format_duration(min))));
+            problems.push(problem(
+                key,
+                format!("`{v}` is too short"),
+                format!("use at least {}", humantime::format_duration(min)),
+            ));
             default
         }
         Some(d) => d,
@@ -259,11 +318,22 @@ fn duration_or(key: &str, value: Option<&String>, default: Duration, min: Durati
     }
 }
 
-fn count_or(key: &str, value: Option<i64>, default: usize, min: i64, max: i64, problems: &mut Vec<ConfigProblem>) -> usize {
+fn count_or(
+    key: &str,
+    value: Option<i64>,
+    default: usize,
+    min: i64,
+    max: i64,
+    problems: &mut Vec<ConfigProblem>,
+) -> usize {
     match value {
         None => default,
         Some(v) if v < min || v > max => {
-            problems.push(problem(key, format!("{v} is out of range"), format!("use a whole number from {min} to {max}")));
+            problems.push(problem(
+                key,
+                format!("{v} is out of range"),
+                format!("use a whole number from {min} to {max}"),
+            ));
             default
         }
         Some(v) => v as usize,
@@ -280,17 +350,32 @@ fn resolve_path(base: &Path, value: &str) -> PathBuf {
 }
 
 fn default_parallelism() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
-fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<ConfigProblem>) -> Config {
+fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProblem>) -> Config {
+    let base = source.base_dir.as_path();
     let server = validate_server(raw.server.unwrap_or_default(), problems);
     let upstream = validate_upstream(raw.upstream.unwrap_or_default(), problems);
     let session = validate_session(raw.session.unwrap_or_default(), base, problems);
-    let directory = validate_directory(raw.directory.unwrap_or_default(), base, problems);
+    let directory = validate_directory(
+        raw.directory.unwrap_or_default(),
+        base,
+        source.embedded,
+        problems,
+    );
     let routes = validate_routes(raw.routes.unwrap_or_default(), problems);
     let log = validate_log(raw.log.unwrap_or_default(), problems);
-    Config { server, upstream, session, directory, routes, log }
+    Config {
+        server,
+        upstream,
+        session,
+        directory,
+        routes,
+        log,
+    }
 }
 
 fn validate_server(raw: raw::RawServer, problems: &mut Vec<ConfigProblem>) -> ServerConfig {
@@ -300,7 +385,11 @@ fn validate_server(raw: raw::RawServer, problems: &mut Vec<ConfigProblem>) -> Se
         Some(OneOrMany::Many(v)) => v,
     };
     if listen_raw.is_empty() {
-        problems.push(problem("server.listen", "no address given", "give at least one \"host:port\", e.g. \"127.0.0.1:8080\""));
+        problems.push(problem(
+            "server.listen",
+            "no address given",
+            "give at least one \"host:port\", e.g. \"127.0.0.1:8080\"",
+        ));
     }
     let mut listen = Vec::new();
     for a in &listen_raw {
@@ -313,15 +402,24 @@ fn validate_server(raw: raw::RawServer, problems: &mut Vec<ConfigProblem>) -> Se
             )),
         }
     }
-    let public_url = raw.public_url.map(|u| u.trim_end_matches('/').to_string()).filter(|u| !u.is_empty());
+    let public_url = raw
+        .public_url
+        .map(|u| u.trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty());
     if let Some(u) = &public_url {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
-            problems.push(problem("server.public_url", format!("`{u}` is not an http(s) URL"), "write the URL clients use, e.g. \"https://chat.example.org\""));
+            problems.push(problem(
+                "server.public_url",
+                format!("`{u}` is not an http(s) URL"),
+                "write the URL clients use, e.g. \"https://chat.example.org\"",
+            ));
         }
     }
     let mut trusted_proxies = Vec::new();
     for (i, p) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
-        let parsed = p.parse::<IpNet>().or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from));
+        let parsed = p
+            .parse::<IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from));
         match parsed {
             Ok(net) => trusted_proxies.push(net),
             Err(_) => problems.push(problem(
@@ -336,15 +434,74 @@ fn validate_server(raw: raw::RawServer, problems: &mut Vec<ConfigProblem>) -> Se
         listen,
         public_url,
         trusted_proxies,
-        header_read_timeout: duration_or("server.header_read_timeout", raw.header_read_timeout.as_ref(), Duration::from_secs(10), Duration::from_millis(100), problems),
-        idle_timeout: duration_or("server.idle_timeout", raw.idle_timeout.as_ref(), Duration::from_secs(60), Duration::from_millis(100), problems),
-        max_header_bytes: count_or("server.max_header_bytes", raw.max_header_bytes, 16 * 1024, 8192, 1 << 20, problems),
-        max_connections: count_or("server.max_connections", raw.max_connections, 10_000, 1, 1_000_000, problems),
-        login_body_limit: count_or("server.login_body_limit", raw.login_body_limit, 64 * 1024, 256, 1 << 20, problems),
-        shutdown_grace: duration_or("server.shutdown_grace", raw.shutdown_grace.as_ref(), Duration::from_secs(10), Duration::ZERO, problems),
-        worker_threads: count_or("server.worker_threads", raw.worker_threads, cores, 1, 1024, problems),
-        password_hash_concurrency: count_or("server.password_hash_concurrency", raw.password_hash_concurrency, cores.saturating_sub(1).max(1), 1, 1024, problems),
-        login_queue_timeout: duration_or("server.login_queue_timeout", raw.login_queue_timeout.as_ref(), Duration::from_secs(5), Duration::from_millis(1), problems),
+        header_read_timeout: duration_or(
+            "server.header_read_timeout",
+            raw.header_read_timeout.as_ref(),
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            problems,
+        ),
+        idle_timeout: duration_or(
+            "server.idle_timeout",
+            raw.idle_timeout.as_ref(),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            problems,
+        ),
+        max_header_bytes: count_or(
+            "server.max_header_bytes",
+            raw.max_header_bytes,
+            16 * 1024,
+            8192,
+            1 << 20,
+            problems,
+        ),
+        max_connections: count_or(
+            "server.max_connections",
+            raw.max_connections,
+            10_000,
+            1,
+            1_000_000,
+            problems,
+        ),
+        login_body_limit: count_or(
+            "server.login_body_limit",
+            raw.login_body_limit,
+            64 * 1024,
+            256,
+            1 << 20,
+            problems,
+        ),
+        shutdown_grace: duration_or(
+            "server.shutdown_grace",
+            raw.shutdown_grace.as_ref(),
+            Duration::from_secs(10),
+            Duration::ZERO,
+            problems,
+        ),
+        worker_threads: count_or(
+            "server.worker_threads",
+            raw.worker_threads,
+            cores,
+            1,
+            1024,
+            problems,
+        ),
+        password_hash_concurrency: count_or(
+            "server.password_hash_concurrency",
+            raw.password_hash_concurrency,
+            cores.saturating_sub(1).max(1),
+            1,
+            1024,
+            problems,
+        ),
+        login_queue_timeout: duration_or(
+            "server.login_queue_timeout",
+            raw.login_queue_timeout.as_ref(),
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            problems,
+        ),
     }
 }
 
@@ -353,72 +510,158 @@ fn validate_upstream(raw: raw::RawUpstream, problems: &mut Vec<ConfigProblem>) -
     let url = match url_text.parse::<http::Uri>() {
         Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
             if u.path() != "/" && !u.path().is_empty() {
-                problems.push(problem("upstream.url", format!("`{url_text}` has a path"), "give only scheme, host and port, e.g. \"http://127.0.0.1:3000\""));
+                problems.push(problem(
+                    "upstream.url",
+                    format!("`{url_text}` has a path"),
+                    "give only scheme, host and port, e.g. \"http://127.0.0.1:3000\"",
+                ));
             }
             u
         }
         Ok(u) if u.scheme_str() == Some("https") => {
-            problems.push(problem("upstream.url", format!("`{url_text}`: https upstreams are not supported yet"), "reach the backend over http on a private network or loopback"));
+            problems.push(problem(
+                "upstream.url",
+                format!("`{url_text}`: https upstreams are not supported yet"),
+                "reach the backend over http on a private network or loopback",
+            ));
             u
         }
         _ => {
-            problems.push(problem("upstream.url", format!("`{url_text}` is not an http URL"), "write the backend's URL, e.g. \"http://127.0.0.1:3000\""));
+            problems.push(problem(
+                "upstream.url",
+                format!("`{url_text}` is not an http URL"),
+                "write the backend's URL, e.g. \"http://127.0.0.1:3000\"",
+            ));
             http::Uri::from_static("http://127.0.0.1:3000")
         }
     };
     UpstreamConfig {
         url,
-        timeout: duration_or("upstream.timeout", raw.timeout.as_ref(), Duration::from_secs(60), Duration::from_millis(1), problems),
-        connect_timeout: duration_or("upstream.connect_timeout", raw.connect_timeout.as_ref(), Duration::from_secs(5), Duration::from_millis(1), problems),
-        pool_idle_timeout: duration_or("upstream.pool_idle_timeout", raw.pool_idle_timeout.as_ref(), Duration::from_secs(4), Duration::from_millis(1), problems),
-        pool_max_idle_per_host: count_or("upstream.pool_max_idle_per_host", raw.pool_max_idle_per_host, 512, 0, 1_000_000, problems),
+        timeout: duration_or(
+            "upstream.timeout",
+            raw.timeout.as_ref(),
+            Duration::from_secs(60),
+            Duration::from_millis(1),
+            problems,
+        ),
+        connect_timeout: duration_or(
+            "upstream.connect_timeout",
+            raw.connect_timeout.as_ref(),
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            problems,
+        ),
+        pool_idle_timeout: duration_or(
+            "upstream.pool_idle_timeout",
+            raw.pool_idle_timeout.as_ref(),
+            Duration::from_secs(4),
+            Duration::from_millis(1),
+            problems,
+        ),
+        pool_max_idle_per_host: count_or(
+            "upstream.pool_max_idle_per_host",
+            raw.pool_max_idle_per_host,
+            512,
+            0,
+            1_000_000,
+            problems,
+        ),
         preserve_host: raw.preserve_host.unwrap_or(false),
     }
 }
 
-fn validate_session(raw: raw::RawSession, base: &Path, problems: &mut Vec<ConfigProblem>) -> SessionConfig {
+fn validate_session(
+    raw: raw::RawSession,
+    base: &Path,
+    problems: &mut Vec<ConfigProblem>,
+) -> SessionConfig {
     let store = match raw.store.as_deref().unwrap_or("memory") {
         "memory" => StoreKind::Memory,
         "redis" => StoreKind::Redis,
         other => {
-            problems.push(problem("session.store", format!("`{other}` is not a session store"), "use \"memory\" (one instance) or \"redis\""));
+            problems.push(problem(
+                "session.store",
+                format!("`{other}` is not a session store"),
+                "use \"memory\" (one instance) or \"redis\"",
+            ));
             StoreKind::Memory
         }
     };
-    let mut redis_url = raw.redis_url.unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+    let mut redis_url = raw
+        .redis_url
+        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
     if let Some(file) = raw.redis_url_file {
         let path = resolve_path(base, &file);
         match std::fs::read_to_string(&path) {
             Ok(s) => redis_url = s.trim().to_string(),
-            Err(e) => problems.push(problem("session.redis_url_file", format!("cannot read {}: {e}", path.display()), "point it at a readable file holding the Redis URL")),
+            Err(e) => problems.push(problem(
+                "session.redis_url_file",
+                format!("cannot read {}: {e}", path.display()),
+                "point it at a readable file holding the Redis URL",
+            )),
         }
     }
     if let Some(v) = env_secret("AUTHGATE_SESSION_REDIS_URL") {
         redis_url = v;
     }
     if store == StoreKind::Redis && redis::Client::open(redis_url.as_str()).is_err() {
-        problems.push(problem("session.redis_url", "not a valid Redis URL", "write redis://[:password@]host:port/db or rediss://..."));
+        problems.push(problem(
+            "session.redis_url",
+            "not a valid Redis URL",
+            "write redis://[:password@]host:port/db or rediss://...",
+        ));
     }
-    let ttl = duration_or("session.ttl", raw.ttl.as_ref(), Duration::from_secs(90 * 86400), Duration::from_secs(1), problems);
+    let ttl = duration_or(
+        "session.ttl",
+        raw.ttl.as_ref(),
+        Duration::from_secs(90 * 86400),
+        Duration::from_secs(1),
+        problems,
+    );
     SessionConfig {
         store,
         redis_url,
-        redis_timeout: duration_or("session.redis_timeout", raw.redis_timeout.as_ref(), Duration::from_secs(2), Duration::from_millis(1), problems),
+        redis_timeout: duration_or(
+            "session.redis_timeout",
+            raw.redis_timeout.as_ref(),
+            Duration::from_secs(2),
+            Duration::from_millis(1),
+            problems,
+        ),
         key_prefix: raw.key_prefix.unwrap_or_else(|| "authgate:".into()),
         ttl,
     }
 }
 
-fn validate_directory(raw: raw::RawDirectory, base: &Path, problems: &mut Vec<ConfigProblem>) -> DirectoryConfig {
+fn validate_directory(
+    raw: raw::RawDirectory,
+    base: &Path,
+    embedded: bool,
+    problems: &mut Vec<ConfigProblem>,
+) -> DirectoryConfig {
     let local = raw.local.map(|l| match l.users_file {
-        Some(f) if !f.trim().is_empty() => LocalDirectoryConfig { users_file: resolve_path(base, &f) },
+        Some(f) if !f.trim().is_empty() => LocalDirectoryConfig {
+            users_file: resolve_path(base, &f),
+            missing_is_empty: embedded,
+        },
         _ => {
-            problems.push(problem("directory.local.users_file", "missing", "name the users file, e.g. users_file = \"users.toml\""));
-            LocalDirectoryConfig { users_file: PathBuf::new() }
+            problems.push(problem(
+                "directory.local.users_file",
+                "missing",
+                "name the users file, e.g. users_file = \"users.toml\"",
+            ));
+            LocalDirectoryConfig {
+                users_file: PathBuf::new(),
+                missing_is_empty: false,
+            }
         }
     });
     if local.is_none() {
-        problems.push(problem("directory", "no directory is configured", "add a [directory.local] section with users_file"));
+        problems.push(problem(
+            "directory",
+            "no directory is configured",
+            "add a [directory.local] section with users_file",
+        ));
     }
     DirectoryConfig { local }
 }
@@ -426,7 +669,12 @@ fn validate_directory(raw: raw::RawDirectory, base: &Path, problems: &mut Vec<Co
 fn validate_routes(raw: raw::RawRoutes, problems: &mut Vec<ConfigProblem>) -> RoutesConfig {
     let mut public_exact = Vec::new();
     let mut public_prefixes = Vec::new();
-    for (i, entry) in raw.public.unwrap_or_else(|| vec!["/api/info".into()]).into_iter().enumerate() {
+    for (i, entry) in raw
+        .public
+        .unwrap_or_else(|| vec!["/api/info".into()])
+        .into_iter()
+        .enumerate()
+    {
         let key = format!("routes.public[{i}]");
         let (path, is_prefix) = match entry.strip_suffix('*') {
             Some(p) => (p.to_string(), true),
@@ -449,19 +697,30 @@ fn validate_routes(raw: raw::RawRoutes, problems: &mut Vec<ConfigProblem>) -> Ro
             _ => problems.push(problem(&key, format!("`{entry}` is not a plain absolute path"), "write \"/exact/path\" or \"/prefix/*\" (no query, no dot segments, no encoded characters)")),
         }
     }
-    RoutesConfig { public_exact, public_prefixes }
+    RoutesConfig {
+        public_exact,
+        public_prefixes,
+    }
 }
 
 fn validate_log(raw: raw::RawLog, problems: &mut Vec<ConfigProblem>) -> LogConfig {
     let level = raw.level.unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        problems.push(problem("log.level", format!("`{level}` is not a log filter"), "use error, warn, info, debug or trace"));
+        problems.push(problem(
+            "log.level",
+            format!("`{level}` is not a log filter"),
+            "use error, warn, info, debug or trace",
+        ));
     }
     let format = match raw.format.as_deref().unwrap_or("pretty") {
         "pretty" => LogFormat::Pretty,
         "json" => LogFormat::Json,
         other => {
-            problems.push(problem("log.format", format!("`{other}` is not a log format"), "use \"pretty\" or \"json\""));
+            problems.push(problem(
+                "log.format",
+                format!("`{other}` is not a log format"),
+                "use \"pretty\" or \"json\"",
+            ));
             LogFormat::Pretty
         }
     };

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{fold, stable_user_id, AuthOutcome, Authenticated, Directory, Identity, UserProfile};
-use crate::config::ConfigProblem;
+use crate::config::{ConfigProblem, LocalDirectoryConfig};
 use crate::error::GatewayError;
 use crate::password::{check_hash_format, Password, Verifier};
 
@@ -47,12 +47,26 @@ pub struct LocalDirectory {
     verifier: Verifier,
 }
 
-fn problem(file: &Path, key: String, problem: impl Into<String>, fix: impl Into<String>) -> ConfigProblem {
-    ConfigProblem { key: format!("{}: {key}", file.display()), problem: problem.into(), fix: fix.into() }
+fn problem(
+    file: &Path,
+    key: String,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigProblem {
+    ConfigProblem {
+        key: format!("{}: {key}", file.display()),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
 }
 
 /// Reads and validates a users file, reporting every problem.
-pub fn load_users(path: &Path) -> Result<Vec<LocalUser>, Vec<ConfigProblem>> {
+pub fn load_users(config: &LocalDirectoryConfig) -> Result<Vec<LocalUser>, Vec<ConfigProblem>> {
+    let path = config.users_file.as_path();
+    if config.missing_is_empty && !path.exists() {
+        tracing::warn!(file = %path.display(), "no users file; the embedded default config runs with no users");
+        return Ok(Vec::new());
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![ConfigProblem {
             key: "directory.local.users_file".into(),
@@ -71,32 +85,81 @@ pub fn load_users(path: &Path) -> Result<Vec<LocalUser>, Vec<ConfigProblem>> {
     for (i, u) in parsed.users.into_iter().enumerate() {
         let key = |field: &str| format!("users[{i}].{field}");
         let username = u.username.trim().to_string();
-        if username.is_empty() || username.contains('@') || username.chars().any(char::is_whitespace) {
-            problems.push(problem(path, key("username"), format!("`{username}` is not a usable username"), "use a name without spaces or '@'"));
+        if username.is_empty()
+            || username.contains('@')
+            || username.chars().any(char::is_whitespace)
+        {
+            problems.push(problem(
+                path,
+                key("username"),
+                format!("`{username}` is not a usable username"),
+                "use a name without spaces or '@'",
+            ));
         }
         if let Some(prev) = seen_names.insert(fold(&username), i) {
-            problems.push(problem(path, key("username"), format!("`{username}` repeats users[{prev}] (names match case-insensitively)"), "give every user a distinct username"));
+            problems.push(problem(
+                path,
+                key("username"),
+                format!("`{username}` repeats users[{prev}] (names match case-insensitively)"),
+                "give every user a distinct username",
+            ));
         }
         if let Err(why) = check_hash_format(&u.password_hash) {
-            problems.push(problem(path, key("password_hash"), why, "generate one with `authgate hash-password`"));
+            problems.push(problem(
+                path,
+                key("password_hash"),
+                why,
+                "generate one with `authgate hash-password`",
+            ));
         }
-        let email = u.email.map(|e| e.trim().to_string()).filter(|e| !e.is_empty());
+        let email = u
+            .email
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty());
         if let Some(e) = &email {
             if !e.contains('@') {
-                problems.push(problem(path, key("email"), format!("`{e}` is not an email address"), "write name@domain or leave it out"));
+                problems.push(problem(
+                    path,
+                    key("email"),
+                    format!("`{e}` is not an email address"),
+                    "write name@domain or leave it out",
+                ));
             }
             if let Some(prev) = seen_emails.insert(fold(e), i) {
-                problems.push(problem(path, key("email"), format!("`{e}` repeats users[{prev}]"), "give every user a distinct email"));
+                problems.push(problem(
+                    path,
+                    key("email"),
+                    format!("`{e}` repeats users[{prev}]"),
+                    "give every user a distinct email",
+                ));
             }
         }
-        let id = u.id.unwrap_or_else(|| stable_user_id("local", &fold(&username)));
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
-            problems.push(problem(path, key("id"), format!("`{id}` is not a usable id"), "use letters, digits, '.', '_' or '-' (or leave it out to derive one)"));
+        let id =
+            u.id.unwrap_or_else(|| stable_user_id("local", &fold(&username)));
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        {
+            problems.push(problem(
+                path,
+                key("id"),
+                format!("`{id}` is not a usable id"),
+                "use letters, digits, '.', '_' or '-' (or leave it out to derive one)",
+            ));
         }
         if let Some(prev) = seen_ids.insert(id.clone(), i) {
-            problems.push(problem(path, key("id"), format!("`{id}` repeats users[{prev}]"), "give every user a distinct id"));
+            problems.push(problem(
+                path,
+                key("id"),
+                format!("`{id}` repeats users[{prev}]"),
+                "give every user a distinct id",
+            ));
         }
-        let totp_secret = u.totp_secret.map(|s| s.trim().replace(' ', "").to_uppercase()).filter(|s| !s.is_empty());
+        let totp_secret = u
+            .totp_secret
+            .map(|s| s.trim().replace(' ', "").to_uppercase())
+            .filter(|s| !s.is_empty());
         if let Some(s) = &totp_secret {
             if let Err(why) = crate::totp::secret_problem(s) {
                 problems.push(problem(path, key("totp_secret"), why, "use a base32 secret of at least 128 bits (26+ characters), e.g. from `authgate totp enroll`"));
@@ -104,7 +167,14 @@ pub fn load_users(path: &Path) -> Result<Vec<LocalUser>, Vec<ConfigProblem>> {
         }
         let roles = u.roles.unwrap_or_else(|| vec!["user".into()]);
         users.push(LocalUser {
-            profile: UserProfile { id, name: u.name.unwrap_or_else(|| username.clone()), username, email, roles, directory: "local".into() },
+            profile: UserProfile {
+                id,
+                name: u.name.unwrap_or_else(|| username.clone()),
+                username,
+                email,
+                roles,
+                directory: "local".into(),
+            },
             password_hash: u.password_hash,
             active: u.active.unwrap_or(true),
             totp_secret,
@@ -129,7 +199,13 @@ impl LocalDirectory {
             }
             by_id.insert(u.profile.id.clone(), i);
         }
-        Self { users, by_username, by_email, by_id, verifier }
+        Self {
+            users,
+            by_username,
+            by_email,
+            by_id,
+            verifier,
+        }
     }
 
     fn find(&self, identity: &Identity) -> Option<&LocalUser> {
@@ -147,18 +223,33 @@ impl Directory for LocalDirectory {
         "local"
     }
 
-    async fn authenticate(&self, identity: &Identity, password: &Password) -> Result<AuthOutcome, GatewayError> {
+    async fn authenticate(
+        &self,
+        identity: &Identity,
+        password: &Password,
+    ) -> Result<AuthOutcome, GatewayError> {
         let user = self.find(identity);
         // Unknown users are verified against a dummy hash, so they cost the same as a wrong password.
-        let ok = self.verifier.verify(password, user.map(|u| u.password_hash.as_str())).await?;
+        let ok = self
+            .verifier
+            .verify(password, user.map(|u| u.password_hash.as_str()))
+            .await?;
         Ok(match user {
             None => AuthOutcome::UnknownUser,
-            Some(u) if ok && u.active => AuthOutcome::Authenticated(Authenticated { profile: u.profile.clone(), totp_secret: u.totp_secret.clone() }),
+            Some(u) if ok && u.active => AuthOutcome::Authenticated(Authenticated {
+                profile: u.profile.clone(),
+                totp_secret: u.totp_secret.clone(),
+            }),
             Some(_) => AuthOutcome::Rejected,
         })
     }
 
     async fn current_profile(&self, user_id: &str) -> Result<Option<UserProfile>, GatewayError> {
-        Ok(self.by_id.get(user_id).map(|&i| &self.users[i]).filter(|u| u.active).map(|u| u.profile.clone()))
+        Ok(self
+            .by_id
+            .get(user_id)
+            .map(|&i| &self.users[i])
+            .filter(|u| u.active)
+            .map(|u| u.profile.clone()))
     }
 }

@@ -59,7 +59,11 @@ pub enum AuthOutcome {
 #[async_trait]
 pub trait Directory: Send + Sync {
     fn name(&self) -> &'static str;
-    async fn authenticate(&self, identity: &Identity, password: &Password) -> Result<AuthOutcome, GatewayError>;
+    async fn authenticate(
+        &self,
+        identity: &Identity,
+        password: &Password,
+    ) -> Result<AuthOutcome, GatewayError>;
     /// The current profile of a user this directory issued a session for, or None when the user
     /// is gone or disabled (their sessions must then stop working).
     async fn current_profile(&self, user_id: &str) -> Result<Option<UserProfile>, GatewayError>;
@@ -78,7 +82,11 @@ impl Directories {
         Self { list }
     }
 
-    pub async fn authenticate(&self, identity: &Identity, password: &Password) -> Result<Option<Authenticated>, GatewayError> {
+    pub async fn authenticate(
+        &self,
+        identity: &Identity,
+        password: &Password,
+    ) -> Result<Option<Authenticated>, GatewayError> {
         for d in &self.list {
             match d.authenticate(identity, password).await? {
                 AuthOutcome::Authenticated(a) => return Ok(Some(a)),
@@ -90,7 +98,10 @@ impl Directories {
         Ok(None)
     }
 
-    pub async fn current_profile(&self, profile: &UserProfile) -> Result<Option<UserProfile>, GatewayError> {
+    pub async fn current_profile(
+        &self,
+        profile: &UserProfile,
+    ) -> Result<Option<UserProfile>, GatewayError> {
         match self.list.iter().find(|d| d.name() == profile.directory) {
             Some(d) => d.current_profile(&profile.id).await,
             None => Ok(None),
@@ -103,7 +114,11 @@ const ID_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuv
 /// A stable 17-character id in Rocket.Chat's `Random.id()` alphabet, derived from `seed`.
 pub fn stable_user_id(namespace: &str, seed: &str) -> String {
     let digest = Sha256::digest(format!("authgate:{namespace}:{seed}").as_bytes());
-    digest.iter().take(17).map(|b| ID_ALPHABET[*b as usize % ID_ALPHABET.len()] as char).collect()
+    digest
+        .iter()
+        .take(17)
+        .map(|b| ID_ALPHABET[*b as usize % ID_ALPHABET.len()] as char)
+        .collect()
 }
 
 /// Case folding used for every login comparison (and for regulation keys).

@@ -31,7 +31,12 @@ impl Inner {
     }
 
     fn sweep(&mut self, now: u64) {
-        let dead: Vec<TokenHash> = self.sessions.iter().filter(|(_, s)| !s.is_live(now)).map(|(h, _)| h.clone()).collect();
+        let dead: Vec<TokenHash> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.is_live(now))
+            .map(|(h, _)| h.clone())
+            .collect();
         for h in dead {
             self.remove(&h);
         }
@@ -58,7 +63,11 @@ impl SessionStore for MemoryStore {
             inner.creates_since_sweep = 0;
             inner.sweep(now_unix_ms());
         }
-        inner.by_user.entry(session.user.id.clone()).or_default().insert(hash.clone());
+        inner
+            .by_user
+            .entry(session.user.id.clone())
+            .or_default()
+            .insert(hash.clone());
         inner.sessions.insert(hash.clone(), session.clone());
         Ok(())
     }
@@ -76,24 +85,43 @@ impl SessionStore for MemoryStore {
     }
 
     async fn revoke(&self, hash: &TokenHash) -> Result<bool, StoreError> {
-        Ok(self.lock().remove(hash).is_some_and(|s| s.is_live(now_unix_ms())))
+        Ok(self
+            .lock()
+            .remove(hash)
+            .is_some_and(|s| s.is_live(now_unix_ms())))
     }
 
     async fn list_user(&self, user_id: &str) -> Result<Vec<(TokenHash, Session)>, StoreError> {
         let now = now_unix_ms();
         let inner = self.lock();
-        let Some(set) = inner.by_user.get(user_id) else { return Ok(Vec::new()) };
+        let Some(set) = inner.by_user.get(user_id) else {
+            return Ok(Vec::new());
+        };
         Ok(set
             .iter()
-            .filter_map(|h| inner.sessions.get(h).filter(|s| s.is_live(now)).map(|s| (h.clone(), s.clone())))
+            .filter_map(|h| {
+                inner
+                    .sessions
+                    .get(h)
+                    .filter(|s| s.is_live(now))
+                    .map(|s| (h.clone(), s.clone()))
+            })
             .collect())
     }
 
     async fn revoke_user(&self, user_id: &str) -> Result<usize, StoreError> {
         let now = now_unix_ms();
         let mut inner = self.lock();
-        let hashes: Vec<TokenHash> = inner.by_user.get(user_id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
-        Ok(hashes.iter().filter_map(|h| inner.remove(h)).filter(|s| s.is_live(now)).count())
+        let hashes: Vec<TokenHash> = inner
+            .by_user
+            .get(user_id)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        Ok(hashes
+            .iter()
+            .filter_map(|h| inner.remove(h))
+            .filter(|s| s.is_live(now))
+            .count())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -49,7 +49,9 @@ impl Token {
 
     /// What the store keys on: base64(sha256(token)), as Rocket.Chat stores `hashedToken`.
     pub fn hash(&self) -> TokenHash {
-        TokenHash(base64::engine::general_purpose::STANDARD.encode(Sha256::digest(self.0.as_bytes())))
+        TokenHash(
+            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(self.0.as_bytes())),
+        )
     }
 }
 
@@ -57,7 +59,10 @@ impl Token {
 pub struct TokenHash(pub String);
 
 pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// What the store keeps per session: who it belongs to, and when it dies.
@@ -71,7 +76,11 @@ pub struct Session {
 impl Session {
     pub fn new(user: UserProfile, ttl: Duration) -> Self {
         let now = now_unix_ms();
-        Session { user, created_ms: now, expires_ms: now + ttl.as_millis() as u64 }
+        Session {
+            user,
+            created_ms: now,
+            expires_ms: now + ttl.as_millis() as u64,
+        }
     }
 
     pub fn is_live(&self, now_ms: u64) -> bool {
@@ -110,7 +119,11 @@ pub type DynSessionStore = Arc<dyn SessionStore>;
 pub fn build_store(config: &SessionConfig) -> Result<DynSessionStore, StoreError> {
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
-        StoreKind::Redis => Arc::new(RedisStore::new(&config.redis_url, &config.key_prefix, config.redis_timeout)?),
+        StoreKind::Redis => Arc::new(RedisStore::new(
+            &config.redis_url,
+            &config.key_prefix,
+            config.redis_timeout,
+        )?),
     })
 }
 
@@ -122,7 +135,10 @@ mod tests {
     fn tokens_have_rocket_chat_shape() {
         let t = Token::generate();
         assert_eq!(t.as_str().len(), 43);
-        assert!(t.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(t
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_ne!(t, Token::generate());
         let h = t.hash();
         assert_eq!(h.0.len(), 44);
@@ -133,6 +149,9 @@ mod tests {
     #[test]
     fn hash_matches_rocket_chat_hashed_token() {
         // base64(sha256("abc")), as Meteor's Accounts._hashLoginToken computes it.
-        assert_eq!(Token::from_client("abc").hash().0, "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
+        assert_eq!(
+            Token::from_client("abc").hash().0,
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="
+        );
     }
 }

@@ -72,7 +72,9 @@ impl RedisStore {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
-        let _guard = tokio::time::timeout(self.timeout, self.connecting.lock()).await.map_err(|_| StoreError::Timeout)?;
+        let _guard = tokio::time::timeout(self.timeout, self.connecting.lock())
+            .await
+            .map_err(|_| StoreError::Timeout)?;
         if let Some(c) = self.cached() {
             return Ok(c);
         }
@@ -81,16 +83,25 @@ impl RedisStore {
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(self.timeout, ConnectionManager::new_with_config(self.client.clone(), config))
-            .await
-            .map_err(|_| StoreError::Timeout)?
-            .map_err(unavailable)?;
+        let conn = tokio::time::timeout(
+            self.timeout,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout)?
+        .map_err(unavailable)?;
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
 
-    async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, fut).await.map_err(|_| StoreError::Timeout)?.map_err(unavailable)
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(unavailable)
     }
 }
 
@@ -102,10 +113,14 @@ fn decode(raw: &str) -> Result<Session, StoreError> {
 impl SessionStore for RedisStore {
     async fn create(&self, hash: &TokenHash, session: &Session) -> Result<(), StoreError> {
         let ttl_ms = session.expires_ms.saturating_sub(now_unix_ms()).max(1);
-        let json = serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json =
+            serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut conn = self.connection().await?;
         let mut inv = self.create_script.key(self.session_key(hash));
-        inv.key(self.user_key(&session.user.id)).arg(json).arg(ttl_ms).arg(&hash.0);
+        inv.key(self.user_key(&session.user.id))
+            .arg(json)
+            .arg(ttl_ms)
+            .arg(&hash.0);
         let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(())
     }
@@ -129,7 +144,9 @@ impl SessionStore for RedisStore {
         let raw: Option<String> = self.bounded(conn.get(&key)).await?;
         let deleted: i64 = self.bounded(conn.del(&key)).await?;
         if let Some(Ok(s)) = raw.as_deref().map(decode) {
-            let _: i64 = self.bounded(conn.srem(self.user_key(&s.user.id), &hash.0)).await?;
+            let _: i64 = self
+                .bounded(conn.srem(self.user_key(&s.user.id), &hash.0))
+                .await?;
         }
         Ok(deleted > 0)
     }
@@ -140,8 +157,13 @@ impl SessionStore for RedisStore {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = hashes.iter().map(|h| self.session_key(&TokenHash(h.clone()))).collect();
-        let values: Vec<Option<String>> = self.bounded(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
+        let keys: Vec<String> = hashes
+            .iter()
+            .map(|h| self.session_key(&TokenHash(h.clone())))
+            .collect();
+        let values: Vec<Option<String>> = self
+            .bounded(redis::cmd("MGET").arg(&keys).query_async(&mut conn))
+            .await?;
         let now = now_unix_ms();
         let mut live = Vec::new();
         let mut stale = Vec::new();
@@ -152,7 +174,9 @@ impl SessionStore for RedisStore {
             }
         }
         if !stale.is_empty() {
-            let _: i64 = self.bounded(conn.srem(self.user_key(user_id), stale)).await?;
+            let _: i64 = self
+                .bounded(conn.srem(self.user_key(user_id), stale))
+                .await?;
         }
         Ok(live)
     }
@@ -167,7 +191,9 @@ impl SessionStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
-        let _: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+        let _: String = self
+            .bounded(redis::cmd("PING").query_async(&mut conn))
+            .await?;
         Ok(())
     }
 }

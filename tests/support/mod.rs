@@ -1,0 +1,436 @@
+//! Test harness: real redis-server, a recording upstream, and the real gateway (in-process or as
+//! the built binary), all on loopback with ephemeral ports and temp dirs, killed on drop.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+use authgate::config::{Config, ConfigSource};
+use authgate::server::RunningGateway;
+
+pub use upstream::{Recorded, RecordingUpstream};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn which(bin: &str) -> PathBuf {
+    for dir in [
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+        "/bin",
+        "/sbin",
+    ] {
+        let p = Path::new(dir).join(bin);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("`{bin}` is not installed: run ./scripts/test, which installs what the suite needs");
+}
+
+/// A real redis-server on a free loopback port, in its own temp dir.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Redis {
+            child: None,
+            port: 0,
+            dir,
+        };
+        r.spawn_on(free_port());
+        r
+    }
+
+    fn spawn_on(&mut self, port: u16) {
+        for attempt in 0..5 {
+            let port = if attempt == 0 { port } else { free_port() };
+            let child = Command::new(which("redis-server"))
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "yes",
+                ])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            self.child = Some(child);
+            self.port = port;
+            if self.wait_ready(Duration::from_secs(10)) {
+                return;
+            }
+            self.kill();
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            if self
+                .command("PING")
+                .map(|r| r.starts_with("+PONG"))
+                .unwrap_or(false)
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Sends one inline command and returns the raw reply.
+    pub fn command(&self, cmd: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(format!("{cmd}\r\n").as_bytes())?;
+        let mut buf = [0u8; 65536];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Every key in the database, raw reply of `KEYS *`.
+    pub fn keys(&self) -> String {
+        self.command("KEYS *").unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port (after `kill`).
+    pub fn restart(&mut self) {
+        let port = self.port;
+        let child = Command::new(which("redis-server"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart redis-server");
+        self.child = Some(child);
+        assert!(
+            self.wait_ready(Duration::from_secs(10)),
+            "redis-server did not come back on port {port}"
+        );
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A user for a generated users file.
+pub struct TestUser {
+    pub username: &'static str,
+    pub password: &'static str,
+    pub email: Option<&'static str>,
+    pub extra: &'static str,
+}
+
+pub fn user(
+    username: &'static str,
+    password: &'static str,
+    email: Option<&'static str>,
+) -> TestUser {
+    TestUser {
+        username,
+        password,
+        email,
+        extra: "",
+    }
+}
+
+/// A cheap argon2id hash (tests need speed, not strength).
+pub fn cheap_hash(password: &str) -> String {
+    let params = argon2::Params::new(256, 1, 1, None).unwrap();
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string()
+}
+
+pub fn users_toml(users: &[TestUser]) -> String {
+    let mut s = String::new();
+    for u in users {
+        s.push_str("[[users]]\n");
+        s.push_str(&format!(
+            "username = \"{}\"\nname = \"{} Name\"\n",
+            u.username, u.username
+        ));
+        if let Some(e) = u.email {
+            s.push_str(&format!("email = \"{e}\"\n"));
+        }
+        s.push_str(&format!(
+            "password_hash = \"{}\"\n{}\n\n",
+            cheap_hash(u.password),
+            u.extra
+        ));
+    }
+    s
+}
+
+/// The standard test users.
+pub fn standard_users() -> Vec<TestUser> {
+    vec![
+        user("alice", "alice-password-1", Some("Alice@Example.org")),
+        user("bob", "bob-password-2", Some("bob@example.org")),
+        TestUser {
+            username: "carol",
+            password: "carol-password-3",
+            email: None,
+            extra: "active = false",
+        },
+        TestUser {
+            username: "dave",
+            password: "dave-password-4",
+            email: None,
+            extra: "roles = [\"user\", \"admin\"]\nid = \"DaveId12345678901\"",
+        },
+    ]
+}
+
+/// A config + users file in a temp dir.
+pub struct GatewayFiles {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+pub fn write_files(config_body: &str, users: &str) -> GatewayFiles {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.toml"), users).unwrap();
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, config_body).unwrap();
+    GatewayFiles { dir, config_path }
+}
+
+/// The usual test config: an ephemeral port, the given upstream and session store.
+pub fn config_text(upstream: SocketAddr, redis_url: Option<&str>, extra: &str) -> String {
+    let session = match redis_url {
+        Some(url) => {
+            format!("[session]\nstore = \"redis\"\nredis_url = \"{url}\"\nredis_timeout = \"1s\"\n")
+        }
+        None => "[session]\nstore = \"memory\"\n".to_string(),
+    };
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\npassword_hash_concurrency = 2\n\n[upstream]\nurl = \"http://{upstream}\"\ntimeout = \"2s\"\n\n{session}\n[directory.local]\nusers_file = \"users.toml\"\n\n{extra}\n"
+    )
+}
+
+/// The gateway running in this test process.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub files: GatewayFiles,
+    running: Option<RunningGateway>,
+}
+
+impl Gateway {
+    pub async fn start(config_body: &str, users: &str) -> Gateway {
+        let files = write_files(config_body, users);
+        let config = Config::load(&ConfigSource::from_file(&files.config_path).unwrap())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let running = authgate::server::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Gateway {
+            addr: running.addrs[0],
+            files,
+            running: Some(running),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.trigger_shutdown();
+        }
+    }
+}
+
+/// The built `authgate` binary running as a child process.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr_path: PathBuf,
+}
+
+pub fn authgate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_authgate")
+}
+
+impl GatewayProcess {
+    pub fn spawn(config_path: &Path) -> GatewayProcess {
+        let stderr_path = config_path.with_extension("stderr.log");
+        let mut child = Command::new(authgate_bin())
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .env_remove("AUTHGATE_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("spawn authgate");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("authgate listening on ") {
+                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "authgate did not start: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        };
+        GatewayProcess {
+            child,
+            addr,
+            stderr_path,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends a signal and waits (bounded) for the exit status.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
+/// Logs in with a JSON body and returns (status, body).
+pub async fn login_json(gw_url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(format!("{gw_url}/api/v1/login"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// Logs in and returns (user id, token).
+pub async fn login(gw_url: &str, user: &str, password: &str) -> (String, String) {
+    let (status, body) = login_json(
+        gw_url,
+        serde_json::json!({"user": user, "password": password}),
+    )
+    .await;
+    assert_eq!(status, 200, "login failed: {body}");
+    (
+        body["data"]["userId"].as_str().unwrap().to_string(),
+        body["data"]["authToken"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Sends raw bytes on a fresh connection and returns everything read until close or timeout.
+pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
