@@ -1,0 +1,153 @@
+//! One contract for every session store, run against the memory store and a real Redis.
+
+mod support;
+
+use std::time::Duration;
+
+use authgate::directory::UserProfile;
+use authgate::session::{MemoryStore, RedisStore, Session, SessionStore, Token};
+use support::*;
+
+fn profile(id: &str) -> UserProfile {
+    UserProfile { id: id.into(), username: format!("{id}-name"), name: "N".into(), email: None, roles: vec!["user".into()], directory: "local".into() }
+}
+
+async fn store_contract(store: &dyn SessionStore) {
+    store.ping().await.unwrap();
+    let t1 = Token::generate();
+    let t2 = Token::generate();
+    let t3 = Token::generate();
+    let s1 = Session::new(profile("u1"), Duration::from_secs(3600));
+    store.create(&t1.hash(), &s1).await.unwrap();
+    store.create(&t2.hash(), &Session::new(profile("u1"), Duration::from_secs(3600))).await.unwrap();
+    store.create(&t3.hash(), &Session::new(profile("u2"), Duration::from_secs(3600))).await.unwrap();
+
+    // Lookup is by hash; the raw token is not a key.
+    assert_eq!(store.get(&t1.hash()).await.unwrap(), Some(s1.clone()));
+    assert_eq!(store.get(&Token::generate().hash()).await.unwrap(), None);
+    assert_eq!(store.get(&authgate::session::TokenHash(t1.as_str().to_string())).await.unwrap(), None);
+
+    // The per-user index.
+    let mut listed: Vec<String> = store.list_user("u1").await.unwrap().into_iter().map(|(h, _)| h.0).collect();
+    listed.sort();
+    let mut expected = vec![t1.hash().0, t2.hash().0];
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(store.list_user("nobody").await.unwrap().len(), 0);
+
+    // Revoking one session.
+    assert!(store.revoke(&t1.hash()).await.unwrap());
+    assert!(!store.revoke(&t1.hash()).await.unwrap());
+    assert_eq!(store.get(&t1.hash()).await.unwrap(), None);
+    assert_eq!(store.list_user("u1").await.unwrap().len(), 1);
+
+    // Revoking every session of a user leaves others alone.
+    assert_eq!(store.revoke_user("u1").await.unwrap(), 1);
+    assert_eq!(store.get(&t2.hash()).await.unwrap(), None);
+    assert!(store.get(&t3.hash()).await.unwrap().is_some());
+    assert_eq!(store.revoke_user("u1").await.unwrap(), 0);
+
+    // Sessions die at their expiry, by themselves.
+    let short = Token::generate();
+    store.create(&short.hash(), &Session::new(profile("u3"), Duration::from_millis(700))).await.unwrap();
+    assert!(store.get(&short.hash()).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(store.get(&short.hash()).await.unwrap(), None);
+    assert_eq!(store.list_user("u3").await.unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_store_meets_the_contract() {
+    store_contract(&MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_store_meets_the_contract() {
+    let redis = Redis::start();
+    let store = RedisStore::new(&redis.url(), "test:", Duration::from_secs(1)).unwrap();
+    store_contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_holds_only_hashes_and_every_key_expires() {
+    let redis = Redis::start();
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(&config_text(up.addr, Some(&redis.url()), ""), &users_toml(&standard_users())).await;
+    let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    let keys = redis.keys();
+    assert!(!keys.contains(&token), "raw token stored as a key: {keys}");
+    let dump: Vec<String> = keys.lines().filter(|l| l.starts_with("authgate:")).map(str::to_string).collect();
+    assert_eq!(dump.len(), 2, "a session key and the user's index: {keys}");
+    let hash = authgate::session::Token::from_client(&token).hash().0;
+    assert!(dump.contains(&format!("authgate:session:{hash}")), "{dump:?}");
+    assert!(dump.contains(&format!("authgate:user:{id}:sessions")), "{dump:?}");
+    for key in &dump {
+        let ttl: i64 = redis.command(&format!("PTTL {key}")).unwrap().trim().trim_start_matches(':').parse().unwrap();
+        // ttl = 90 days by default.
+        assert!(ttl > 89 * 86_400_000 && ttl <= 90 * 86_400_000, "{key} ttl {ttl}");
+        let value = redis.command(&format!("DUMP {key}")).unwrap();
+        assert!(!value.contains(&token), "raw token inside {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_sharing_redis_share_sessions_and_logouts() {
+    let redis = Redis::start();
+    let up = RecordingUpstream::start().await;
+    let users = users_toml(&standard_users());
+    let a = Gateway::start(&config_text(up.addr, Some(&redis.url()), ""), &users).await;
+    let b = Gateway::start(&config_text(up.addr, Some(&redis.url()), ""), &users).await;
+    let (id, token) = login(&a.url(""), "bob", "bob-password-2").await;
+    let me = |gw: &Gateway| {
+        let url = gw.url("/api/v1/me");
+        let (id, token) = (id.clone(), token.clone());
+        async move { client().get(url).header("x-auth-token", token).header("x-user-id", id).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(me(&b).await, 200);
+    let r = client().post(b.url("/api/v1/logout")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(me(&a).await, 401);
+    assert_eq!(me(&b).await, 401);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_ttl_comes_from_config() {
+    let redis = Redis::start();
+    let up = RecordingUpstream::start().await;
+    let cfg = config_text(up.addr, Some(&redis.url()), "").replace("redis_timeout = \"1s\"\n", "redis_timeout = \"1s\"\nttl = \"2s\"\n");
+    let gw = Gateway::start(&cfg, &users_toml(&standard_users())).await;
+    let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    let status = || async { client().get(gw.url("/api/v1/me")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap().status().as_u16() };
+    assert_eq!(status().await, 200);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(status().await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_outage_fails_closed_and_recovers() {
+    let mut redis = Redis::start();
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(&config_text(up.addr, Some(&redis.url()), ""), &users_toml(&standard_users())).await;
+    let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    redis.kill();
+    let r = client().get(gw.url("/api/v1/me")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "error");
+    let (status, _) = login_json(&gw.url(""), serde_json::json!({"user": "alice", "password": "alice-password-1"})).await;
+    assert_eq!(status, 503);
+    assert_eq!(up.count(), 0, "nothing forwarded while sessions cannot be checked");
+    redis.restart();
+    // Sessions were in the killed (non-persistent) Redis: they are gone, logins work again.
+    let mut recovered = false;
+    for _ in 0..50 {
+        let (status, _) = login_json(&gw.url(""), serde_json::json!({"user": "alice", "password": "alice-password-1"})).await;
+        if status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "logins did not recover after Redis came back");
+}
