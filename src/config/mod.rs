@@ -222,7 +222,7 @@ impl Config {
         let mut unknown = Vec::new();
         let de = toml::Deserializer::new(&source.text);
         let raw: RawConfig = match serde_ignored::deserialize(de, |path| {
-            unknown.push(path.to_string())
+            unknown.push(toml_key(&path))
         }) {
             Ok(raw) => raw,
             Err(e) => {
@@ -251,6 +251,24 @@ impl Config {
         } else {
             Err(fail(problems))
         }
+    }
+}
+
+/// A dotted TOML key (`server.listen`, `routes.public[0]`) from serde_ignored's path.
+fn toml_key(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", toml_key(parent)),
+        Path::Map { parent, key } => {
+            let p = toml_key(parent);
+            if p.is_empty() {
+                key.to_string()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => toml_key(parent),
     }
 }
 
