@@ -15,6 +15,7 @@ use crate::directory::Directories;
 use crate::error::{json_response, Body, Dependency, GatewayError, LOGGED_OUT_BODY};
 use crate::forward::{self, Upstream};
 use crate::login::{self, LoginRequest};
+use crate::regulation::Regulation;
 use crate::route::{self, Route, RouteKind};
 use crate::session::{DynSessionStore, Session, StoreError, Token};
 
@@ -23,6 +24,7 @@ pub struct Gateway {
     pub store: DynSessionStore,
     pub directories: Directories,
     pub upstream: Upstream,
+    pub regulation: Regulation,
 }
 
 impl From<StoreError> for GatewayError {
@@ -68,6 +70,11 @@ fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
     if te && first_cl.is_some() {
         return Err(GatewayError::BadRequest(
             "Content-Length and Transfer-Encoding together are not allowed.",
+        ));
+    }
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(GatewayError::BadRequest(
+            "Repeated Host headers are not allowed.",
         ));
     }
     if let Some(first) = first_cl {
@@ -206,23 +213,50 @@ impl Gateway {
         Ok((parts.headers, bytes.to_bytes()))
     }
 
-    async fn login(
-        &self,
-        req: Request<Incoming>,
-        _peer: SocketAddr,
-    ) -> Result<Response<Body>, GatewayError> {
+    async fn login(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, GatewayError> {
         if req.method() != Method::POST {
             return Err(GatewayError::MethodNotAllowed);
         }
+        let ip = forward::client_ip(peer.ip(), req.headers(), &self.config.server.trusted_proxies);
         let (headers, body) = self.read_login_body(req).await?;
-        let kind = login::body_kind(
-            headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let kind = login::body_kind(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
         let header_code = headers.get("x-2fa-code").and_then(|v| v.to_str().ok());
-        let avatar_base = self.avatar_base(&headers);
-        match login::parse(kind, &body, header_code).ok_or(GatewayError::LoginFailed)? {
+        let request = login::parse(kind, &body, header_code);
+        let login_name = match &request {
+            Some(LoginRequest::Password { identity, .. }) => Some(identity.as_str().to_string()),
+            _ => None,
+        };
+        // Blocked attempts are refused before any password is checked, with the right password too.
+        let checked = self.regulation.check(login_name.as_deref(), ip).await;
+        let outcome = match (checked, request) {
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(GatewayError::LoginFailed),
+            (Ok(()), Some(request)) => self.attempt(request, &self.avatar_base(&headers)).await,
+        };
+        match &outcome {
+            Err(GatewayError::LoginFailed | GatewayError::TotpInvalid) => self.regulation.failed(login_name.as_deref(), ip).await?,
+            Ok(_) => {
+                if let Some(name) = &login_name {
+                    self.regulation.succeeded(name).await?;
+                }
+            }
+            Err(_) => {}
+        }
+        let result = match &outcome {
+            Ok(_) => "success",
+            Err(GatewayError::LoginFailed) => "bad-credentials",
+            Err(GatewayError::TotpRequired) => "totp-required",
+            Err(GatewayError::TotpInvalid) => "totp-invalid",
+            Err(GatewayError::LoginBlocked(_)) => "blocked",
+            Err(_) => "dependency-error",
+        };
+        tracing::info!(target: "authgate::audit", login = login_name.as_deref().unwrap_or("-"), client_ip = %ip, outcome = result, "login attempt");
+        outcome
+    }
+
+    /// One login attempt that passed regulation: resume a session, or check credentials.
+    async fn attempt(&self, request: LoginRequest, avatar_base: &str) -> Result<Response<Body>, GatewayError> {
+        match request {
             LoginRequest::Resume(token) => {
                 let token = Token::from_client(&token);
                 let session = self
@@ -235,7 +269,7 @@ impl Gateway {
                     self.store.revoke_user(&session.user.id).await?;
                     return Err(GatewayError::LoginFailed);
                 };
-                let me = login::me(&profile, &avatar_base, false);
+                let me = login::me(&profile, avatar_base, false);
                 Ok(json_response(
                     StatusCode::OK,
                     login::success_body(&profile.id, token.as_str(), me),
@@ -260,7 +294,7 @@ impl Gateway {
                 let session = Session::new(user.profile.clone(), self.config.session.ttl);
                 self.store.create(&token.hash(), &session).await?;
                 tracing::info!(user = %user.profile.username, directory = %user.profile.directory, "login succeeded");
-                let me = login::me(&user.profile, &avatar_base, user.totp_secret.is_some());
+                let me = login::me(&user.profile, avatar_base, user.totp_secret.is_some());
                 Ok(json_response(
                     StatusCode::OK,
                     login::success_body(&user.profile.id, token.as_str(), me),

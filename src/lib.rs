@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod conn_guard;
 pub mod directory;
 pub mod error;
 pub mod forward;
@@ -11,6 +12,7 @@ pub mod gateway;
 pub mod logging;
 pub mod login;
 pub mod password;
+pub mod regulation;
 pub mod route;
 pub mod server;
 pub mod session;

@@ -14,12 +14,14 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::conn_guard::GuardedIo;
 use crate::directory::local::{load_users, LocalDirectory};
 use crate::directory::{Directories, DynDirectory};
-use crate::error::GatewayError;
+use crate::error::{Body, GatewayError};
 use crate::forward::Upstream;
 use crate::gateway::Gateway;
 use crate::password::Verifier;
+use crate::regulation::Regulation;
 use crate::session::build_store;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +75,13 @@ pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
     let store = build_store(&config.session)
         .map_err(|e| StartError::Config(format!("  - `session.redis_url`: {e}\n")))?;
     let upstream = Upstream::new(&config.upstream);
+    let regulation = Regulation::new(config.regulation.clone(), store.clone());
     Ok(Arc::new(Gateway {
         config: Arc::new(config),
         store,
         directories: Directories::new(directories),
         upstream,
+        regulation,
     }))
 }
 
@@ -126,7 +130,9 @@ fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
+        // hyper's timer bounds the wait for the next request head, i.e. the idle keep-alive time;
+        // the slow-head (slowloris) deadline is enforced per head by `GuardedIo`.
+        .header_read_timeout(server.idle_timeout)
         .keep_alive(true)
         .max_buf_size(server.max_header_bytes.max(8192));
     builder
@@ -162,22 +168,28 @@ async fn accept_loop(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let server = &gateway.config.server;
+        let (io, flags) =
+            GuardedIo::new(stream, server.max_header_bytes, server.header_read_timeout);
         let gw = gateway.clone();
         let service = service_fn(move |req| {
             let gw = gw.clone();
+            let flags = flags.clone();
             async move {
-                // A panic in one request answers 500 and leaves the process and other requests alone.
-                let answer = std::panic::AssertUnwindSafe(gw.handle(req, peer))
-                    .catch_unwind()
-                    .await;
-                Ok::<_, Infallible>(answer.unwrap_or_else(|_| {
-                    tracing::error!("request handler panicked");
-                    GatewayError::Internal("handler panicked".into()).into_response()
-                }))
+                if flags.ambiguous_framing() {
+                    // Never forwarded: a request framed two ways is how smuggling starts.
+                    return Ok::<_, Infallible>(
+                        GatewayError::BadRequest(
+                            "Content-Length with Transfer-Encoding is not allowed.",
+                        )
+                        .into_response(),
+                    );
+                }
+                Ok::<_, Infallible>(rescue_panics(gw.handle(req, peer)).await)
             }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -192,5 +204,37 @@ async fn accept_loop(
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+}
+
+/// A panic in one request answers 500 and leaves the process and other requests alone.
+pub async fn rescue_panics(handler: impl std::future::Future<Output = http::Response<Body>>) -> http::Response<Body> {
+    std::panic::AssertUnwindSafe(handler).catch_unwind().await.unwrap_or_else(|_| {
+        tracing::error!("request handler panicked");
+        GatewayError::Internal("handler panicked".into()).into_response()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_the_contract_body() {
+        let resp = rescue_panics(async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            crate::error::json_response(http::StatusCode::OK, "{}")
+        })
+        .await;
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], crate::error::INTERNAL_ERROR_BODY.as_bytes());
+        // The runtime and this task survive the panic.
+        let ok = rescue_panics(async { crate::error::json_response(http::StatusCode::OK, "{}") }).await;
+        assert_eq!(ok.status(), 200);
     }
 }

@@ -10,7 +10,11 @@ use support::*;
 
 fn run(args: &[&str], stdin: Option<&str>, cwd: Option<&std::path::Path>) -> (i32, String, String) {
     let mut cmd = Command::new(authgate_bin());
-    cmd.args(args).env_remove("AUTHGATE_CONFIG").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .env_remove("AUTHGATE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
@@ -22,7 +26,11 @@ fn run(args: &[&str], stdin: Option<&str>, cwd: Option<&std::path::Path>) -> (i3
         }
     }
     let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn repo_file(name: &str) -> String {
@@ -34,7 +42,15 @@ fn checked_in_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.toml"), repo_file("config.toml")).unwrap();
     std::fs::write(dir.path().join("users.toml"), repo_file("users.toml")).unwrap();
-    let (code, out, err) = run(&["check-config", "--config", dir.path().join("config.toml").to_str().unwrap()], None, None);
+    let (code, out, err) = run(
+        &[
+            "check-config",
+            "--config",
+            dir.path().join("config.toml").to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
     assert_eq!(code, 0, "{out}{err}");
     // Without --config, ./config.toml is used.
     let (code, _, err) = run(&["check-config"], None, Some(dir.path()));
@@ -52,17 +68,36 @@ fn bad_config_lists_every_problem_with_key_and_fix() {
          [session]\nstore = \"postgres\"\nttl = \"-1\"\n\n[directory.local]\nusers_file = \"users.toml\"\nbogus = 1\n\n[routes]\npublic = [\"/api/v1/*\"]\n\n[nonsense]\nx = 1\n",
         "",
     );
-    let (code, _, err) = run(&["check-config", "--config", files.config_path.to_str().unwrap()], None, None);
+    let (code, _, err) = run(
+        &[
+            "check-config",
+            "--config",
+            files.config_path.to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
     assert_eq!(code, 64, "{err}");
     for key in [
-        "`server.listen`", "`server.header_read_timeout`", "`server.listen_backlog`", "`upstream.url`", "`session.store`", "`session.ttl`",
-        "`directory.local.bogus`", "`routes.public[0]`", "`nonsense`",
+        "`server.listen`",
+        "`server.header_read_timeout`",
+        "`server.listen_backlog`",
+        "`upstream.url`",
+        "`session.store`",
+        "`session.ttl`",
+        "`directory.local.bogus`",
+        "`routes.public[0]`",
+        "`nonsense`",
     ] {
         assert!(err.contains(key), "missing {key} in:\n{err}");
     }
     assert!(err.contains("fix:"), "{err}");
     // serve refuses the same config with the same exit code.
-    let (code, _, err2) = run(&["serve", "--config", files.config_path.to_str().unwrap()], None, None);
+    let (code, _, err2) = run(
+        &["serve", "--config", files.config_path.to_str().unwrap()],
+        None,
+        None,
+    );
     assert_eq!(code, 64, "{err2}");
     assert!(err2.contains("`session.store`"));
 }
@@ -70,23 +105,55 @@ fn bad_config_lists_every_problem_with_key_and_fix() {
 #[test]
 fn type_errors_and_users_file_problems_name_the_key() {
     let files = write_files("[server]\nmax_connections = \"many\"\n", "");
-    let (code, _, err) = run(&["check-config", "--config", files.config_path.to_str().unwrap()], None, None);
+    let (code, _, err) = run(
+        &[
+            "check-config",
+            "--config",
+            files.config_path.to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
     assert_eq!(code, 64);
     assert!(err.contains("server.max_connections"), "{err}");
 
     let users = "[[users]]\nusername = \"alice\"\npassword_hash = \"plaintext\"\n\n[[users]]\nusername = \"ALICE\"\npassword_hash = \"$2b$04$abcdefghijklmnopqrstuu5Y5Gf2nBcq2b1T5m7oY8W2x3c4d5e6\"\ntotp_secret = \"short\"\n";
     let files = write_files("[directory.local]\nusers_file = \"users.toml\"\n", users);
-    let (code, _, err) = run(&["check-config", "--config", files.config_path.to_str().unwrap()], None, None);
+    let (code, _, err) = run(
+        &[
+            "check-config",
+            "--config",
+            files.config_path.to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
     assert_eq!(code, 64);
-    for key in ["users[0].password_hash", "users[1].username", "users[1].totp_secret"] {
+    for key in [
+        "users[0].password_hash",
+        "users[1].username",
+        "users[1].totp_secret",
+    ] {
         assert!(err.contains(key), "missing {key} in:\n{err}");
     }
     let files = write_files("[directory.local]\nusers_file = \"missing.toml\"\n", "");
-    let (code, _, err) = run(&["check-config", "--config", files.config_path.to_str().unwrap()], None, None);
+    let (code, _, err) = run(
+        &[
+            "check-config",
+            "--config",
+            files.config_path.to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
     assert_eq!(code, 64);
     assert!(err.contains("directory.local.users_file"), "{err}");
     // A missing config file is a usage problem too.
-    let (code, _, err) = run(&["check-config", "--config", "/nonexistent/authgate.toml"], None, None);
+    let (code, _, err) = run(
+        &["check-config", "--config", "/nonexistent/authgate.toml"],
+        None,
+        None,
+    );
     assert_eq!(code, 64, "{err}");
 }
 
@@ -106,13 +173,25 @@ fn hash_password_prints_a_verifying_owasp_argon2id_hash() {
     let (code, out, err) = run(&["hash-password"], Some("s3cret pass\n"), None);
     assert_eq!(code, 0, "{err}");
     let hash = out.trim();
-    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
     use authgate::password::{verify_blocking, Password};
-    assert!(verify_blocking(&Password::Plain("s3cret pass".into()), hash));
-    assert!(!verify_blocking(&Password::Plain("s3cret pass\n".into()), hash));
+    assert!(verify_blocking(
+        &Password::Plain("s3cret pass".into()),
+        hash
+    ));
+    assert!(!verify_blocking(
+        &Password::Plain("s3cret pass\n".into()),
+        hash
+    ));
     // Leading and trailing spaces are part of the password.
     let (_, out, _) = run(&["hash-password"], Some("  padded  "), None);
-    assert!(verify_blocking(&Password::Plain("  padded  ".into()), out.trim()));
+    assert!(verify_blocking(
+        &Password::Plain("  padded  ".into()),
+        out.trim()
+    ));
     let (code, _, err) = run(&["hash-password"], Some(""), None);
     assert_eq!(code, 64, "{err}");
     let (code, _, _) = run(&["hash-password"], Some("\n"), None);
@@ -125,21 +204,46 @@ fn a_hashed_user_logs_in_through_the_binary_and_logs_stay_clean() {
     let upstream = rt.block_on(RecordingUpstream::start());
     let password = "Tr0ub4dor&3-unique-password";
     let (_, hash, _) = run(&["hash-password"], Some(password), None);
-    let users = format!("[[users]]\nusername = \"zoe\"\nemail = \"zoe@example.org\"\npassword_hash = \"{}\"\n", hash.trim());
-    let cfg = config_text(upstream.addr, None, "[log]\nlevel = \"debug\"\nformat = \"json\"\n");
+    let users = format!(
+        "[[users]]\nusername = \"zoe\"\nemail = \"zoe@example.org\"\npassword_hash = \"{}\"\n",
+        hash.trim()
+    );
+    let cfg = config_text(
+        upstream.addr,
+        None,
+        "[log]\nlevel = \"debug\"\nformat = \"json\"\n",
+    );
     let files = write_files(&cfg, &users);
     let mut gw = GatewayProcess::spawn(&files.config_path);
     let base = gw.url("");
     rt.block_on(async {
         let (id, token) = login(&base, "zoe@example.org", password).await;
-        let (status, _) = login_json(&base, serde_json::json!({"user": "zoe", "password": format!("{password}-wrong")})).await;
+        let (status, _) = login_json(
+            &base,
+            serde_json::json!({"user": "zoe", "password": format!("{password}-wrong")}),
+        )
+        .await;
         assert_eq!(status, 401);
-        let r = client().get(format!("{base}/api/v1/me")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+        let r = client()
+            .get(format!("{base}/api/v1/me"))
+            .header("x-auth-token", &token)
+            .header("x-user-id", &id)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
-        let r = client().post(format!("{base}/api/v1/logout")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+        let r = client()
+            .post(format!("{base}/api/v1/logout"))
+            .header("x-auth-token", &token)
+            .header("x-user-id", &id)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         // The whole log of the run, once the process has stopped.
-        let status = gw.signal_and_wait("TERM", Duration::from_secs(10)).expect("authgate did not stop on SIGTERM");
+        let status = gw
+            .signal_and_wait("TERM", Duration::from_secs(10))
+            .expect("authgate did not stop on SIGTERM");
         assert!(status.success(), "exit {status:?}");
         let log = gw.stderr();
         assert!(!log.is_empty());
@@ -152,7 +256,9 @@ fn a_hashed_user_logs_in_through_the_binary_and_logs_stay_clean() {
 fn sigint_stops_cleanly_and_requests_in_flight_finish() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let upstream = rt.block_on(RecordingUpstream::start());
-    let cfg = config_text(upstream.addr, None, "").replace("timeout = \"2s\"", "timeout = \"30s\"").replace("shutdown_grace = \"2s\"", "shutdown_grace = \"15s\"");
+    let cfg = config_text(upstream.addr, None, "")
+        .replace("timeout = \"2s\"", "timeout = \"30s\"")
+        .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"15s\"");
     let files = write_files(&cfg, &users_toml(&standard_users()));
     let mut gw = GatewayProcess::spawn(&files.config_path);
     let base = gw.url("");
@@ -161,7 +267,16 @@ fn sigint_stops_cleanly_and_requests_in_flight_finish() {
         // /slow answers after 10 s; the stop must wait for it.
         let inflight = tokio::spawn({
             let url = format!("{base}/slow");
-            async move { client().get(url).header("x-auth-token", token).header("x-user-id", id).timeout(Duration::from_secs(30)).send().await.map(|r| r.status().as_u16()) }
+            async move {
+                client()
+                    .get(url)
+                    .header("x-auth-token", token)
+                    .header("x-user-id", id)
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
         let status = tokio::task::spawn_blocking(move || {
@@ -171,7 +286,11 @@ fn sigint_stops_cleanly_and_requests_in_flight_finish() {
         .await
         .unwrap();
         assert!(status.0.expect("did not exit").success());
-        assert_eq!(inflight.await.unwrap().unwrap(), 200, "the request in flight was cut off");
+        assert_eq!(
+            inflight.await.unwrap().unwrap(),
+            200,
+            "the request in flight was cut off"
+        );
     });
 }
 
@@ -179,12 +298,17 @@ fn sigint_stops_cleanly_and_requests_in_flight_finish() {
 fn the_checked_in_config_serves() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = repo_file("config.toml").replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"");
+    let cfg =
+        repo_file("config.toml").replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"");
     std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
     std::fs::write(dir.path().join("users.toml"), repo_file("users.toml")).unwrap();
     let gw = GatewayProcess::spawn(&dir.path().join("config.toml"));
     rt.block_on(async {
-        let (status, body) = login_json(&gw.url(""), serde_json::json!({"user": "admin", "password": "admin"})).await;
+        let (status, body) = login_json(
+            &gw.url(""),
+            serde_json::json!({"user": "admin", "password": "admin"}),
+        )
+        .await;
         assert_eq!(status, 401, "there is no default account: {body}");
         let r = client().get(gw.url("/api/v1/me")).send().await.unwrap();
         assert_eq!(r.status(), 401);
@@ -194,10 +318,25 @@ fn the_checked_in_config_serves() {
 #[test]
 fn docker_compose_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.toml"), repo_file("docker/config.compose.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        repo_file("docker/config.compose.toml"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("users.toml"), repo_file("users.toml")).unwrap();
-    let (code, out, err) = run(&["check-config", "--config", dir.path().join("config.toml").to_str().unwrap()], None, None);
+    let (code, out, err) = run(
+        &[
+            "check-config",
+            "--config",
+            dir.path().join("config.toml").to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
     assert_eq!(code, 0, "{out}{err}");
     let compose = repo_file("docker/compose.yml");
-    assert!(compose.contains("config.compose.toml:/etc/authgate/config.toml"), "compose must mount the checked config");
+    assert!(
+        compose.contains("config.compose.toml:/etc/authgate/config.toml"),
+        "compose must mount the checked config"
+    );
 }

@@ -11,7 +11,11 @@ const NOT_LOGGED_IN: &str = r#"{"success":false,"error":"You must be logged in t
 
 async fn setup_with(extra: &str) -> (RecordingUpstream, Gateway, String, String) {
     let up = RecordingUpstream::start().await;
-    let gw = Gateway::start(&config_text(up.addr, None, extra), &users_toml(&standard_users())).await;
+    let gw = Gateway::start(
+        &config_text(up.addr, None, extra),
+        &users_toml(&standard_users()),
+    )
+    .await;
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
     (up, gw, id, token)
 }
@@ -47,13 +51,32 @@ async fn protected_paths_need_a_live_session_of_the_named_user() {
         assert_eq!(r.text().await.unwrap(), NOT_LOGGED_IN);
     }
     // Other methods and paths likewise.
-    for (m, p) in [("POST", "/api/v1/chat.postMessage"), ("DELETE", "/api/v1/rooms.delete"), ("GET", "/"), ("GET", "/avatar/alice")] {
-        let r = client().request(m.parse().unwrap(), gw.url(p)).send().await.unwrap();
+    for (m, p) in [
+        ("POST", "/api/v1/chat.postMessage"),
+        ("DELETE", "/api/v1/rooms.delete"),
+        ("GET", "/"),
+        ("GET", "/avatar/alice"),
+    ] {
+        let r = client()
+            .request(m.parse().unwrap(), gw.url(p))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "{m} {p}");
     }
-    assert_eq!(up.count(), 0, "nothing may reach the upstream without a session");
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing may reach the upstream without a session"
+    );
     // Query strings, even empty ones (rocketchat_API sends `/me?`), do not change the decision.
-    let r = client().get(gw.url("/api/v1/me?")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/api/v1/me?"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().target, "/api/v1/me?");
 }
@@ -80,20 +103,38 @@ async fn the_upstream_sees_only_the_gateways_identity_and_forwarding_headers() {
     assert_eq!(seen.header_all("x-real-ip"), vec!["127.0.0.1"]);
     assert_eq!(seen.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
     for gone in [
-        "x_auth_token", "x_user_id", "x-user_id", "x-forwarded-host", "x-forwarded-proto", "forwarded", "x-original-url",
-        "x-http-method-override", "x-custom-hop", "keep-alive", "proxy-authorization", "te", "upgrade",
+        "x_auth_token",
+        "x_user_id",
+        "x-user_id",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "forwarded",
+        "x-original-url",
+        "x-http-method-override",
+        "x-custom-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "upgrade",
     ] {
-        assert!(seen.header_all(gone).is_empty(), "{gone} reached the upstream");
+        assert!(
+            seen.header_all(gone).is_empty(),
+            "{gone} reached the upstream"
+        );
     }
     assert_eq!(seen.header("cookie").as_deref(), Some("theme=dark"));
     assert_eq!(seen.header("accept").as_deref(), Some("application/json"));
     // The upstream's own hop-by-hop headers do not reach the client.
-    assert!(!answer.to_ascii_lowercase().contains("x-upstream-private"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("x-upstream-private"),
+        "{answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn public_routes_forward_without_identity() {
-    let (up, gw, id, token) = setup_with("[routes]\npublic = [\"/api/info\", \"/assets/*\"]\n").await;
+    let (up, gw, id, token) =
+        setup_with("[routes]\npublic = [\"/api/info\", \"/assets/*\"]\n").await;
     for path in ["/api/info", "/assets/app.css"] {
         let r = client()
             .get(gw.url(path))
@@ -106,7 +147,10 @@ async fn public_routes_forward_without_identity() {
         assert_eq!(r.status(), 200, "{path}");
         let seen = up.last();
         assert_eq!(seen.target, path);
-        assert!(seen.header_all("x-user-id").is_empty() && seen.header_all("x-auth-token").is_empty(), "{path}");
+        assert!(
+            seen.header_all("x-user-id").is_empty() && seen.header_all("x-auth-token").is_empty(),
+            "{path}"
+        );
         assert_eq!(seen.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
     }
     let before = up.count();
@@ -121,21 +165,50 @@ async fn public_routes_forward_without_identity() {
 async fn login_surfaces_and_realtime_stay_closed() {
     let (up, gw, id, token) = setup().await;
     let ddp = json!({"message": "{\"msg\":\"method\",\"method\":\"login\",\"params\":[{\"user\":{\"username\":\"alice\"},\"password\":\"x\"}]}"});
-    for path in ["/api/v1/method.callAnon/login", "/api/v1/method.call/login", "/api/v1/method.callanon/login/", "/API/V1/METHOD.CALL/LOGIN"] {
+    for path in [
+        "/api/v1/method.callAnon/login",
+        "/api/v1/method.call/login",
+        "/api/v1/method.callanon/login/",
+        "/API/V1/METHOD.CALL/LOGIN",
+    ] {
         let r = client().post(gw.url(path)).json(&ddp).send().await.unwrap();
         assert_ne!(r.status(), 200, "{path}");
-        let r = client().post(gw.url(path)).header("x-auth-token", &token).header("x-user-id", &id).json(&ddp).send().await.unwrap();
+        let r = client()
+            .post(gw.url(path))
+            .header("x-auth-token", &token)
+            .header("x-user-id", &id)
+            .json(&ddp)
+            .send()
+            .await
+            .unwrap();
         assert_ne!(r.status(), 200, "{path} with a session");
     }
     // users.createToken is an ordinary protected endpoint: never without a session.
-    let r = client().post(gw.url("/api/v1/users.createToken")).json(&json!({"username": "admin"})).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/api/v1/users.createToken"))
+        .json(&json!({"username": "admin"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     for path in ["/websocket", "/sockjs/info", "/sockjs/123/abc/websocket"] {
-        let r = client().get(gw.url(path)).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+        let r = client()
+            .get(gw.url(path))
+            .header("x-auth-token", &token)
+            .header("x-user-id", &id)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
     assert_eq!(up.count(), 0);
-    let r = client().post(gw.url("/api/v1/users.createToken")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/api/v1/users.createToken"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.count(), 1);
 }
@@ -152,10 +225,16 @@ async fn request_bodies_stream_to_the_upstream() {
         notify.notified().await;
         tx.send(Ok(vec![b'b'; 4096])).await.unwrap();
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let r = tokio::time::timeout(
         Duration::from_secs(10),
-        client().post(gw.url("/api/v1/rooms.upload/x")).header("x-auth-token", &token).header("x-user-id", &id).body(reqwest::Body::wrap_stream(stream)).send(),
+        client()
+            .post(gw.url("/api/v1/rooms.upload/x"))
+            .header("x-auth-token", &token)
+            .header("x-user-id", &id)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send(),
     )
     .await
     .expect("a buffering gateway never forwards the first chunk")
@@ -164,7 +243,14 @@ async fn request_bodies_stream_to_the_upstream() {
     assert_eq!(up.last().body_len, 8192);
     // A multi-megabyte upload arrives whole.
     let big = vec![b'z'; 12 * 1024 * 1024];
-    let r = client().post(gw.url("/api/v1/rooms.upload/y")).header("x-auth-token", &token).header("x-user-id", &id).body(big).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/api/v1/rooms.upload/y"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().body_len, 12 * 1024 * 1024);
 }
@@ -172,38 +258,79 @@ async fn request_bodies_stream_to_the_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn response_bodies_stream_to_the_client() {
     let (_up, gw, id, token) = setup().await;
-    let mut r = client().get(gw.url("/stream")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+    let mut r = client()
+        .get(gw.url("/stream"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .send()
+        .await
+        .unwrap();
     // The first chunk arrives while the upstream is still holding back the second.
-    let first = tokio::time::timeout(Duration::from_secs(2), r.chunk()).await.expect("first chunk was held back").unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(2), r.chunk())
+        .await
+        .expect("first chunk was held back")
+        .unwrap()
+        .unwrap();
     assert_eq!(&first[..], b"first;");
     let rest = r.chunk().await.unwrap().unwrap();
     assert_eq!(&rest[..], b"second");
-    let r = client().get(gw.url("/big")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/big"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().len(), 8 * 1024 * 1024);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_faults_are_502_and_504_without_tokens() {
     // A closed port: 502.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let gw = Gateway::start(&config_text(closed, None, ""), &users_toml(&standard_users())).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Gateway::start(
+        &config_text(closed, None, ""),
+        &users_toml(&standard_users()),
+    )
+    .await;
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    let r = client().get(gw.url("/api/v1/me")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/api/v1/me"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["content-type"], "application/json");
     let body = r.text().await.unwrap();
     assert!(!body.contains(&token), "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((v["success"].clone(), v["status"].clone()), (json!(false), json!("error")));
+    assert_eq!(
+        (v["success"].clone(), v["status"].clone()),
+        (json!(false), json!("error"))
+    );
     // A silent upstream (no headers within upstream.timeout = 2s): 504.
     let (up, gw, id, token) = setup().await;
     let started = std::time::Instant::now();
-    let r = client().get(gw.url("/slow")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/slow"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(8));
     let body = r.text().await.unwrap();
     assert!(!body.contains(&token), "{body}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"], "error");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
+        "error"
+    );
     assert_eq!(up.last().target, "/slow");
 }
 

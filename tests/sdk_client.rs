@@ -11,17 +11,30 @@ use support::*;
 fn rocketchat_api_python_client_works_unchanged() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let up = rt.block_on(RecordingUpstream::start());
-    let files = write_files(&config_text(up.addr, None, ""), &users_toml(&standard_users()));
+    let files = write_files(
+        &config_text(up.addr, None, ""),
+        &users_toml(&standard_users()),
+    );
     let gw = GatewayProcess::spawn(&files.config_path);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/rocketchat_api_client.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients/rocketchat_api_client.py");
     let out = Command::new("python3")
         .arg(script)
-        .args([gw.url("").as_str(), "alice", "alice@example.org", "alice-password-1"])
+        .args([
+            gw.url("").as_str(),
+            "alice",
+            "alice@example.org",
+            "alice-password-1",
+        ])
         .output()
         .expect("python3 is needed (./scripts/test installs the rocketchat_API package)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "client failed:\n{stdout}\n{stderr}\ngateway log:\n{}", gw.stderr());
+    assert!(
+        out.status.success(),
+        "client failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
+        gw.stderr()
+    );
     assert!(stdout.contains("rocketchat_API client OK"));
     // What the backend saw: the SDK's /me calls, each with the gateway's identity headers.
     let seen = up.requests();

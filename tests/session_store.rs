@@ -9,7 +9,14 @@ use authgate::session::{MemoryStore, RedisStore, Session, SessionStore, Token};
 use support::*;
 
 fn profile(id: &str) -> UserProfile {
-    UserProfile { id: id.into(), username: format!("{id}-name"), name: "N".into(), email: None, roles: vec!["user".into()], directory: "local".into() }
+    UserProfile {
+        id: id.into(),
+        username: format!("{id}-name"),
+        name: "N".into(),
+        email: None,
+        roles: vec!["user".into()],
+        directory: "local".into(),
+    }
 }
 
 async fn store_contract(store: &dyn SessionStore) {
@@ -19,16 +26,40 @@ async fn store_contract(store: &dyn SessionStore) {
     let t3 = Token::generate();
     let s1 = Session::new(profile("u1"), Duration::from_secs(3600));
     store.create(&t1.hash(), &s1).await.unwrap();
-    store.create(&t2.hash(), &Session::new(profile("u1"), Duration::from_secs(3600))).await.unwrap();
-    store.create(&t3.hash(), &Session::new(profile("u2"), Duration::from_secs(3600))).await.unwrap();
+    store
+        .create(
+            &t2.hash(),
+            &Session::new(profile("u1"), Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    store
+        .create(
+            &t3.hash(),
+            &Session::new(profile("u2"), Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
 
     // Lookup is by hash; the raw token is not a key.
     assert_eq!(store.get(&t1.hash()).await.unwrap(), Some(s1.clone()));
     assert_eq!(store.get(&Token::generate().hash()).await.unwrap(), None);
-    assert_eq!(store.get(&authgate::session::TokenHash(t1.as_str().to_string())).await.unwrap(), None);
+    assert_eq!(
+        store
+            .get(&authgate::session::TokenHash(t1.as_str().to_string()))
+            .await
+            .unwrap(),
+        None
+    );
 
     // The per-user index.
-    let mut listed: Vec<String> = store.list_user("u1").await.unwrap().into_iter().map(|(h, _)| h.0).collect();
+    let mut listed: Vec<String> = store
+        .list_user("u1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(h, _)| h.0)
+        .collect();
     listed.sort();
     let mut expected = vec![t1.hash().0, t2.hash().0];
     expected.sort();
@@ -49,7 +80,13 @@ async fn store_contract(store: &dyn SessionStore) {
 
     // Sessions die at their expiry, by themselves.
     let short = Token::generate();
-    store.create(&short.hash(), &Session::new(profile("u3"), Duration::from_millis(700))).await.unwrap();
+    store
+        .create(
+            &short.hash(),
+            &Session::new(profile("u3"), Duration::from_millis(700)),
+        )
+        .await
+        .unwrap();
     assert!(store.get(&short.hash()).await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(store.get(&short.hash()).await.unwrap(), None);
@@ -72,19 +109,42 @@ async fn redis_store_meets_the_contract() {
 async fn redis_holds_only_hashes_and_every_key_expires() {
     let redis = Redis::start();
     let up = RecordingUpstream::start().await;
-    let gw = Gateway::start(&config_text(up.addr, Some(&redis.url()), ""), &users_toml(&standard_users())).await;
+    let gw = Gateway::start(
+        &config_text(up.addr, Some(&redis.url()), ""),
+        &users_toml(&standard_users()),
+    )
+    .await;
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
     let keys = redis.keys();
     assert!(!keys.contains(&token), "raw token stored as a key: {keys}");
-    let dump: Vec<String> = keys.lines().filter(|l| l.starts_with("authgate:")).map(str::to_string).collect();
+    let dump: Vec<String> = keys
+        .lines()
+        .filter(|l| l.starts_with("authgate:"))
+        .map(str::to_string)
+        .collect();
     assert_eq!(dump.len(), 2, "a session key and the user's index: {keys}");
     let hash = authgate::session::Token::from_client(&token).hash().0;
-    assert!(dump.contains(&format!("authgate:session:{hash}")), "{dump:?}");
-    assert!(dump.contains(&format!("authgate:user:{id}:sessions")), "{dump:?}");
+    assert!(
+        dump.contains(&format!("authgate:session:{hash}")),
+        "{dump:?}"
+    );
+    assert!(
+        dump.contains(&format!("authgate:user:{id}:sessions")),
+        "{dump:?}"
+    );
     for key in &dump {
-        let ttl: i64 = redis.command(&format!("PTTL {key}")).unwrap().trim().trim_start_matches(':').parse().unwrap();
+        let ttl: i64 = redis
+            .command(&format!("PTTL {key}"))
+            .unwrap()
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap();
         // ttl = 90 days by default.
-        assert!(ttl > 89 * 86_400_000 && ttl <= 90 * 86_400_000, "{key} ttl {ttl}");
+        assert!(
+            ttl > 89 * 86_400_000 && ttl <= 90 * 86_400_000,
+            "{key} ttl {ttl}"
+        );
         let value = redis.command(&format!("DUMP {key}")).unwrap();
         assert!(!value.contains(&token), "raw token inside {key}");
     }
@@ -101,10 +161,26 @@ async fn instances_sharing_redis_share_sessions_and_logouts() {
     let me = |gw: &Gateway| {
         let url = gw.url("/api/v1/me");
         let (id, token) = (id.clone(), token.clone());
-        async move { client().get(url).header("x-auth-token", token).header("x-user-id", id).send().await.unwrap().status().as_u16() }
+        async move {
+            client()
+                .get(url)
+                .header("x-auth-token", token)
+                .header("x-user-id", id)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
     };
     assert_eq!(me(&b).await, 200);
-    let r = client().post(b.url("/api/v1/logout")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+    let r = client()
+        .post(b.url("/api/v1/logout"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(me(&a).await, 401);
     assert_eq!(me(&b).await, 401);
@@ -115,10 +191,23 @@ async fn instances_sharing_redis_share_sessions_and_logouts() {
 async fn session_ttl_comes_from_config() {
     let redis = Redis::start();
     let up = RecordingUpstream::start().await;
-    let cfg = config_text(up.addr, Some(&redis.url()), "").replace("redis_timeout = \"1s\"\n", "redis_timeout = \"1s\"\nttl = \"2s\"\n");
+    let cfg = config_text(up.addr, Some(&redis.url()), "").replace(
+        "redis_timeout = \"1s\"\n",
+        "redis_timeout = \"1s\"\nttl = \"2s\"\n",
+    );
     let gw = Gateway::start(&cfg, &users_toml(&standard_users())).await;
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    let status = || async { client().get(gw.url("/api/v1/me")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap().status().as_u16() };
+    let status = || async {
+        client()
+            .get(gw.url("/api/v1/me"))
+            .header("x-auth-token", &token)
+            .header("x-user-id", &id)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
     assert_eq!(status().await, 200);
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(status().await, 401);
@@ -128,21 +217,43 @@ async fn session_ttl_comes_from_config() {
 async fn redis_outage_fails_closed_and_recovers() {
     let mut redis = Redis::start();
     let up = RecordingUpstream::start().await;
-    let gw = Gateway::start(&config_text(up.addr, Some(&redis.url()), ""), &users_toml(&standard_users())).await;
+    let gw = Gateway::start(
+        &config_text(up.addr, Some(&redis.url()), ""),
+        &users_toml(&standard_users()),
+    )
+    .await;
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
     redis.kill();
-    let r = client().get(gw.url("/api/v1/me")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/api/v1/me"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["status"], "error");
-    let (status, _) = login_json(&gw.url(""), serde_json::json!({"user": "alice", "password": "alice-password-1"})).await;
+    let (status, _) = login_json(
+        &gw.url(""),
+        serde_json::json!({"user": "alice", "password": "alice-password-1"}),
+    )
+    .await;
     assert_eq!(status, 503);
-    assert_eq!(up.count(), 0, "nothing forwarded while sessions cannot be checked");
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing forwarded while sessions cannot be checked"
+    );
     redis.restart();
     // Sessions were in the killed (non-persistent) Redis: they are gone, logins work again.
     let mut recovered = false;
     for _ in 0..50 {
-        let (status, _) = login_json(&gw.url(""), serde_json::json!({"user": "alice", "password": "alice-password-1"})).await;
+        let (status, _) = login_json(
+            &gw.url(""),
+            serde_json::json!({"user": "alice", "password": "alice-password-1"}),
+        )
+        .await;
         if status == 200 {
             recovered = true;
             break;

@@ -4,6 +4,9 @@
 //! key it concerns and how to fix it.
 
 mod raw;
+mod regulation;
+
+pub use regulation::RegulationConfig;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub directory: DirectoryConfig,
     pub routes: RoutesConfig,
+    pub regulation: RegulationConfig,
     pub log: LogConfig,
 }
 
@@ -200,7 +204,7 @@ impl ConfigSource {
     }
 }
 
-fn problem(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigProblem {
+pub(crate) fn problem(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigProblem {
     ConfigProblem {
         key: key.to_string(),
         problem: problem.into(),
@@ -268,7 +272,9 @@ fn toml_key(path: &serde_ignored::Path<'_>) -> String {
                 format!("{p}.{key}")
             }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => toml_key(parent),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => toml_key(parent),
     }
 }
 
@@ -314,7 +320,7 @@ pub fn parse_duration(
     }
 }
 
-fn duration_or(
+pub(crate) fn duration_or(
     key: &str,
     value: Option<&String>,
     default: Duration,
@@ -336,7 +342,7 @@ fn duration_or(
     }
 }
 
-fn count_or(
+pub(crate) fn count_or(
     key: &str,
     value: Option<i64>,
     default: usize,
@@ -385,6 +391,7 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
         problems,
     );
     let routes = validate_routes(raw.routes.unwrap_or_default(), problems);
+    let regulation = regulation::validate(raw.regulation.unwrap_or_default(), problems);
     let log = validate_log(raw.log.unwrap_or_default(), problems);
     Config {
         server,
@@ -392,6 +399,7 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
         session,
         directory,
         routes,
+        regulation,
         log,
     }
 }

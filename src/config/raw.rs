@@ -10,6 +10,7 @@ pub struct RawConfig {
     pub session: Option<RawSession>,
     pub directory: Option<RawDirectory>,
     pub routes: Option<RawRoutes>,
+    pub regulation: Option<super::regulation::RawRegulation>,
     pub log: Option<RawLog>,
 }
 

@@ -1,4 +1,5 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -16,6 +17,8 @@ struct Inner {
     sessions: HashMap<TokenHash, Session>,
     by_user: HashMap<String, HashSet<TokenHash>>,
     creates_since_sweep: usize,
+    /// Failure times (unix ms) per regulation key, oldest first.
+    failures: HashMap<String, VecDeque<u64>>,
 }
 
 impl Inner {
@@ -28,6 +31,19 @@ impl Inner {
             }
         }
         Some(s)
+    }
+
+    fn prune_failures(&mut self, key: &str, now: u64, window: Duration) -> u64 {
+        let since = now.saturating_sub(window.as_millis() as u64);
+        let Some(times) = self.failures.get_mut(key) else { return 0 };
+        while times.front().is_some_and(|&t| t <= since) {
+            times.pop_front();
+        }
+        let n = times.len() as u64;
+        if n == 0 {
+            self.failures.remove(key);
+        }
+        n
     }
 
     fn sweep(&mut self, now: u64) {
@@ -125,6 +141,22 @@ impl SessionStore for MemoryStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn record_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+        let now = now_unix_ms();
+        let mut inner = self.lock();
+        inner.failures.entry(key.to_string()).or_default().push_back(now);
+        Ok(inner.prune_failures(key, now, window))
+    }
+
+    async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+        Ok(self.lock().prune_failures(key, now_unix_ms(), window))
+    }
+
+    async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().failures.remove(key);
         Ok(())
     }
 }

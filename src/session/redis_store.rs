@@ -24,6 +24,17 @@ redis.call('DEL', KEYS[1])
 return n
 "#;
 
+/// Failures are a sorted set of timestamps: the count within any window is exact, and the
+/// key expires with the window, so blocked users unblock by themselves.
+const RECORD_FAILURE_SCRIPT: &str = r#"
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], window)
+return redis.call('ZCARD', KEYS[1])
+"#;
+
 /// Sessions shared by every instance. Each command is bounded by `timeout`; a dead Redis gives
 /// `StoreError`, never a pass, and the connection is re-established on the next call.
 pub struct RedisStore {
@@ -34,6 +45,7 @@ pub struct RedisStore {
     connecting: tokio::sync::Mutex<()>,
     create_script: Script,
     revoke_user_script: Script,
+    record_failure_script: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -51,11 +63,16 @@ impl RedisStore {
             connecting: tokio::sync::Mutex::new(()),
             create_script: Script::new(CREATE_SCRIPT),
             revoke_user_script: Script::new(REVOKE_USER_SCRIPT),
+            record_failure_script: Script::new(RECORD_FAILURE_SCRIPT),
         })
     }
 
     fn session_key(&self, hash: &TokenHash) -> String {
         format!("{}session:{}", self.prefix, hash.0)
+    }
+
+    fn failure_key(&self, key: &str) -> String {
+        format!("{}fail:{}", self.prefix, key)
     }
 
     fn user_key(&self, user_id: &str) -> String {
@@ -194,6 +211,28 @@ impl SessionStore for RedisStore {
         let _: String = self
             .bounded(redis::cmd("PING").query_async(&mut conn))
             .await?;
+        Ok(())
+    }
+
+    async fn record_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+        let mut conn = self.connection().await?;
+        let member = format!("{}-{}", now_unix_ms(), rand::random::<u64>());
+        let mut inv = self.record_failure_script.key(self.failure_key(key));
+        inv.arg(now_unix_ms()).arg(window.as_millis() as u64).arg(member);
+        let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+        let mut conn = self.connection().await?;
+        let since = now_unix_ms().saturating_sub(window.as_millis() as u64);
+        let n: i64 = self.bounded(conn.zcount(self.failure_key(key), format!("({since}"), "+inf")).await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = self.bounded(conn.del(self.failure_key(key))).await?;
         Ok(())
     }
 }
