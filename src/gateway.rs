@@ -62,6 +62,21 @@ fn credentials(headers: &HeaderMap) -> Result<Option<Credentials>, GatewayError>
     })
 }
 
+/// The most of an unread request body the gateway reads and drops before answering it itself.
+const DISCARD_LIMIT: usize = 64 * 1024;
+
+/// Reads and drops a small request body before answering locally: hyper closes a connection
+/// whose request body was left unread, and a client that already sent its next request on it
+/// would see the connection drop. Larger or slower bodies are left; the connection then closes.
+async fn answer_locally(
+    req: Request<Incoming>,
+    answer: Result<Response<Body>, GatewayError>,
+) -> Result<Response<Body>, GatewayError> {
+    let body = Limited::new(req.into_body(), DISCARD_LIMIT);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), body.collect()).await;
+    answer
+}
+
 /// Requests whose framing could be read two ways are refused before anything else.
 fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
     let te = headers.contains_key(header::TRANSFER_ENCODING);
@@ -122,19 +137,29 @@ impl Gateway {
             .map_err(|_| GatewayError::BadRequest("The request path is not allowed."))?;
         match route.kind {
             RouteKind::Login => self.login(req, peer).await,
-            RouteKind::Logout => self.logout(req.method(), creds).await,
-            RouteKind::LoginMethod => Err(GatewayError::LoginMethodNotSupported),
-            RouteKind::Realtime => Err(GatewayError::RealtimeUnavailable),
+            RouteKind::Logout => {
+                let answer = self.logout(req.method(), creds).await;
+                answer_locally(req, answer).await
+            }
+            RouteKind::LoginMethod => {
+                answer_locally(req, Err(GatewayError::LoginMethodNotSupported)).await
+            }
+            RouteKind::Realtime => {
+                answer_locally(req, Err(GatewayError::RealtimeUnavailable)).await
+            }
             RouteKind::Public => self.forward(req, &route, peer, None).await,
             RouteKind::Protected => {
                 if req.method() == Method::CONNECT {
-                    return Err(GatewayError::MethodNotAllowed);
+                    return answer_locally(req, Err(GatewayError::MethodNotAllowed)).await;
                 }
-                let creds = creds.ok_or(GatewayError::NotLoggedIn)?;
-                self.session_for(&creds)
-                    .await?
-                    .ok_or(GatewayError::NotLoggedIn)?;
-                self.forward(req, &route, peer, Some(&creds)).await
+                let session = match &creds {
+                    Some(c) => self.session_for(c).await?,
+                    None => None,
+                };
+                match (session, creds) {
+                    (Some(_), Some(creds)) => self.forward(req, &route, peer, Some(&creds)).await,
+                    _ => answer_locally(req, Err(GatewayError::NotLoggedIn)).await,
+                }
             }
         }
     }
@@ -213,13 +238,25 @@ impl Gateway {
         Ok((parts.headers, bytes.to_bytes()))
     }
 
-    async fn login(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, GatewayError> {
+    async fn login(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, GatewayError> {
         if req.method() != Method::POST {
             return Err(GatewayError::MethodNotAllowed);
         }
-        let ip = forward::client_ip(peer.ip(), req.headers(), &self.config.server.trusted_proxies);
+        let ip = forward::client_ip(
+            peer.ip(),
+            req.headers(),
+            &self.config.server.trusted_proxies,
+        );
         let (headers, body) = self.read_login_body(req).await?;
-        let kind = login::body_kind(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+        let kind = login::body_kind(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
         let header_code = headers.get("x-2fa-code").and_then(|v| v.to_str().ok());
         let request = login::parse(kind, &body, header_code);
         let login_name = match &request {
@@ -234,7 +271,9 @@ impl Gateway {
             (Ok(()), Some(request)) => self.attempt(request, &self.avatar_base(&headers)).await,
         };
         match &outcome {
-            Err(GatewayError::LoginFailed | GatewayError::TotpInvalid) => self.regulation.failed(login_name.as_deref(), ip).await?,
+            Err(GatewayError::LoginFailed | GatewayError::TotpInvalid) => {
+                self.regulation.failed(login_name.as_deref(), ip).await?
+            }
             Ok(_) => {
                 if let Some(name) = &login_name {
                     self.regulation.succeeded(name).await?;
@@ -255,7 +294,11 @@ impl Gateway {
     }
 
     /// One login attempt that passed regulation: resume a session, or check credentials.
-    async fn attempt(&self, request: LoginRequest, avatar_base: &str) -> Result<Response<Body>, GatewayError> {
+    async fn attempt(
+        &self,
+        request: LoginRequest,
+        avatar_base: &str,
+    ) -> Result<Response<Body>, GatewayError> {
         match request {
             LoginRequest::Resume(token) => {
                 let token = Token::from_client(&token);

@@ -37,11 +37,22 @@ impl Regulation {
         if !self.config.enabled {
             return Ok(());
         }
-        if self.ip_counted(ip) && self.store.recent_failures(&ip_key(ip), self.config.ip_block).await? >= self.config.ip_failures {
+        if self.ip_counted(ip)
+            && self
+                .store
+                .recent_failures(&ip_key(ip), self.config.ip_block)
+                .await?
+                >= self.config.ip_failures
+        {
             return Err(GatewayError::LoginBlocked(BlockedBy::Ip));
         }
         if let Some(login) = login.filter(|_| self.config.user_failures > 0) {
-            if self.store.recent_failures(&user_key(login), self.config.user_block).await? >= self.config.user_failures {
+            if self
+                .store
+                .recent_failures(&user_key(login), self.config.user_block)
+                .await?
+                >= self.config.user_failures
+            {
                 return Err(GatewayError::LoginBlocked(BlockedBy::User));
             }
         }
@@ -54,10 +65,15 @@ impl Regulation {
             return Ok(());
         }
         if self.ip_counted(ip) {
-            self.store.record_failure(&ip_key(ip), self.config.ip_block).await?;
+            self.store
+                .record_failure(&ip_key(ip), self.config.ip_block)
+                .await?;
         }
         if let Some(login) = login.filter(|_| self.config.user_failures > 0) {
-            let n = self.store.record_failure(&user_key(login), self.config.user_block).await?;
+            let n = self
+                .store
+                .record_failure(&user_key(login), self.config.user_block)
+                .await?;
             if n == self.config.user_failures {
                 tracing::warn!(login = %fold(login), %ip, "login name blocked after repeated failures");
             }

@@ -208,11 +208,16 @@ async fn accept_loop(
 }
 
 /// A panic in one request answers 500 and leaves the process and other requests alone.
-pub async fn rescue_panics(handler: impl std::future::Future<Output = http::Response<Body>>) -> http::Response<Body> {
-    std::panic::AssertUnwindSafe(handler).catch_unwind().await.unwrap_or_else(|_| {
-        tracing::error!("request handler panicked");
-        GatewayError::Internal("handler panicked".into()).into_response()
-    })
+pub async fn rescue_panics(
+    handler: impl std::future::Future<Output = http::Response<Body>>,
+) -> http::Response<Body> {
+    std::panic::AssertUnwindSafe(handler)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("request handler panicked");
+            GatewayError::Internal("handler panicked".into()).into_response()
+        })
 }
 
 #[cfg(test)]
@@ -234,7 +239,8 @@ mod tests {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], crate::error::INTERNAL_ERROR_BODY.as_bytes());
         // The runtime and this task survive the panic.
-        let ok = rescue_panics(async { crate::error::json_response(http::StatusCode::OK, "{}") }).await;
+        let ok =
+            rescue_panics(async { crate::error::json_response(http::StatusCode::OK, "{}") }).await;
         assert_eq!(ok.status(), 200);
     }
 }

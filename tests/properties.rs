@@ -9,13 +9,47 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 
 fn routes() -> RoutesConfig {
-    RoutesConfig { public_exact: vec!["/api/info".into()], public_prefixes: vec!["/assets/".into()] }
+    RoutesConfig {
+        public_exact: vec!["/api/info".into()],
+        public_prefixes: vec!["/assets/".into()],
+    }
 }
 
 fn path_strategy() -> impl Strategy<Value = String> {
     let atoms = prop::sample::select(vec![
-        "/", "/", "/", ".", "..", "%2e", "%2E", "%2f", "%2F", "%5c", "\\", ";", "%00", "%", "%6c", "%6C", "api", "API", "v1", "login",
-        "logout", "me", "info", "assets", "websocket", "sockjs", "method.callAnon", "users.createToken", "a", "%20", "~", "@", ":",
+        "/",
+        "/",
+        "/",
+        ".",
+        "..",
+        "%2e",
+        "%2E",
+        "%2f",
+        "%2F",
+        "%5c",
+        "\\",
+        ";",
+        "%00",
+        "%",
+        "%6c",
+        "%6C",
+        "api",
+        "API",
+        "v1",
+        "login",
+        "logout",
+        "me",
+        "info",
+        "assets",
+        "websocket",
+        "sockjs",
+        "method.callAnon",
+        "users.createToken",
+        "a",
+        "%20",
+        "~",
+        "@",
+        ":",
     ]);
     prop::collection::vec(atoms, 0..12).prop_map(|parts| parts.concat())
 }
@@ -107,17 +141,57 @@ proptest! {
 
 fn header_name() -> impl Strategy<Value = String> {
     let base = prop::sample::select(vec![
-        "x-user-id", "x-auth-token", "x_user_id", "x_auth_token", "x-user_id", "x-real-ip", "x_real_ip", "x-forwarded-for", "x-forwarded-host",
-        "x_forwarded_for", "forwarded", "connection", "keep-alive", "upgrade", "te", "proxy-authorization", "accept", "cookie", "x-custom",
+        "x-user-id",
+        "x-auth-token",
+        "x_user_id",
+        "x_auth_token",
+        "x-user_id",
+        "x-real-ip",
+        "x_real_ip",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x_forwarded_for",
+        "forwarded",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "proxy-authorization",
+        "accept",
+        "cookie",
+        "x-custom",
     ]);
     (base, any::<u32>()).prop_map(|(name, mask)| {
-        name.chars().enumerate().map(|(i, c)| if mask & (1 << (i % 32)) != 0 { c.to_ascii_uppercase() } else { c }).collect()
+        name.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if mask & (1 << (i % 32)) != 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect()
     })
 }
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
     use serde_json::Value;
-    let keys = prop::sample::select(vec!["user", "username", "email", "password", "code", "resume", "totp", "login", "ldap", "ldapPass", "digest", "algorithm", "x"]);
+    let keys = prop::sample::select(vec![
+        "user",
+        "username",
+        "email",
+        "password",
+        "code",
+        "resume",
+        "totp",
+        "login",
+        "ldap",
+        "ldapPass",
+        "digest",
+        "algorithm",
+        "x",
+    ]);
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -128,8 +202,9 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     leaf.prop_recursive(4, 32, 6, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::vec((keys.clone(), inner), 0..5)
-                .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            prop::collection::vec((keys.clone(), inner), 0..5).prop_map(|kv| Value::Object(
+                kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+            )),
         ]
     })
 }

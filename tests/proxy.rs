@@ -348,3 +348,31 @@ async fn ambiguous_framing_and_repeated_credentials_are_refused() {
     }
     assert_eq!(up.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locally_answered_requests_keep_the_connection_usable() {
+    let (up, gw, _, _) = setup().await;
+    // Each answered by the gateway itself, each with a small body it has no use for, sent
+    // after its head (as Python's requests does): the next request must still be served.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for path in [
+        "/api/v1/logout",
+        "/api/v1/me",
+        "/api/v1/method.callAnon/login",
+    ] {
+        let head = format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.write_all(b"{}").await.unwrap();
+    }
+    s.write_all(b"GET /api/info HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let answer = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> = answer.split("HTTP/1.1 ").skip(1).map(|r| &r[..3]).collect();
+    assert_eq!(statuses, ["401", "401", "403", "200"], "{answer}");
+    assert_eq!(up.count(), 1);
+}

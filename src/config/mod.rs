@@ -204,7 +204,11 @@ impl ConfigSource {
     }
 }
 
-pub(crate) fn problem(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigProblem {
+pub(crate) fn problem(
+    key: &str,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigProblem {
     ConfigProblem {
         key: key.to_string(),
         problem: problem.into(),

@@ -32,7 +32,10 @@ pub fn validate(raw: RawRegulation, problems: &mut Vec<ConfigProblem>) -> Regula
     let min = Duration::from_millis(100);
     let mut ip_allowlist = Vec::new();
     for (i, entry) in raw.ip_allowlist.unwrap_or_default().iter().enumerate() {
-        match entry.parse::<IpNet>().or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from)) {
+        match entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
             Ok(net) => ip_allowlist.push(net),
             Err(_) => problems.push(problem(
                 &format!("regulation.ip_allowlist[{i}]"),
@@ -43,10 +46,36 @@ pub fn validate(raw: RawRegulation, problems: &mut Vec<ConfigProblem>) -> Regula
     }
     RegulationConfig {
         enabled: raw.enabled.unwrap_or(true),
-        user_failures: count_or("regulation.user_failures", raw.user_failures, 10, 0, 100, problems) as u64,
-        user_block: duration_or("regulation.user_block", raw.user_block.as_ref(), Duration::from_secs(300), min, problems),
-        ip_failures: count_or("regulation.ip_failures", raw.ip_failures, 50, 0, 1_000_000, problems) as u64,
-        ip_block: duration_or("regulation.ip_block", raw.ip_block.as_ref(), Duration::from_secs(300), min, problems),
+        user_failures: count_or(
+            "regulation.user_failures",
+            raw.user_failures,
+            10,
+            0,
+            100,
+            problems,
+        ) as u64,
+        user_block: duration_or(
+            "regulation.user_block",
+            raw.user_block.as_ref(),
+            Duration::from_secs(300),
+            min,
+            problems,
+        ),
+        ip_failures: count_or(
+            "regulation.ip_failures",
+            raw.ip_failures,
+            50,
+            0,
+            1_000_000,
+            problems,
+        ) as u64,
+        ip_block: duration_or(
+            "regulation.ip_block",
+            raw.ip_block.as_ref(),
+            Duration::from_secs(300),
+            min,
+            problems,
+        ),
         ip_allowlist,
     }
 }

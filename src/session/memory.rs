@@ -1,6 +1,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Duration;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -35,7 +35,9 @@ impl Inner {
 
     fn prune_failures(&mut self, key: &str, now: u64, window: Duration) -> u64 {
         let since = now.saturating_sub(window.as_millis() as u64);
-        let Some(times) = self.failures.get_mut(key) else { return 0 };
+        let Some(times) = self.failures.get_mut(key) else {
+            return 0;
+        };
         while times.front().is_some_and(|&t| t <= since) {
             times.pop_front();
         }
@@ -147,7 +149,11 @@ impl SessionStore for MemoryStore {
     async fn record_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
         let now = now_unix_ms();
         let mut inner = self.lock();
-        inner.failures.entry(key.to_string()).or_default().push_back(now);
+        inner
+            .failures
+            .entry(key.to_string())
+            .or_default()
+            .push_back(now);
         Ok(inner.prune_failures(key, now, window))
     }
 

@@ -218,7 +218,9 @@ impl SessionStore for RedisStore {
         let mut conn = self.connection().await?;
         let member = format!("{}-{}", now_unix_ms(), rand::random::<u64>());
         let mut inv = self.record_failure_script.key(self.failure_key(key));
-        inv.arg(now_unix_ms()).arg(window.as_millis() as u64).arg(member);
+        inv.arg(now_unix_ms())
+            .arg(window.as_millis() as u64)
+            .arg(member);
         let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(n.max(0) as u64)
     }
@@ -226,7 +228,9 @@ impl SessionStore for RedisStore {
     async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
         let mut conn = self.connection().await?;
         let since = now_unix_ms().saturating_sub(window.as_millis() as u64);
-        let n: i64 = self.bounded(conn.zcount(self.failure_key(key), format!("({since}"), "+inf")).await?;
+        let n: i64 = self
+            .bounded(conn.zcount(self.failure_key(key), format!("({since}"), "+inf"))
+            .await?;
         Ok(n.max(0) as u64)
     }
 
