@@ -4,6 +4,9 @@
 //! key it concerns and how to fix it.
 
 mod raw;
+mod totp;
+
+pub use totp::{TotpAlgorithm, TotpConfig};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ pub struct Config {
     pub directory: DirectoryConfig,
     pub routes: RoutesConfig,
     pub log: LogConfig,
+    pub totp: TotpConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -368,6 +372,7 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
     );
     let routes = validate_routes(raw.routes.unwrap_or_default(), problems);
     let log = validate_log(raw.log.unwrap_or_default(), problems);
+    let totp = totp::validate_totp(raw.totp.unwrap_or_default(), base, problems);
     Config {
         server,
         upstream,
@@ -375,6 +380,7 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
         directory,
         routes,
         log,
+        totp,
     }
 }
 

@@ -11,6 +11,7 @@ pub struct RawConfig {
     pub directory: Option<RawDirectory>,
     pub routes: Option<RawRoutes>,
     pub log: Option<RawLog>,
+    pub totp: Option<RawTotp>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,4 +76,14 @@ pub struct RawRoutes {
 pub struct RawLog {
     pub level: Option<String>,
     pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTotp {
+    pub issuer: Option<String>,
+    pub digits: Option<i64>,
+    pub period: Option<String>,
+    pub algorithm: Option<String>,
+    pub skew: Option<i64>,
+    pub secrets_file: Option<String>,
 }

@@ -1,5 +1,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -16,6 +17,8 @@ struct Inner {
     sessions: HashMap<TokenHash, Session>,
     by_user: HashMap<String, HashSet<TokenHash>>,
     creates_since_sweep: usize,
+    /// User id -> (last accepted TOTP step, record expiry in unix ms).
+    totp_steps: HashMap<String, (u64, u64)>,
 }
 
 impl Inner {
@@ -40,6 +43,7 @@ impl Inner {
         for h in dead {
             self.remove(&h);
         }
+        self.totp_steps.retain(|_, (_, expires)| now < *expires);
     }
 }
 
@@ -126,5 +130,28 @@ impl SessionStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn accept_totp_step(
+        &self,
+        user_id: &str,
+        step: u64,
+        keep_for: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = now_unix_ms();
+        let mut inner = self.lock();
+        let last = inner
+            .totp_steps
+            .get(user_id)
+            .filter(|(_, expires)| now < *expires)
+            .map(|(s, _)| *s);
+        if last.is_some_and(|last| step <= last) {
+            return Ok(false);
+        }
+        let expires = now + keep_for.as_millis() as u64;
+        inner
+            .totp_steps
+            .insert(user_id.to_string(), (step, expires));
+        Ok(true)
     }
 }
