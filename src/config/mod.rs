@@ -226,7 +226,8 @@ impl Config {
         let mut unknown = Vec::new();
         let de = toml::Deserializer::new(&source.text);
         let raw: RawConfig = match serde_ignored::deserialize(de, |path| {
-            unknown.push(path.to_string())
+            // serde_ignored writes `?` for each `Option` on the way; operators write the bare key.
+            unknown.push(path.to_string().replace(".?", ""))
         }) {
             Ok(raw) => raw,
             Err(e) => {

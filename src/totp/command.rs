@@ -157,17 +157,15 @@ fn enroll(args: &TotpArgs) -> Result<(), Failure> {
         .quiet_zone(true)
         .build();
     let path = &config.totp.secrets_file;
+    let enrollment = Enrollment {
+        secret: secret.clone(),
+        enrolled_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
     let replaced = update(path, |file| {
-        file.users
-            .insert(
-                target.key.clone(),
-                Enrollment {
-                    secret: secret.clone(),
-                    enrolled_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                        .to_string(),
-                },
-            )
-            .is_some()
+        (
+            true,
+            file.users.insert(target.key.clone(), enrollment).is_some(),
+        )
     })?;
     let again = if replaced {
         " (its previous secret no longer works)"
@@ -191,7 +189,10 @@ fn enroll(args: &TotpArgs) -> Result<(), Failure> {
 fn disable(args: &TotpArgs) -> Result<(), Failure> {
     let (config, target) = prepare(args, false)?;
     let path = &config.totp.secrets_file;
-    let removed = update(path, |file| file.users.remove(&target.key).is_some())?;
+    let removed = update(path, |file| {
+        let removed = file.users.remove(&target.key).is_some();
+        (removed, removed)
+    })?;
     if !removed {
         println!(
             "{} is not enrolled in {}; nothing changed.",
@@ -207,19 +208,20 @@ fn disable(args: &TotpArgs) -> Result<(), Failure> {
     revoke(&config, args, &target)
 }
 
-/// Read-modify-write of the store under its lock; writes only when `change` says it changed.
-fn update(
+/// Read-modify-write of the store under its lock; `change` says whether to write, and what to
+/// return.
+fn update<T>(
     path: &std::path::Path,
-    change: impl FnOnce(&mut enrollment::EnrollmentFile) -> bool,
-) -> Result<bool, Failure> {
+    change: impl FnOnce(&mut enrollment::EnrollmentFile) -> (bool, T),
+) -> Result<T, Failure> {
     let runtime = |e: String| Failure(EXIT_RUNTIME, e);
     let _lock = StoreLock::acquire(path, std::time::Duration::from_secs(5)).map_err(runtime)?;
     let mut file = enrollment::read(path).map_err(usage)?;
-    let changed = change(&mut file);
-    if changed {
+    let (write, result) = change(&mut file);
+    if write {
         enrollment::write(path, &file).map_err(runtime)?;
     }
-    Ok(changed)
+    Ok(result)
 }
 
 fn revoke(config: &Config, args: &TotpArgs, target: &Target) -> Result<(), Failure> {
