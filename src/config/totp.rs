@@ -109,7 +109,7 @@ pub(super) fn validate_totp(
             defaults.algorithm
         }
     };
-    let skew = count_or("totp.skew", raw.skew, 1, 0, 2, problems) as u8;
+    let skew = count_or("totp.skew", raw.skew, defaults.skew.into(), 0, 2, problems) as u8;
     let secrets_file = match raw.secrets_file {
         None => resolve_path(base, &defaults.secrets_file.to_string_lossy()),
         Some(f) if f.trim().is_empty() => {
