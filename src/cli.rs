@@ -1,5 +1,5 @@
-//! The command line: `serve`, `check-config`, `hash-password`, `totp`. Exit codes: 0 done, 1 runtime
-//! failure, 64 bad usage or configuration (EX_USAGE).
+//! The command line: `serve`, `check-config`, `hash-password`, `totp`. Exit codes: 0 done,
+//! 1 runtime failure, 64 bad usage or configuration (EX_USAGE).
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
