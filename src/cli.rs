@@ -1,5 +1,5 @@
-//! The command line: `serve`, `check-config`, `hash-password`. Exit codes: 0 done, 1 runtime
-//! failure, 64 bad usage or configuration (EX_USAGE).
+//! The command line: `serve`, `check-config`, `hash-password`, `totp`. Exit codes: 0 done,
+//! 1 runtime failure, 64 bad usage or configuration (EX_USAGE).
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -31,6 +31,11 @@ pub enum Command {
     CheckConfig(ConfigArg),
     /// Read a password from stdin (prompting without echo on a terminal) and print its argon2id PHC hash.
     HashPassword,
+    /// Manage TOTP two-factor enrollment (the store in `totp.secrets_file`).
+    Totp {
+        #[command(subcommand)]
+        command: crate::totp::command::TotpCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +69,16 @@ pub fn load_config(arg: &ConfigArg) -> Result<Config, ConfigError> {
             });
         }
     }
+    if let Err(why) = crate::totp::enrollment::read(&config.totp.secrets_file) {
+        return Err(ConfigError {
+            source_name: source.name,
+            problems: vec![crate::config::ConfigProblem {
+                key: "totp.secrets_file".into(),
+                problem: why,
+                fix: "repair or remove the file; `authgate totp enroll` rewrites it".into(),
+            }],
+        });
+    }
     Ok(config)
 }
 
@@ -81,6 +96,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::HashPassword => hash_password(),
+        Command::Totp { command } => crate::totp::command::run(command),
     }
 }
 

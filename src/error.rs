@@ -14,6 +14,8 @@ pub enum Dependency {
     SessionStore,
     Directory,
     PasswordHashing,
+    /// The TOTP enrollment store (`totp.secrets_file`) cannot be read.
+    TotpEnrollments,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +115,7 @@ impl GatewayError {
                     Dependency::SessionStore => "The session store is unavailable",
                     Dependency::Directory => "The user directory is unavailable",
                     Dependency::PasswordHashing => "Too many logins are in progress",
+                    Dependency::TotpEnrollments => "The two-factor enrollment store is unavailable",
                 };
                 error_body("error-service-unavailable", &format!("{what}; try again shortly."))
             }

@@ -18,10 +18,12 @@ use crate::login::{self, LoginRequest};
 use crate::regulation::Regulation;
 use crate::route::{self, Route, RouteKind};
 use crate::session::{DynSessionStore, Session, StoreError, Token};
+use crate::totp::SecondFactor;
 
 pub struct Gateway {
     pub config: Arc<Config>,
     pub store: DynSessionStore,
+    pub totp: SecondFactor,
     pub directories: Directories,
     pub upstream: Upstream,
     pub regulation: Regulation,
@@ -328,16 +330,16 @@ impl Gateway {
                     .authenticate(&identity, &password)
                     .await?
                     .ok_or(GatewayError::LoginFailed)?;
-                if let Some(secret) = &user.totp_secret {
-                    let code = code.ok_or(GatewayError::TotpRequired)?;
-                    let now = crate::session::now_unix_ms() / 1000;
-                    crate::totp::verify(secret, &code, now).ok_or(GatewayError::TotpInvalid)?;
-                }
+                // Only after the password: a wrong one is the generic 401 whatever the code.
+                let totp_enabled = self
+                    .totp
+                    .check(&user, code.as_deref(), self.store.as_ref())
+                    .await?;
                 let token = Token::generate();
                 let session = Session::new(user.profile.clone(), self.config.session.ttl);
                 self.store.create(&token.hash(), &session).await?;
                 tracing::info!(user = %user.profile.username, directory = %user.profile.directory, "login succeeded");
-                let me = login::me(&user.profile, avatar_base, user.totp_secret.is_some());
+                let me = login::me(&user.profile, avatar_base, totp_enabled);
                 Ok(json_response(
                     StatusCode::OK,
                     login::success_body(&user.profile.id, token.as_str(), me),

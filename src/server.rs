@@ -23,6 +23,7 @@ use crate::gateway::Gateway;
 use crate::password::Verifier;
 use crate::regulation::Regulation;
 use crate::session::build_store;
+use crate::totp::SecondFactor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -76,9 +77,12 @@ pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
         .map_err(|e| StartError::Config(format!("  - `session.redis_url`: {e}\n")))?;
     let upstream = Upstream::new(&config.upstream);
     let regulation = Regulation::new(config.regulation.clone(), store.clone());
+    let totp = SecondFactor::new(&config.totp)
+        .map_err(|why| StartError::Config(format!("  - `totp.secrets_file`: {why}\n")))?;
     Ok(Arc::new(Gateway {
         config: Arc::new(config),
         store,
+        totp,
         directories: Directories::new(directories),
         upstream,
         regulation,

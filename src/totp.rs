@@ -1,12 +1,44 @@
-//! TOTP second factor (RFC 6238) with totp-rs.
+//! TOTP second factor (RFC 6238) with totp-rs: which secret applies to a user, whether a code
+//! is right, and one-time use of codes across every instance.
+//!
+//! Order of the login decision (contract section 2.2): the password has already been checked;
+//! then no code is `totp-required`, and a wrong, malformed or reused code is `totp-invalid`.
 
-use totp_rs::{Algorithm, Secret, TOTP};
+pub mod command;
+pub mod enrollment;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use subtle::ConstantTimeEq;
+use totp_rs::{Secret, TOTP};
+
+use crate::config::TotpConfig;
+use crate::directory::{fold, Authenticated};
+use crate::error::{Dependency, GatewayError};
+use crate::session::SessionStore;
+
+use enrollment::EnrollmentStore;
+
+/// The canonical form of a base32 secret: upper case, without the spaces, dashes and `=`
+/// padding that apps and operators add for readability.
+pub fn normalize_secret(secret: &str) -> String {
+    secret
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect::<String>()
+        .trim_end_matches('=')
+        .to_ascii_uppercase()
+}
+
+fn secret_bytes(secret: &str) -> Result<Vec<u8>, String> {
+    Secret::Encoded(normalize_secret(secret))
+        .to_bytes()
+        .map_err(|_| "not valid base32".to_string())
+}
 
 /// Secrets must be base32 and at least 128 bits (RFC 4226 section 4).
 pub fn secret_problem(secret: &str) -> Result<(), String> {
-    let bytes = Secret::Encoded(secret.to_string())
-        .to_bytes()
-        .map_err(|_| "not valid base32".to_string())?;
+    let bytes = secret_bytes(secret)?;
     if bytes.len() < 16 {
         return Err(format!(
             "only {} bits; at least 128 are required",
@@ -21,28 +53,210 @@ pub fn well_formed(code: &str, digits: usize) -> bool {
     code.len() == digits && code.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Checks `code` against the secret with one step of skew; returns the matching time step.
-pub fn verify(secret: &str, code: &str, now_unix: u64) -> Option<u64> {
-    const DIGITS: usize = 6;
-    const STEP: u64 = 30;
-    if !well_formed(code, DIGITS) {
+fn generator(config: &TotpConfig, secret: Vec<u8>, account: &str) -> TOTP {
+    TOTP::new_unchecked(
+        config.algorithm.to_totp_rs(),
+        config.digits,
+        config.skew,
+        config.period,
+        secret,
+        Some(config.issuer.clone()),
+        account.to_string(),
+    )
+}
+
+/// The `otpauth://` URI an authenticator app enrolls from.
+pub fn otpauth_uri(config: &TotpConfig, secret: &str, account: &str) -> Result<String, String> {
+    Ok(generator(config, secret_bytes(secret)?, account).get_url())
+}
+
+/// The time step within `skew` of `now_unix` whose code is `code`, if any. Every candidate is
+/// compared, in constant time, so the timing does not tell which step (or whether one) matched.
+pub fn matching_step(config: &TotpConfig, secret: &[u8], code: &str, now_unix: u64) -> Option<u64> {
+    if !well_formed(code, config.digits) {
         return None;
     }
-    let bytes = Secret::Encoded(secret.to_string()).to_bytes().ok()?;
-    let totp = TOTP::new_unchecked(Algorithm::SHA1, DIGITS, 0, STEP, bytes, None, String::new());
-    let current = now_unix / STEP;
+    let totp = generator(config, secret.to_vec(), "");
+    let current = now_unix / config.period;
+    let skew = u64::from(config.skew);
     let mut matched = None;
-    // Every candidate is compared (constant-time inside totp-rs), whichever matches.
-    for step in [current.saturating_sub(1), current, current + 1] {
-        let candidate = totp.generate(step * STEP);
-        if constant_time_eq(candidate.as_bytes(), code.as_bytes()) {
+    for step in current.saturating_sub(skew)..=current + skew {
+        let candidate = totp.generate(step * config.period);
+        let equal = candidate.len() == code.len()
+            && bool::from(candidate.as_bytes().ct_eq(code.as_bytes()));
+        // The highest matching step is recorded, so a code can never be used for two steps.
+        if equal {
             matched = Some(step);
         }
     }
     matched
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Where a user's secret came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The users file or an LDAP attribute.
+    Directory,
+    Enrollment,
+}
+
+/// The second factor as the gateway applies it.
+pub struct SecondFactor {
+    config: TotpConfig,
+    enrollments: EnrollmentStore,
+}
+
+impl SecondFactor {
+    /// Reads the enrollment store once, so a broken one stops the start instead of every login.
+    pub fn new(config: &TotpConfig) -> Result<Self, String> {
+        let enrollments = EnrollmentStore::new(config.secrets_file.clone());
+        enrollments.load()?;
+        Ok(Self {
+            config: config.clone(),
+            enrollments,
+        })
+    }
+
+    /// First found wins: the directory's secret (users file, LDAP attribute), then the
+    /// enrollment store, looked up by the case-folded username.
+    pub fn secret_for(
+        &self,
+        user: &Authenticated,
+    ) -> Result<Option<(String, SecretSource)>, GatewayError> {
+        if let Some(s) = &user.totp_secret {
+            return Ok(Some((s.clone(), SecretSource::Directory)));
+        }
+        self.enrollments
+            .secret_for(&fold(&user.profile.username))
+            .map(|s| s.map(|s| (s, SecretSource::Enrollment)))
+            .map_err(|why| GatewayError::Unavailable(Dependency::TotpEnrollments, why))
+    }
+
+    /// Decides the second factor for a user whose password was right. `Ok(true)`: a code was
+    /// required and accepted (and its step is now used up on every instance); `Ok(false)`: the
+    /// user has no second factor. Every refused code leaves here as `TotpInvalid`, which is
+    /// what failed-login counting keys on.
+    pub async fn check(
+        &self,
+        user: &Authenticated,
+        code: Option<&str>,
+        store: &dyn SessionStore,
+    ) -> Result<bool, GatewayError> {
+        let Some((secret, source)) = self.secret_for(user)? else {
+            return Ok(false);
+        };
+        let Some(code) = code else {
+            return Err(GatewayError::TotpRequired);
+        };
+        let refuse = |why: &str| {
+            tracing::info!(user = %user.profile.username, reason = why, "totp code refused");
+            GatewayError::TotpInvalid
+        };
+        let secret = match secret_bytes(&secret) {
+            Ok(b) => b,
+            Err(e) => {
+                // Fail closed: the user has a second factor, but no code can match it.
+                tracing::error!(user = %user.profile.username, ?source, error = %e, "unusable TOTP secret");
+                return Err(refuse("unusable secret"));
+            }
+        };
+        if !well_formed(code, self.config.digits) {
+            return Err(refuse("malformed"));
+        }
+        let step = matching_step(&self.config, &secret, code, now_unix())
+            .ok_or_else(|| refuse("wrong code"))?;
+        let fresh = store
+            .accept_totp_step(&user.profile.id, step, self.config.replay_window())
+            .await?;
+        if !fresh {
+            return Err(refuse("time step already used"));
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+
+    fn code(config: &TotpConfig, step: u64) -> String {
+        generator(config, secret_bytes(SECRET).unwrap(), "").generate(step * config.period)
+    }
+
+    #[test]
+    fn secrets_are_normalized_and_checked() {
+        assert_eq!(
+            normalize_secret("jbsw y3dp-ehpk 3pxp=="),
+            "JBSWY3DPEHPK3PXP"
+        );
+        assert!(secret_problem(SECRET).is_ok());
+        assert!(secret_problem(&SECRET.to_lowercase()).is_ok());
+        assert!(secret_problem("JBSWY3DPEHPK3PXP").is_err()); // 80 bits
+        assert!(secret_problem("not base32 at all!").is_err());
+    }
+
+    #[test]
+    fn codes_match_within_skew_only() {
+        let config = TotpConfig::default();
+        let secret = secret_bytes(SECRET).unwrap();
+        let now = 1_700_000_015;
+        let step = now / 30;
+        for s in [step - 1, step, step + 1] {
+            assert_eq!(
+                matching_step(&config, &secret, &code(&config, s), now),
+                Some(s)
+            );
+        }
+        for s in [step - 2, step + 2] {
+            assert_eq!(
+                matching_step(&config, &secret, &code(&config, s), now),
+                None
+            );
+        }
+        let zero_skew = TotpConfig {
+            skew: 0,
+            ..TotpConfig::default()
+        };
+        assert_eq!(
+            matching_step(&zero_skew, &secret, &code(&config, step - 1), now),
+            None
+        );
+    }
+
+    #[test]
+    fn malformed_codes_never_match() {
+        let config = TotpConfig::default();
+        let secret = secret_bytes(SECRET).unwrap();
+        let now = 1_700_000_015;
+        let good = code(&config, now / 30);
+        for bad in [
+            format!(" {good}"),
+            format!("{good} "),
+            good[..5].to_string(),
+            format!("{good}0"),
+            "abcdef".to_string(),
+            "１２３４５６".to_string(),
+        ] {
+            assert_eq!(matching_step(&config, &secret, &bad, now), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn otpauth_uri_names_issuer_and_account() {
+        let config = TotpConfig::default();
+        let uri = otpauth_uri(&config, SECRET, "alice").unwrap();
+        assert_eq!(
+            uri,
+            format!("otpauth://totp/authgate:alice?secret={SECRET}&issuer=authgate")
+        );
+    }
 }

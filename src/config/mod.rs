@@ -7,6 +7,9 @@ mod raw;
 mod regulation;
 
 pub use regulation::RegulationConfig;
+mod totp;
+
+pub use totp::{TotpAlgorithm, TotpConfig};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,6 +32,7 @@ pub struct Config {
     pub routes: RoutesConfig,
     pub regulation: RegulationConfig,
     pub log: LogConfig,
+    pub totp: TotpConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -397,6 +401,7 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
     let routes = validate_routes(raw.routes.unwrap_or_default(), problems);
     let regulation = regulation::validate(raw.regulation.unwrap_or_default(), problems);
     let log = validate_log(raw.log.unwrap_or_default(), problems);
+    let totp = totp::validate_totp(raw.totp.unwrap_or_default(), base, problems);
     Config {
         server,
         upstream,
@@ -405,6 +410,7 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
         routes,
         regulation,
         log,
+        totp,
     }
 }
 

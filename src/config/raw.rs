@@ -12,6 +12,7 @@ pub struct RawConfig {
     pub routes: Option<RawRoutes>,
     pub regulation: Option<super::regulation::RawRegulation>,
     pub log: Option<RawLog>,
+    pub totp: Option<RawTotp>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,4 +77,14 @@ pub struct RawRoutes {
 pub struct RawLog {
     pub level: Option<String>,
     pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTotp {
+    pub issuer: Option<String>,
+    pub digits: Option<i64>,
+    pub period: Option<String>,
+    pub algorithm: Option<String>,
+    pub skew: Option<i64>,
+    pub secrets_file: Option<String>,
 }

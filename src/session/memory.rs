@@ -19,6 +19,8 @@ struct Inner {
     creates_since_sweep: usize,
     /// Failure times (unix ms) per regulation key, oldest first.
     failures: HashMap<String, VecDeque<u64>>,
+    /// User id -> (last accepted TOTP step, record expiry in unix ms).
+    totp_steps: HashMap<String, (u64, u64)>,
 }
 
 impl Inner {
@@ -58,6 +60,7 @@ impl Inner {
         for h in dead {
             self.remove(&h);
         }
+        self.totp_steps.retain(|_, (_, expires)| now < *expires);
     }
 }
 
@@ -164,5 +167,28 @@ impl SessionStore for MemoryStore {
     async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
         self.lock().failures.remove(key);
         Ok(())
+    }
+
+    async fn accept_totp_step(
+        &self,
+        user_id: &str,
+        step: u64,
+        keep_for: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = now_unix_ms();
+        let mut inner = self.lock();
+        let last = inner
+            .totp_steps
+            .get(user_id)
+            .filter(|(_, expires)| now < *expires)
+            .map(|(s, _)| *s);
+        if last.is_some_and(|last| step <= last) {
+            return Ok(false);
+        }
+        let expires = now + keep_for.as_millis() as u64;
+        inner
+            .totp_steps
+            .insert(user_id.to_string(), (step, expires));
+        Ok(true)
     }
 }

@@ -119,6 +119,16 @@ pub trait SessionStore: Send + Sync {
     async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError>;
     /// Forgets the failures under `key` (after a successful login).
     async fn clear_failures(&self, key: &str) -> Result<(), StoreError>;
+    /// One-time use of TOTP codes (RFC 6238 section 5.2): atomically records `step` as the
+    /// user's last accepted time step when it is greater than the recorded one, and returns
+    /// true; returns false, changing nothing, for a step at or below it. The record lives for
+    /// `keep_for`, which must outlast the time any recorded step stays acceptable.
+    async fn accept_totp_step(
+        &self,
+        user_id: &str,
+        step: u64,
+        keep_for: Duration,
+    ) -> Result<bool, StoreError>;
 }
 
 pub type DynSessionStore = Arc<dyn SessionStore>;

@@ -35,6 +35,14 @@ redis.call('PEXPIRE', KEYS[1], window)
 return redis.call('ZCARD', KEYS[1])
 "#;
 
+// Steps are below 2^53, so Lua's doubles compare them exactly.
+const ACCEPT_TOTP_STEP_SCRIPT: &str = r#"
+local last = redis.call('GET', KEYS[1])
+if last and tonumber(ARGV[1]) <= tonumber(last) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
 /// Sessions shared by every instance. Each command is bounded by `timeout`; a dead Redis gives
 /// `StoreError`, never a pass, and the connection is re-established on the next call.
 pub struct RedisStore {
@@ -46,6 +54,7 @@ pub struct RedisStore {
     create_script: Script,
     revoke_user_script: Script,
     record_failure_script: Script,
+    accept_totp_step_script: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -64,6 +73,7 @@ impl RedisStore {
             create_script: Script::new(CREATE_SCRIPT),
             revoke_user_script: Script::new(REVOKE_USER_SCRIPT),
             record_failure_script: Script::new(RECORD_FAILURE_SCRIPT),
+            accept_totp_step_script: Script::new(ACCEPT_TOTP_STEP_SCRIPT),
         })
     }
 
@@ -77,6 +87,10 @@ impl RedisStore {
 
     fn user_key(&self, user_id: &str) -> String {
         format!("{}user:{}:sessions", self.prefix, user_id)
+    }
+
+    fn totp_key(&self, user_id: &str) -> String {
+        format!("{}totp:{}", self.prefix, user_id)
     }
 
     fn cached(&self) -> Option<ConnectionManager> {
@@ -238,5 +252,18 @@ impl SessionStore for RedisStore {
         let mut conn = self.connection().await?;
         let _: i64 = self.bounded(conn.del(self.failure_key(key))).await?;
         Ok(())
+    }
+
+    async fn accept_totp_step(
+        &self,
+        user_id: &str,
+        step: u64,
+        keep_for: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.accept_totp_step_script.key(self.totp_key(user_id));
+        inv.arg(step).arg(keep_for.as_millis().max(1) as u64);
+        let accepted: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(accepted == 1)
     }
 }

@@ -14,6 +14,7 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use authgate::config::{Config, ConfigSource};
 use authgate::server::RunningGateway;
 
+#[allow(unused_imports)]
 pub use upstream::{Recorded, RecordingUpstream};
 
 pub fn free_port() -> u16 {

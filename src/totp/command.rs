@@ -1,0 +1,266 @@
+//! `authgate totp enroll|disable USER`: edits the enrollment store, then revokes the user's
+//! sessions so that every login from now on goes through the new rule.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use qrcode::render::unicode::Dense1x2;
+use qrcode::QrCode;
+use rand::RngCore;
+use totp_rs::Secret;
+
+use super::enrollment::{self, Enrollment, StoreLock};
+use crate::cli::{load_config, ConfigArg, EXIT_RUNTIME, EXIT_USAGE};
+use crate::config::{Config, StoreKind};
+use crate::directory::fold;
+
+#[derive(Debug, Subcommand)]
+pub enum TotpCommand {
+    /// Give USER a fresh TOTP secret: prints the otpauth:// URI, the secret and a QR code.
+    /// Running gateways require a code from USER's next login on.
+    Enroll(TotpArgs),
+    /// Remove USER's enrollment: their logins need only the password again.
+    Disable(TotpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TotpArgs {
+    /// The user's username (or, for a users-file user, their email).
+    pub user: String,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Leave the user's existing sessions alone (by default they are revoked).
+    #[arg(long)]
+    pub keep_sessions: bool,
+    /// The user's id (the `userId` logins return), needed to revoke the sessions of a user who
+    /// is not in the users file, such as an LDAP user.
+    #[arg(long)]
+    pub user_id: Option<String>,
+}
+
+/// A failure, with the exit code it maps to.
+struct Failure(u8, String);
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure(EXIT_USAGE, msg.into())
+}
+
+/// Who the command is about: the enrollment key, the name shown in apps, and the id if known.
+struct Target {
+    key: String,
+    display: String,
+    user_id: Option<String>,
+}
+
+pub fn run(cmd: TotpCommand) -> ExitCode {
+    let result = match cmd {
+        TotpCommand::Enroll(args) => enroll(&args),
+        TotpCommand::Disable(args) => disable(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("authgate: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn resolve(config: &Config, args: &TotpArgs, enrolling: bool) -> Result<Target, Failure> {
+    let wanted = fold(&args.user);
+    if wanted.is_empty() {
+        return Err(usage("USER is empty"));
+    }
+    let local = match &config.directory.local {
+        Some(l) => crate::directory::local::load_users(l)
+            .map_err(|p| usage(p.iter().map(|p| format!("\n  - {p}")).collect::<String>()))?,
+        None => Vec::new(),
+    };
+    let found = local.iter().find(|u| {
+        fold(&u.profile.username) == wanted
+            || u.profile.email.as_deref().map(fold) == Some(wanted.clone())
+    });
+    let Some(u) = found else {
+        if wanted.contains('@') {
+            return Err(usage(format!(
+                "no user in the users file has the email `{}`; give the username instead",
+                args.user
+            )));
+        }
+        return Ok(Target {
+            key: wanted,
+            display: args.user.trim().to_string(),
+            user_id: args.user_id.clone(),
+        });
+    };
+    if u.totp_secret.is_some() {
+        let what = if enrolling {
+            "an enrollment would have no effect, because the users file wins"
+        } else {
+            "disable cannot remove it"
+        };
+        return Err(usage(format!(
+            "{} has a totp_secret in the users file; {what}. Edit the users file instead \
+             (and restart the gateway).",
+            u.profile.username
+        )));
+    }
+    if let Some(id) = &args.user_id {
+        if *id != u.profile.id {
+            return Err(usage(format!(
+                "--user-id {id} does not match {}'s id {} in the users file",
+                u.profile.username, u.profile.id
+            )));
+        }
+    }
+    Ok(Target {
+        key: fold(&u.profile.username),
+        display: u.profile.username.clone(),
+        user_id: Some(u.profile.id.clone()),
+    })
+}
+
+/// Refuses up front when the sessions could not be revoked afterwards, so nothing changes.
+fn check_revocable(config: &Config, args: &TotpArgs, target: &Target) -> Result<(), Failure> {
+    if args.keep_sessions || config.session.store != StoreKind::Redis || target.user_id.is_some() {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "{} is not in the users file, so their sessions cannot be found without their id: \
+         pass --user-id ID (the userId their logins return), or --keep-sessions",
+        target.display
+    )))
+}
+
+fn prepare(args: &TotpArgs, enrolling: bool) -> Result<(Config, Target), Failure> {
+    let config = load_config(&args.config).map_err(|e| usage(e.to_string()))?;
+    let target = resolve(&config, args, enrolling)?;
+    check_revocable(&config, args, &target)?;
+    Ok((config, target))
+}
+
+fn enroll(args: &TotpArgs) -> Result<(), Failure> {
+    let (config, target) = prepare(args, true)?;
+    let mut raw = [0u8; 20];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let Secret::Encoded(secret) = Secret::Raw(raw.to_vec()).to_encoded() else {
+        unreachable!("to_encoded always encodes");
+    };
+    let uri = super::otpauth_uri(&config.totp, &secret, &target.display)
+        .map_err(|e| Failure(EXIT_RUNTIME, e))?;
+    let qr = QrCode::new(uri.as_bytes())
+        .map_err(|e| Failure(EXIT_RUNTIME, format!("cannot draw the QR code: {e}")))?
+        .render::<Dense1x2>()
+        // Inverted, like `qrencode -t UTF8`: scanners read it on a dark terminal background.
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build();
+    let path = &config.totp.secrets_file;
+    let enrollment = Enrollment {
+        secret: secret.clone(),
+        enrolled_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    let replaced = update(path, |file| {
+        (
+            true,
+            file.users.insert(target.key.clone(), enrollment).is_some(),
+        )
+    })?;
+    let again = if replaced {
+        " (its previous secret no longer works)"
+    } else {
+        ""
+    };
+    println!(
+        "Enrolled {} for TOTP{again} in {}.",
+        target.display,
+        path.display()
+    );
+    println!("Add it to an authenticator app by scanning the QR code or entering the secret.");
+    println!();
+    println!("otpauth URI: {uri}");
+    println!("Secret:      {secret}");
+    println!();
+    println!("{qr}");
+    revoke(&config, args, &target)
+}
+
+fn disable(args: &TotpArgs) -> Result<(), Failure> {
+    let (config, target) = prepare(args, false)?;
+    let path = &config.totp.secrets_file;
+    let removed = update(path, |file| {
+        let removed = file.users.remove(&target.key).is_some();
+        (removed, removed)
+    })?;
+    if !removed {
+        println!(
+            "{} is not enrolled in {}; nothing changed.",
+            target.display,
+            path.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "Disabled TOTP for {}: their logins need only the password now.",
+        target.display
+    );
+    revoke(&config, args, &target)
+}
+
+/// Read-modify-write of the store under its lock; `change` says whether to write, and what to
+/// return.
+fn update<T>(
+    path: &std::path::Path,
+    change: impl FnOnce(&mut enrollment::EnrollmentFile) -> (bool, T),
+) -> Result<T, Failure> {
+    let runtime = |e: String| Failure(EXIT_RUNTIME, e);
+    let _lock = StoreLock::acquire(path, std::time::Duration::from_secs(5)).map_err(runtime)?;
+    let mut file = enrollment::read(path).map_err(usage)?;
+    let (write, result) = change(&mut file);
+    if write {
+        enrollment::write(path, &file).map_err(runtime)?;
+    }
+    Ok(result)
+}
+
+fn revoke(config: &Config, args: &TotpArgs, target: &Target) -> Result<(), Failure> {
+    if args.keep_sessions {
+        println!("Existing sessions were kept (--keep-sessions).");
+        return Ok(());
+    }
+    if config.session.store != StoreKind::Redis {
+        eprintln!(
+            "warning: session.store is \"memory\": sessions live inside the running gateway \
+             process and cannot be revoked from here; restart the gateway to end {}'s sessions",
+            target.display
+        );
+        return Ok(());
+    }
+    let Some(user_id) = &target.user_id else {
+        return Ok(());
+    };
+    let revoked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let store =
+                    crate::session::build_store(&config.session).map_err(|e| e.to_string())?;
+                store.revoke_user(user_id).await.map_err(|e| e.to_string())
+            })
+        })
+        .map_err(|e| {
+            Failure(
+                EXIT_RUNTIME,
+                format!(
+                    "the enrollment store was updated, but {}'s sessions could not be revoked \
+                     ({e}); they stay valid until they expire or are revoked",
+                    target.display
+                ),
+            )
+        })?;
+    println!("Revoked {revoked} session(s) of {}.", target.display);
+    Ok(())
+}

@@ -1,0 +1,603 @@
+//! TOTP two-factor against the contract: real Redis, two gateway instances sharing it, and the
+//! `authgate totp` CLI changing what running gateways do.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use support::*;
+use totp_rs::{Algorithm, Secret, TOTP};
+
+const UNAUTHORIZED: &str =
+    r#"{"success":false,"error":"Unauthorized","status":"error","message":"Unauthorized"}"#;
+const TOTP_REQUIRED: &str = r#"{"success":false,"error":"totp-required","status":"error","details":{"method":"totp","codeGenerated":false,"availableMethods":["totp"]},"message":"TOTP Required"}"#;
+const TOTP_INVALID: &str = r#"{"success":false,"error":"totp-invalid","status":"error","details":{"method":"totp","codeGenerated":false,"availableMethods":["totp"]},"message":"TOTP Invalid"}"#;
+
+const ALICE_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+const BOB_SECRET: &str = "KRSXG5CTMVRXEZLUKN2XAZLSKNSWG4TF";
+const DAVE_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+
+/// alice, bob and dave have a secret in the users file; erin has none.
+fn totp_users() -> String {
+    users_toml(&[
+        TestUser {
+            username: "alice",
+            password: "alice-password-1",
+            email: Some("alice@example.org"),
+            extra: "totp_secret = \"JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP\"",
+        },
+        TestUser {
+            username: "bob",
+            password: "bob-password-2",
+            email: None,
+            // Lower case with spaces, as apps display secrets: normalized on load.
+            extra: "totp_secret = \"krsx g5ct mvrx ezlu kn2x azls knsw g4tf\"",
+        },
+        TestUser {
+            username: "dave",
+            password: "dave-password-4",
+            email: None,
+            extra: "totp_secret = \"GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\"",
+        },
+        user("erin", "erin-password-5", Some("erin@example.org")),
+    ])
+}
+
+fn now_step() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30
+}
+
+/// The code an authenticator app shows for `step` (SHA1, 6 digits, 30 s).
+fn code(secret: &str, step: u64) -> String {
+    let bytes = Secret::Encoded(secret.to_string()).to_bytes().unwrap();
+    TOTP::new_unchecked(Algorithm::SHA1, 6, 1, 30, bytes, None, String::new()).generate(step * 30)
+}
+
+/// Posts a login body, optionally with `x-2fa-code`; returns the status and the exact body.
+async fn post_login(gw: &Gateway, body: &Value, header_code: Option<&str>) -> (u16, String) {
+    let mut rb = client().post(gw.url("/api/v1/login")).json(body);
+    if let Some(c) = header_code {
+        rb = rb.header("x-2fa-code", c);
+    }
+    let r = rb.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn pw(user: &str, password: &str) -> Value {
+    json!({"user": user, "password": password})
+}
+
+fn with_code(user: &str, password: &str, code: &str) -> Value {
+    json!({"user": user, "password": password, "code": code})
+}
+
+/// Status of a protected request made with a session.
+async fn protected_status(gw: &Gateway, id: &str, token: &str) -> u16 {
+    client()
+        .get(gw.url("/api/v1/me"))
+        .header("x-user-id", id)
+        .header("x-auth-token", token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn session_of(body: &str) -> (String, String) {
+    let v: Value = serde_json::from_str(body).unwrap();
+    (
+        v["data"]["userId"].as_str().unwrap().to_string(),
+        v["data"]["authToken"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Two instances sharing one Redis and one enrollment store.
+struct Pair {
+    redis: Redis,
+    _up: RecordingUpstream,
+    a: Gateway,
+    b: Gateway,
+    _shared: tempfile::TempDir,
+    secrets_file: std::path::PathBuf,
+}
+
+async fn pair() -> Pair {
+    let redis = Redis::start();
+    let up = RecordingUpstream::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let secrets_file = shared.path().join("totp-secrets.json");
+    let extra = format!("[totp]\nsecrets_file = \"{}\"\n", secrets_file.display());
+    let config = config_text(up.addr, Some(&redis.url()), &extra);
+    let users = totp_users();
+    let a = Gateway::start(&config, &users).await;
+    let b = Gateway::start(&config, &users).await;
+    Pair {
+        redis,
+        _up: up,
+        a,
+        b,
+        _shared: shared,
+        secrets_file,
+    }
+}
+
+fn no_session_keys(redis: &Redis) {
+    let keys = redis.keys();
+    assert!(!keys.contains("session"), "a session was created: {keys}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_wrong_and_misplaced_codes_get_the_contract_bodies_and_no_session() {
+    let p = pair().await;
+    for gw in [&p.a, &p.b] {
+        let (status, body) = post_login(gw, &pw("alice", "alice-password-1"), None).await;
+        assert_eq!((status, body.as_str()), (401, TOTP_REQUIRED));
+        // An empty code is no code, as in Rocket.Chat.
+        let (status, body) =
+            post_login(gw, &with_code("alice", "alice-password-1", ""), None).await;
+        assert_eq!((status, body.as_str()), (401, TOTP_REQUIRED));
+        let wrong = code(BOB_SECRET, now_step());
+        let (status, body) =
+            post_login(gw, &with_code("alice", "alice-password-1", &wrong), None).await;
+        assert_eq!((status, body.as_str()), (401, TOTP_INVALID));
+        let (status, body) = post_login(gw, &pw("alice", "alice-password-1"), Some("000000")).await;
+        assert_eq!(status, 401);
+        assert!(body == TOTP_INVALID || code(ALICE_SECRET, now_step()) == "000000");
+    }
+    // A wrong password gets the generic 401 whatever the code, and does not use the code up.
+    let good = code(ALICE_SECRET, now_step());
+    for body in [
+        with_code("alice", "wrong-password", &good),
+        pw("alice", "wrong-password"),
+        with_code("alice", "wrong-password", "12"),
+        json!({"totp": {"code": good, "login": {"user": {"username": "alice"}, "password": "nope"}}}),
+    ] {
+        let (status, text) = post_login(&p.a, &body, None).await;
+        assert_eq!((status, text.as_str()), (401, UNAUTHORIZED), "{body}");
+    }
+    let (status, text) = post_login(&p.b, &pw("alice", "wrong"), Some(&good)).await;
+    assert_eq!((status, text.as_str()), (401, UNAUTHORIZED));
+    no_session_keys(&p.redis);
+    assert!(!p.redis.keys().contains("totp"), "{}", p.redis.keys());
+    let (status, text) =
+        post_login(&p.b, &with_code("alice", "alice-password-1", &good), None).await;
+    assert_eq!(status, 200, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn code_in_body_header_or_nested_shape_logs_in_on_either_instance() {
+    let p = pair().await;
+    let step = now_step();
+    let cases = [
+        (
+            &p.a,
+            with_code("alice", "alice-password-1", &code(ALICE_SECRET, step)),
+            None,
+        ),
+        (
+            &p.b,
+            pw("bob", "bob-password-2"),
+            Some(code(BOB_SECRET, step)),
+        ),
+        (
+            &p.a,
+            json!({"totp": {"code": code(DAVE_SECRET, step), "login": {"user": {"username": "dave"}, "password": "dave-password-4"}}}),
+            None,
+        ),
+    ];
+    for (gw, body, header) in cases {
+        let (status, text) = post_login(gw, &body, header.as_deref()).await;
+        assert_eq!(status, 200, "{body}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["data"]["me"]["services"]["totp"],
+            json!({"enabled": true})
+        );
+        let (id, token) = session_of(&text);
+        // The session lives in Redis: the other instance honours it too.
+        assert_eq!(protected_status(&p.a, &id, &token).await, 200);
+        assert_eq!(protected_status(&p.b, &id, &token).await, 200);
+    }
+    // A code given to a user without a second factor is ignored.
+    let (status, text) =
+        post_login(&p.a, &with_code("erin", "erin-password-5", "123456"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(v["data"]["me"]["services"].get("totp").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_used_code_is_refused_on_every_instance() {
+    let p = pair().await;
+    let c = code(ALICE_SECRET, now_step());
+    let body = with_code("alice", "alice-password-1", &c);
+    let (status, text) = post_login(&p.a, &body, None).await;
+    assert_eq!(status, 200, "{text}");
+    let sessions_before = p.redis.keys();
+    for gw in [&p.b, &p.a] {
+        let (status, text) = post_login(gw, &body, None).await;
+        assert_eq!((status, text.as_str()), (401, TOTP_INVALID));
+        let (status, text) = post_login(gw, &pw("alice", "alice-password-1"), Some(&c)).await;
+        assert_eq!((status, text.as_str()), (401, TOTP_INVALID));
+    }
+    assert_eq!(
+        p.redis.keys(),
+        sessions_before,
+        "a refused code created a session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_step_after_a_newer_one_is_refused() {
+    let p = pair().await;
+    let step = now_step();
+    let newer = with_code("alice", "alice-password-1", &code(ALICE_SECRET, step + 1));
+    let (status, text) = post_login(&p.a, &newer, None).await;
+    assert_eq!(status, 200, "{text}");
+    let (id, _) = session_of(&text);
+    for older in [step, step - 1] {
+        let c = code(ALICE_SECRET, older);
+        if c == code(ALICE_SECRET, step + 1) {
+            continue; // one chance in a million: the same digits for two steps
+        }
+        let (status, text) =
+            post_login(&p.b, &with_code("alice", "alice-password-1", &c), None).await;
+        assert_eq!((status, text.as_str()), (401, TOTP_INVALID), "step {older}");
+    }
+    // The record is per user: bob is not affected by alice's newer step.
+    let (status, text) = post_login(
+        &p.b,
+        &with_code("bob", "bob-password-2", &code(BOB_SECRET, step)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    // The record outlives every step that could still be accepted.
+    let ttl = p.redis.command(&format!("TTL authgate:totp:{id}")).unwrap();
+    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    assert!(ttl > 4 * 30, "{ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_codes_are_totp_invalid() {
+    let p = pair().await;
+    let good = code(ALICE_SECRET, now_step());
+    let huge = "1".repeat(10 * 1024);
+    let malformed = [
+        good[..5].to_string(),
+        format!("{good}7"),
+        "abcdef".to_string(),
+        "12345a".to_string(),
+        format!(" {good}"),
+        format!("{good} "),
+        format!("{good}\n"),
+        "１２３４５６".to_string(),
+        "-12345".to_string(),
+        huge.clone(),
+    ];
+    for bad in &malformed {
+        let (status, text) =
+            post_login(&p.a, &with_code("alice", "alice-password-1", bad), None).await;
+        assert_eq!((status, text.as_str()), (401, TOTP_INVALID), "{bad:?}");
+        let nested = json!({"totp": {"code": bad, "login": {"user": {"username": "alice"}, "password": "alice-password-1"}}});
+        let (status, text) = post_login(&p.b, &nested, None).await;
+        assert_eq!(
+            (status, text.as_str()),
+            (401, TOTP_INVALID),
+            "nested {bad:?}"
+        );
+    }
+    for bad in [&good[..5], "abcdef", huge.as_str()] {
+        let (status, text) = post_login(&p.a, &pw("alice", "alice-password-1"), Some(bad)).await;
+        assert_eq!(
+            (status, text.as_str()),
+            (401, TOTP_INVALID),
+            "header {}",
+            bad.len()
+        );
+    }
+    // Codes as JSON types other than strings and numbers are not codes at all.
+    let (status, text) = post_login(
+        &p.a,
+        &json!({"user": "alice", "password": "alice-password-1", "code": ["123456"]}),
+        None,
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (401, TOTP_REQUIRED));
+    no_session_keys(&p.redis);
+    // None of that used the real code up.
+    let (status, text) =
+        post_login(&p.a, &with_code("alice", "alice-password-1", &good), None).await;
+    assert_eq!(status, 200, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_users_file_secret_wins_over_the_enrollment_store() {
+    let p = pair().await;
+    let enrolled = "MFRGGZDFMZTWQ2LKNNWG23TPOBYXE43UOV3HO6DZ";
+    std::fs::write(
+        &p.secrets_file,
+        format!(r#"{{"users":{{"alice":{{"secret":"{enrolled}","enrolled_at":"2025-01-01T00:00:00Z"}},"erin":{{"secret":"{enrolled}","enrolled_at":"2025-01-01T00:00:00Z"}}}}}}"#),
+    )
+    .unwrap();
+    let step = now_step();
+    let (status, text) = post_login(
+        &p.a,
+        &with_code("alice", "alice-password-1", &code(enrolled, step)),
+        None,
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (401, TOTP_INVALID));
+    let (status, text) = post_login(
+        &p.a,
+        &with_code("alice", "alice-password-1", &code(ALICE_SECRET, step)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    // erin has no users-file secret, so the (hand-written) enrollment applies, by email too.
+    let (status, text) = post_login(&p.b, &pw("ERIN@example.org", "erin-password-5"), None).await;
+    assert_eq!((status, text.as_str()), (401, TOTP_REQUIRED));
+    let (status, text) = post_login(
+        &p.b,
+        &with_code("Erin", "erin-password-5", &code(enrolled, step)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+}
+
+fn run_cli(args: &[&str], config: &Path) -> (i32, String, String) {
+    let out = Command::new(authgate_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("AUTHGATE_CONFIG")
+        .env_remove("AUTHGATE_SESSION_REDIS_URL")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn cli(args: &'static [&'static str], config: &Path) -> (i32, String, String) {
+    let config = config.to_path_buf();
+    tokio::task::spawn_blocking(move || run_cli(args, &config))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_enrollment_and_disable_change_running_gateways() {
+    let p = pair().await;
+    let config = p.a.files.config_path.clone();
+    let (status, text) = post_login(&p.a, &pw("erin", "erin-password-5"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (id, old_token) = session_of(&text);
+    let (status, text) = post_login(&p.b, &pw("erin", "erin-password-5"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (_, kept_token) = session_of(&text);
+
+    let (rc, out, err) = cli(&["totp", "enroll", "erin"], &config).await;
+    assert_eq!(rc, 0, "{out}{err}");
+    let uri = out
+        .lines()
+        .find_map(|l| l.strip_prefix("otpauth URI: "))
+        .expect(&out);
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Secret:      "))
+        .expect(&out);
+    assert_eq!(
+        uri,
+        format!("otpauth://totp/authgate:erin?secret={secret}&issuer=authgate")
+    );
+    assert!(authgate::totp::secret_problem(secret).is_ok(), "{secret}");
+    assert!(
+        out.contains('█') && out.contains("Revoked 2 session(s)"),
+        "{out}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&p.secrets_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // Both running instances now require a code; the old sessions are gone.
+    for gw in [&p.a, &p.b] {
+        assert_eq!(protected_status(gw, &id, &old_token).await, 401);
+        assert_eq!(protected_status(gw, &id, &kept_token).await, 401);
+        let (status, text) = post_login(gw, &pw("erin", "erin-password-5"), None).await;
+        assert_eq!((status, text.as_str()), (401, TOTP_REQUIRED));
+    }
+    let step = now_step();
+    let (status, text) = post_login(
+        &p.b,
+        &with_code("erin", "erin-password-5", &code(secret, step)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let (_, token) = session_of(&text);
+
+    // Re-enrolling with --keep-sessions replaces the secret and keeps the session.
+    let (rc, out, err) = cli(
+        &["totp", "enroll", "erin@example.org", "--keep-sessions"],
+        &config,
+    )
+    .await;
+    assert_eq!(rc, 0, "{out}{err}");
+    let secret2 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Secret:      "))
+        .unwrap();
+    assert_ne!(secret, secret2);
+    assert_eq!(protected_status(&p.a, &id, &token).await, 200);
+    let (status, text) = post_login(
+        &p.a,
+        &with_code("erin", "erin-password-5", &code(secret, step + 1)),
+        None,
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (401, TOTP_INVALID));
+
+    let (rc, out, err) = cli(&["totp", "disable", "erin"], &config).await;
+    assert_eq!(rc, 0, "{out}{err}");
+    assert!(out.contains("Revoked 1 session(s)"), "{out}");
+    assert_eq!(protected_status(&p.b, &id, &token).await, 401);
+    for gw in [&p.a, &p.b] {
+        let (status, text) = post_login(gw, &pw("erin", "erin-password-5"), None).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let (rc, out, _) = cli(&["totp", "disable", "erin"], &config).await;
+    assert_eq!(rc, 0);
+    assert!(out.contains("not enrolled"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_refuses_what_it_cannot_do_cleanly() {
+    let p = pair().await;
+    let config = p.a.files.config_path.clone();
+    // A users-file secret wins, so enrolling alice would change nothing.
+    let (rc, _, err) = cli(&["totp", "enroll", "alice"], &config).await;
+    assert_eq!(rc, 64, "{err}");
+    assert!(err.contains("totp_secret"), "{err}");
+    let (rc, _, err) = cli(&["totp", "enroll", "nobody@example.org"], &config).await;
+    assert_eq!(rc, 64, "{err}");
+    // A user outside the users file (an LDAP user): their sessions need their id.
+    let (rc, _, err) = cli(&["totp", "enroll", "lucy"], &config).await;
+    assert_eq!(rc, 64, "{err}");
+    assert!(err.contains("--user-id"), "{err}");
+    assert!(
+        !p.secrets_file.exists(),
+        "a refused command wrote the store"
+    );
+    let (rc, out, err) = cli(
+        &["totp", "enroll", "Lucy", "--user-id", "LucyId1234567890"],
+        &config,
+    )
+    .await;
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("Revoked 0 session(s)"), "{out}");
+    let store: Value =
+        serde_json::from_str(&std::fs::read_to_string(&p.secrets_file).unwrap()).unwrap();
+    assert!(store["users"]["lucy"]["secret"].is_string(), "{store}");
+    // Redis down: the store is updated, the failure to revoke is reported.
+    let mut p = p;
+    p.redis.kill();
+    let (rc, _, err) = cli(
+        &["totp", "disable", "lucy", "--user-id", "LucyId1234567890"],
+        &config,
+    )
+    .await;
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("could not be revoked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_store_failure_during_the_code_check_fails_closed() {
+    let mut p = pair().await;
+    let c = code(ALICE_SECRET, now_step());
+    let body = with_code("alice", "alice-password-1", &c);
+    p.redis.kill();
+    let (status, text) = post_login(&p.a, &body, None).await;
+    assert_eq!(status, 503, "{text}");
+    p.redis.restart();
+    // Nothing was recorded, so the same code works once Redis is back, and only once.
+    let mut status = 0;
+    for _ in 0..50 {
+        (status, _) = post_login(&p.b, &body, None).await;
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    let (status, text) = post_login(&p.a, &body, None).await;
+    assert_eq!((status, text.as_str()), (401, TOTP_INVALID));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_secrets_and_totp_settings_are_config_errors_naming_the_key() {
+    let up = RecordingUpstream::start().await;
+    let files = write_files(
+        &config_text(up.addr, None, ""),
+        &users_toml(&[TestUser {
+            username: "alice",
+            password: "pw-alice-123",
+            email: None,
+            extra: "totp_secret = \"JBSWY3DPEHPK3PXP\"",
+        }]),
+    );
+    let (rc, _, err) = run_cli(&["check-config"], &files.config_path);
+    assert_eq!(rc, 64, "{err}");
+    assert!(
+        err.contains("users[0].totp_secret") && err.contains("128"),
+        "{err}"
+    );
+
+    let files = write_files(
+        &config_text(
+            up.addr,
+            None,
+            "[totp]\nissuer = \"a:b\"\ndigits = 9\nperiod = \"7s\"\nalgorithm = \"MD5\"\nskew = 3\ncolour = 1\n",
+        ),
+        "",
+    );
+    let (rc, _, err) = run_cli(&["check-config"], &files.config_path);
+    assert_eq!(rc, 64, "{err}");
+    for key in [
+        "totp.issuer",
+        "totp.digits",
+        "totp.period",
+        "totp.algorithm",
+        "totp.skew",
+        "totp.colour",
+    ] {
+        assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+    }
+
+    let files = write_files(&config_text(up.addr, None, ""), "");
+    std::fs::write(files.dir.path().join("totp-secrets.json"), "{\"users\": 5}").unwrap();
+    let (rc, _, err) = run_cli(&["check-config"], &files.config_path);
+    assert_eq!(rc, 64, "{err}");
+    assert!(err.contains("totp.secrets_file"), "{err}");
+    let (rc, _, err) = run_cli(&["totp", "enroll", "erin"], &files.config_path);
+    assert_eq!(rc, 64, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_memory_store_the_cli_enrolls_and_warns_it_cannot_revoke() {
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(&config_text(up.addr, None, ""), &totp_users()).await;
+    let (status, text) = post_login(&gw, &pw("erin", "erin-password-5"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (rc, out, err) = cli(&["totp", "enroll", "erin"], &gw.files.config_path).await;
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("cannot be revoked"),
+        "{err}"
+    );
+    // The default store sits next to the config file.
+    assert!(gw.files.dir.path().join("totp-secrets.json").exists());
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Secret:      "))
+        .unwrap();
+    let (status, text) = post_login(&gw, &pw("erin", "erin-password-5"), None).await;
+    assert_eq!((status, text.as_str()), (401, TOTP_REQUIRED));
+    let c = code(secret, now_step());
+    let (status, text) = post_login(&gw, &with_code("erin", "erin-password-5", &c), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = post_login(&gw, &with_code("erin", "erin-password-5", &c), None).await;
+    assert_eq!((status, text.as_str()), (401, TOTP_INVALID));
+}
