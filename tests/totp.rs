@@ -114,7 +114,11 @@ async fn pair() -> Pair {
     let up = RecordingUpstream::start().await;
     let shared = tempfile::tempdir().unwrap();
     let secrets_file = shared.path().join("totp-secrets.json");
-    let extra = format!("[totp]\nsecrets_file = \"{}\"\n", secrets_file.display());
+    // Generous regulation: these tests send many wrong codes on purpose.
+    let extra = format!(
+        "[totp]\nsecrets_file = \"{}\"\n\n[regulation]\nuser_failures = 100\nip_failures = 1000\n",
+        secrets_file.display()
+    );
     let config = config_text(up.addr, Some(&redis.url()), &extra);
     let users = totp_users();
     let a = Gateway::start(&config, &users).await;
@@ -221,7 +225,17 @@ async fn a_used_code_is_refused_on_every_instance() {
     let body = with_code("alice", "alice-password-1", &c);
     let (status, text) = post_login(&p.a, &body, None).await;
     assert_eq!(status, 200, "{text}");
-    let sessions_before = p.redis.keys();
+    let session_keys = |redis: &Redis| -> Vec<String> {
+        let mut keys: Vec<String> = redis
+            .keys()
+            .lines()
+            .filter(|l| l.starts_with("authgate:session:") || l.contains(":sessions"))
+            .map(str::to_string)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let sessions_before = session_keys(&p.redis);
     for gw in [&p.b, &p.a] {
         let (status, text) = post_login(gw, &body, None).await;
         assert_eq!((status, text.as_str()), (401, TOTP_INVALID));
@@ -229,7 +243,7 @@ async fn a_used_code_is_refused_on_every_instance() {
         assert_eq!((status, text.as_str()), (401, TOTP_INVALID));
     }
     assert_eq!(
-        p.redis.keys(),
+        session_keys(&p.redis),
         sessions_before,
         "a refused code created a session"
     );
@@ -600,4 +614,34 @@ async fn with_the_memory_store_the_cli_enrolls_and_warns_it_cannot_revoke() {
     assert_eq!(status, 200, "{text}");
     let (status, text) = post_login(&gw, &with_code("erin", "erin-password-5", &c), None).await;
     assert_eq!((status, text.as_str()), (401, TOTP_INVALID));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_codes_count_as_failed_logins() {
+    let up = RecordingUpstream::start().await;
+    let cfg = config_text(
+        up.addr,
+        None,
+        "[regulation]\nuser_failures = 2\nuser_block = \"60s\"\n",
+    );
+    let gw = Gateway::start(&cfg, &totp_users()).await;
+    let wrong = if code(ALICE_SECRET, now_step()) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    for _ in 0..2 {
+        let (status, text) =
+            post_login(&gw, &with_code("alice", "alice-password-1", wrong), None).await;
+        assert_eq!((status, text.as_str()), (401, TOTP_INVALID));
+    }
+    // Blocked now, even with the right password and the right code.
+    let (status, text) = post_login(
+        &gw,
+        &with_code("alice", "alice-password-1", &code(ALICE_SECRET, now_step())),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(text.contains("error-login-blocked-for-user"), "{text}");
 }
