@@ -137,6 +137,13 @@ impl Redis {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: connections stay open, nothing answers.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id();
+        let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
+        assert!(ok, "kill -{sig} {pid} failed");
+    }
+
     /// Starts again on the same port (after `kill`).
     pub fn restart(&mut self) {
         let port = self.port;
