@@ -77,23 +77,37 @@ fn is_bcrypt(hash: &str) -> bool {
     hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$")
 }
 
+/// What a stored hash was computed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prehash {
+    /// The password itself.
+    #[default]
+    None,
+    /// The SHA-256 hex of the password, as Rocket.Chat stores it (bcrypt over sha256 hex).
+    Sha256,
+}
+
 /// Verifies against argon2 (any variant and parameters, read from the PHC string) or bcrypt.
-/// Never truncates: bcrypt inputs over 72 bytes fail instead of matching a prefix.
-pub fn verify_blocking(password: &Password, hash: &str) -> bool {
-    let input = match password {
-        Password::Plain(p) => p.as_str(),
-        Password::Sha256Digest(d) => d.as_str(),
+/// Never truncates: bcrypt inputs over 72 bytes fail instead of matching a prefix. A digest
+/// login verifies only against a hash made over the digest; elsewhere it costs the same and fails.
+pub fn verify_blocking(password: &Password, hash: &str, prehash: Prehash) -> bool {
+    let (input, usable) = match (password, prehash) {
+        (Password::Plain(p), Prehash::None) => (p.clone(), true),
+        (Password::Plain(p), Prehash::Sha256) => (sha256_hex(p), true),
+        (Password::Sha256Digest(d), Prehash::Sha256) => (d.clone(), true),
+        (Password::Sha256Digest(d), Prehash::None) => (d.clone(), false),
     };
-    if is_bcrypt(hash) {
-        return bcrypt::non_truncating_verify(input, hash).unwrap_or(false);
-    }
-    let Ok(parsed) = PasswordHash::new(hash) else {
-        return false;
+    let matched = if is_bcrypt(hash) {
+        bcrypt::non_truncating_verify(&input, hash).unwrap_or(false)
+    } else {
+        // Argon2::default() takes algorithm, version and parameters from the PHC string itself.
+        PasswordHash::new(hash).is_ok_and(|parsed| {
+            Argon2::default()
+                .verify_password(input.as_bytes(), &parsed)
+                .is_ok()
+        })
     };
-    // Argon2::default() takes algorithm, version and parameters from the PHC string itself.
-    Argon2::default()
-        .verify_password(input.as_bytes(), &parsed)
-        .is_ok()
+    matched && usable
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -125,12 +139,13 @@ impl Verifier {
     pub async fn verify(
         &self,
         password: &Password,
-        hash: Option<&str>,
+        stored: Option<(&str, Prehash)>,
     ) -> Result<bool, GatewayError> {
-        let known = hash.is_some();
-        let hash: Arc<str> = hash
-            .map(Arc::from)
-            .unwrap_or_else(|| self.dummy_hash.clone());
+        let known = stored.is_some();
+        let (hash, prehash): (Arc<str>, Prehash) = match stored {
+            Some((h, p)) => (Arc::from(h), p),
+            None => (self.dummy_hash.clone(), Prehash::None),
+        };
         let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| {
@@ -143,7 +158,7 @@ impl Verifier {
         let password = password.clone();
         let ok = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            verify_blocking(&password, &hash)
+            verify_blocking(&password, &hash, prehash)
         })
         .await
         .map_err(|e| GatewayError::Internal(format!("password verification panicked: {e}")))?;
@@ -163,8 +178,8 @@ mod tests {
     fn hash_password_is_owasp_argon2id_and_verifies() {
         let h = hash_password("correct horse");
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
-        assert!(verify_blocking(&plain("correct horse"), &h));
-        assert!(!verify_blocking(&plain("correct horsE"), &h));
+        assert!(verify_blocking(&plain("correct horse"), &h, Prehash::None));
+        assert!(!verify_blocking(&plain("correct horsE"), &h, Prehash::None));
         assert!(check_hash_format(&h).is_ok());
     }
 
@@ -176,8 +191,8 @@ mod tests {
                 .hash_password(b"pw", &SaltString::generate(&mut OsRng))
                 .unwrap()
                 .to_string();
-            assert!(verify_blocking(&plain("pw"), &h), "{h}");
-            assert!(!verify_blocking(&plain("px"), &h), "{h}");
+            assert!(verify_blocking(&plain("pw"), &h, Prehash::None), "{h}");
+            assert!(!verify_blocking(&plain("px"), &h, Prehash::None), "{h}");
         }
     }
 
@@ -186,21 +201,54 @@ mod tests {
         let h = bcrypt::hash("pw", 4).unwrap();
         for prefix in ["$2a$", "$2b$", "$2y$"] {
             let h = format!("{prefix}{}", &h[4..]);
-            assert!(verify_blocking(&plain("pw"), &h), "{h}");
-            assert!(!verify_blocking(&plain("pX"), &h));
+            assert!(verify_blocking(&plain("pw"), &h, Prehash::None), "{h}");
+            assert!(!verify_blocking(&plain("pX"), &h, Prehash::None));
         }
         let long = "a".repeat(71);
         let h = bcrypt::hash(&long, 4).unwrap(); // 71 bytes and the NUL terminator: the most bcrypt takes
-        assert!(verify_blocking(&plain(&long), &h));
-        assert!(!verify_blocking(&plain(&format!("{long}extra")), &h));
+        assert!(verify_blocking(&plain(&long), &h, Prehash::None));
+        assert!(!verify_blocking(
+            &plain(&format!("{long}extra")),
+            &h,
+            Prehash::None
+        ));
     }
 
     #[test]
     fn garbage_hashes_never_verify() {
-        assert!(!verify_blocking(&plain(""), ""));
-        assert!(!verify_blocking(&plain("x"), "$argon2id$garbage"));
+        assert!(!verify_blocking(&plain(""), "", Prehash::None));
+        assert!(!verify_blocking(
+            &plain("x"),
+            "$argon2id$garbage",
+            Prehash::None
+        ));
         assert!(check_hash_format("plaintext").is_err());
         assert!(check_hash_format("$pbkdf2-sha256$i=1$abc$def").is_err());
+    }
+
+    #[test]
+    fn rocket_chat_hashes_verify_plain_and_digest_logins() {
+        let h = bcrypt::hash(sha256_hex("pw"), 4).unwrap();
+        assert!(verify_blocking(&plain("pw"), &h, Prehash::Sha256));
+        assert!(verify_blocking(
+            &Password::Sha256Digest(sha256_hex("pw")),
+            &h,
+            Prehash::Sha256
+        ));
+        assert!(!verify_blocking(&plain("px"), &h, Prehash::Sha256));
+        // A digest never verifies against a hash of the plain password.
+        let plain_hash = bcrypt::hash("pw", 4).unwrap();
+        assert!(!verify_blocking(
+            &Password::Sha256Digest(sha256_hex("pw")),
+            &plain_hash,
+            Prehash::None
+        ));
+        let digest_as_password = bcrypt::hash(sha256_hex("pw"), 4).unwrap();
+        assert!(!verify_blocking(
+            &Password::Sha256Digest(sha256_hex("pw")),
+            &digest_as_password,
+            Prehash::None
+        ));
     }
 
     #[tokio::test]

@@ -177,20 +177,23 @@ fn hash_password_prints_a_verifying_owasp_argon2id_hash() {
         hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
         "{hash}"
     );
-    use authgate::password::{verify_blocking, Password};
+    use authgate::password::{verify_blocking, Password, Prehash};
     assert!(verify_blocking(
         &Password::Plain("s3cret pass".into()),
-        hash
+        hash,
+        Prehash::None
     ));
     assert!(!verify_blocking(
         &Password::Plain("s3cret pass\n".into()),
-        hash
+        hash,
+        Prehash::None
     ));
     // Leading and trailing spaces are part of the password.
     let (_, out, _) = run(&["hash-password"], Some("  padded  "), None);
     assert!(verify_blocking(
         &Password::Plain("  padded  ".into()),
-        out.trim()
+        out.trim(),
+        Prehash::None
     ));
     let (code, _, err) = run(&["hash-password"], Some(""), None);
     assert_eq!(code, 64, "{err}");

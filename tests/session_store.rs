@@ -267,18 +267,38 @@ async fn redis_outage_fails_closed_and_recovers() {
 async fn a_silent_redis_times_out_into_503_and_recovers() {
     let redis = Redis::start();
     let up = RecordingUpstream::start().await;
-    let gw = Gateway::start(&config_text(up.addr, Some(&redis.url()), ""), &users_toml(&standard_users())).await;
+    let gw = Gateway::start(
+        &config_text(up.addr, Some(&redis.url()), ""),
+        &users_toml(&standard_users()),
+    )
+    .await;
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
     let me = || async {
-        client().get(gw.url("/api/v1/me")).header("x-auth-token", &token).header("x-user-id", &id).send().await.unwrap().status().as_u16()
+        client()
+            .get(gw.url("/api/v1/me"))
+            .header("x-auth-token", &token)
+            .header("x-user-id", &id)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     };
     assert_eq!(me().await, 200);
     redis.signal("STOP");
     let started = std::time::Instant::now();
     assert_eq!(me().await, 503);
     // redis_timeout is 1s in the test config: the answer comes from the bound, not a hang.
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    let (status, _) = login_json(&gw.url(""), serde_json::json!({"user": "bob", "password": "bob-password-2"})).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, _) = login_json(
+        &gw.url(""),
+        serde_json::json!({"user": "bob", "password": "bob-password-2"}),
+    )
+    .await;
     assert_eq!(status, 503);
     redis.signal("CONT");
     let mut recovered = false;
@@ -290,5 +310,9 @@ async fn a_silent_redis_times_out_into_503_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "did not recover after Redis answered again");
-    assert_eq!(up.count(), 2, "only the two authenticated /me calls were forwarded");
+    assert_eq!(
+        up.count(),
+        2,
+        "only the two authenticated /me calls were forwarded"
+    );
 }

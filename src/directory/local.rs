@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::{fold, stable_user_id, AuthOutcome, Authenticated, Directory, Identity, UserProfile};
 use crate::config::{ConfigProblem, LocalDirectoryConfig};
 use crate::error::GatewayError;
-use crate::password::{check_hash_format, Password, Verifier};
+use crate::password::{check_hash_format, Password, Prehash, Verifier};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +26,7 @@ struct RawUser {
     name: Option<String>,
     email: Option<String>,
     password_hash: String,
+    password_prehash: Option<String>,
     roles: Option<Vec<String>>,
     active: Option<bool>,
     totp_secret: Option<String>,
@@ -35,6 +36,7 @@ struct RawUser {
 pub struct LocalUser {
     pub profile: UserProfile,
     pub password_hash: String,
+    pub password_prehash: Prehash,
     pub active: bool,
     pub totp_secret: Option<String>,
 }
@@ -75,7 +77,7 @@ pub fn load_users(config: &LocalDirectoryConfig) -> Result<Vec<LocalUser>, Vec<C
         }]
     })?;
     let parsed: UsersFile = toml::from_str(&text).map_err(|e| {
-        vec![problem(path, "users".into(), e.message().to_string(), "each [[users]] entry takes id, username, name, email, password_hash, roles, active, totp_secret")]
+        vec![problem(path, "users".into(), e.message().to_string(), "each [[users]] entry takes id, username, name, email, password_hash, password_prehash, roles, active, totp_secret")]
     })?;
     let mut problems = Vec::new();
     let mut seen_names = HashMap::new();
@@ -165,6 +167,19 @@ pub fn load_users(config: &LocalDirectoryConfig) -> Result<Vec<LocalUser>, Vec<C
                 problems.push(problem(path, key("totp_secret"), why, "use a base32 secret of at least 128 bits (26+ characters), e.g. from `authgate totp enroll`"));
             }
         }
+        let password_prehash = match u.password_prehash.as_deref() {
+            None => Prehash::None,
+            Some("sha256") => Prehash::Sha256,
+            Some(other) => {
+                problems.push(problem(
+                    path,
+                    key("password_prehash"),
+                    format!("`{other}` is not a prehash"),
+                    "use \"sha256\" (Rocket.Chat's bcrypt over the SHA-256 hex) or leave it out",
+                ));
+                Prehash::None
+            }
+        };
         let roles = u.roles.unwrap_or_else(|| vec!["user".into()]);
         users.push(LocalUser {
             profile: UserProfile {
@@ -176,6 +191,7 @@ pub fn load_users(config: &LocalDirectoryConfig) -> Result<Vec<LocalUser>, Vec<C
                 directory: "local".into(),
             },
             password_hash: u.password_hash,
+            password_prehash,
             active: u.active.unwrap_or(true),
             totp_secret,
         });
@@ -232,7 +248,10 @@ impl Directory for LocalDirectory {
         // Unknown users are verified against a dummy hash, so they cost the same as a wrong password.
         let ok = self
             .verifier
-            .verify(password, user.map(|u| u.password_hash.as_str()))
+            .verify(
+                password,
+                user.map(|u| (u.password_hash.as_str(), u.password_prehash)),
+            )
             .await?;
         Ok(match user {
             None => AuthOutcome::UnknownUser,

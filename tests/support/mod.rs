@@ -140,7 +140,11 @@ impl Redis {
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: connections stay open, nothing answers.
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("redis is running").id();
-        let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill -{sig} {pid} failed");
     }
 
