@@ -2,6 +2,7 @@
 //! the built binary), all on loopback with ephemeral ports and temp dirs, killed on drop.
 #![allow(dead_code)]
 
+pub mod slapd;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,6 +15,7 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use authgate::config::{Config, ConfigSource};
 use authgate::server::RunningGateway;
 
+#[allow(unused_imports)]
 pub use upstream::{Recorded, RecordingUpstream};
 
 pub fn free_port() -> u16 {
