@@ -1,6 +1,7 @@
 //! A real OpenLDAP `slapd` (mdb backend, seeded with `slapadd`) on free loopback ports in its own
 //! temp dir, killed on drop. It allows unauthenticated binds (`allow bind_anon_dn`) on purpose, so
-//! tests prove that authgate itself refuses empty passwords.
+//! tests prove that authgate itself refuses empty passwords. Only the service account may read
+//! entries, so a search that ran on a connection bound as a user would find nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -320,7 +321,7 @@ impl Slapd {
             "database mdb\nmaxsize 16777216\nsuffix \"{BASE}\"\nrootdn \"cn=admin,{BASE}\"\nrootpw admin-secret\n\
              directory {}/db\n\
              access to attrs=userPassword by anonymous auth by * none\n\
-             access to * by users read by * none\n",
+             access to * by dn.exact=\"{SERVICE_DN}\" read by * none\n",
             d.display()
         ));
         std::fs::write(d.join("slapd.conf"), conf).unwrap();
