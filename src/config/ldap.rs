@@ -653,6 +653,55 @@ mod tests {
         assert_eq!(placeholders("(&(a={dn})(b={login}))"), vec!["dn", "login"]);
     }
 
+    /// The commented LDAP reference in config.toml, uncommented, is a valid config.
+    #[test]
+    fn the_reference_ldap_section_is_valid() {
+        let is_key = |l: &str| {
+            l.starts_with("[directory")
+                || l.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                })
+        };
+        let full = super::super::EMBEDDED_DEFAULT;
+        let start = full
+            .find("# Directories are asked")
+            .expect("directory docs");
+        let end = full.find("\n[routes]").expect("routes");
+        let text: String = full[start..end]
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if is_key(rest) => rest,
+                _ => l,
+            })
+            // Files that do not exist here, and the file alternative to bind_password.
+            .filter(|l| !l.starts_with("ca_file") && !l.starts_with("bind_password_file"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(text.contains("\n[directory.ldap]\n") && text.contains("\norder = "));
+        let source = super::super::ConfigSource {
+            name: "uncommented config.toml".into(),
+            text,
+            base_dir: std::path::PathBuf::from("."),
+            embedded: false,
+        };
+        let config = super::super::Config::load(&source).unwrap_or_else(|e| panic!("{e}"));
+        let ldap = config.directory.ldap.expect("ldap section");
+        assert_eq!(ldap.roles.len(), 1);
+        assert_eq!(
+            ldap.attributes.totp_secret.as_deref(),
+            Some("authgateTotpSecret")
+        );
+        assert_eq!(
+            config.directory.order,
+            [DirectoryKind::Local, DirectoryKind::Ldap]
+        );
+        // As checked in, only the local directory is configured.
+        let plain =
+            super::super::Config::load(&super::super::ConfigSource::embedded_default()).unwrap();
+        assert!(plain.directory.ldap.is_none());
+        assert_eq!(plain.directory.order, [DirectoryKind::Local]);
+    }
+
     #[test]
     fn urls() {
         assert!(check_url("ldap://127.0.0.1:389").is_ok());
