@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 use super::{count_or, duration_or, env_secret, problem, resolve_path, ConfigProblem};
 
+mod presets;
+
+pub use presets::LdapPreset;
+
 /// A string that never shows up in `Debug` output.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -49,74 +53,6 @@ pub struct RawLdapAttributes {
     pub totp_secret: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LdapPreset {
-    OpenLdap,
-    ActiveDirectory,
-    FreeIpa,
-    Lldap,
-}
-
-/// The defaults a preset gives for the keys an operator leaves out.
-struct PresetDefaults {
-    user_filter: &'static str,
-    group_filter: &'static str,
-    id: &'static str,
-    username: &'static str,
-    name: &'static str,
-    email: &'static str,
-}
-
-impl LdapPreset {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "openldap" => LdapPreset::OpenLdap,
-            "active-directory" => LdapPreset::ActiveDirectory,
-            "freeipa" => LdapPreset::FreeIpa,
-            "lldap" => LdapPreset::Lldap,
-            _ => return None,
-        })
-    }
-
-    fn defaults(self) -> PresetDefaults {
-        match self {
-            LdapPreset::OpenLdap => PresetDefaults {
-                user_filter: "(&(objectClass=inetOrgPerson)(|(uid={login})(mail={login})))",
-                group_filter: "(&(objectClass=groupOfNames)(member={dn}))",
-                id: "entryUUID",
-                username: "uid",
-                name: "cn",
-                email: "mail",
-            },
-            // Disabled accounts (userAccountControl bit 2) are left out, so their sessions end too.
-            LdapPreset::ActiveDirectory => PresetDefaults {
-                user_filter: "(&(objectClass=user)(!(userAccountControl:1.2.840.113556.1.4.803:=2))(|(sAMAccountName={login})(userPrincipalName={login})(mail={login})))",
-                group_filter: "(&(objectClass=group)(member={dn}))",
-                id: "objectGUID",
-                username: "sAMAccountName",
-                name: "displayName",
-                email: "mail",
-            },
-            LdapPreset::FreeIpa => PresetDefaults {
-                user_filter: "(&(objectClass=inetOrgPerson)(!(nsAccountLock=TRUE))(|(uid={login})(mail={login})))",
-                group_filter: "(&(objectClass=groupOfNames)(member={dn}))",
-                id: "ipaUniqueID",
-                username: "uid",
-                name: "cn",
-                email: "mail",
-            },
-            LdapPreset::Lldap => PresetDefaults {
-                user_filter: "(&(objectClass=person)(|(uid={login})(mail={login})))",
-                group_filter: "(&(objectClass=groupOfUniqueNames)(member={dn}))",
-                id: "entryUUID",
-                username: "uid",
-                name: "cn",
-                email: "mail",
-            },
-        }
-    }
-}
-
 /// Which entry attributes make up a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LdapAttributes {
@@ -130,7 +66,7 @@ pub struct LdapAttributes {
 impl LdapAttributes {
     /// Binary ids (Active Directory's objectGUID, objectSid) are hex-encoded before hashing.
     pub fn id_is_binary(&self) -> bool {
-        ["objectGUID", "objectSid", "msDS-ExternalDirectoryObjectId"]
+        ["objectGUID", "objectSid"]
             .iter()
             .any(|b| b.eq_ignore_ascii_case(&self.id))
     }
@@ -637,119 +573,4 @@ pub(super) fn directory_order(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fill_is_single_pass() {
-        assert_eq!(
-            fill(
-                "(&(member={dn})(uid={login}))",
-                &[("dn", "{login}"), ("login", "a\\2a")]
-            ),
-            "(&(member={login})(uid=a\\2a))"
-        );
-        assert_eq!(fill("(x={unknown})", &[("login", "v")]), "(x={unknown})");
-        assert_eq!(placeholders("(&(a={dn})(b={login}))"), vec!["dn", "login"]);
-    }
-
-    /// The commented LDAP reference in config.toml, uncommented, is a valid config.
-    #[test]
-    fn the_reference_ldap_section_is_valid() {
-        let is_key = |l: &str| {
-            l.starts_with("[directory")
-                || l.split_once(" = ").is_some_and(|(k, _)| {
-                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                })
-        };
-        let full = super::super::EMBEDDED_DEFAULT;
-        let start = full
-            .find("# Directories are asked")
-            .expect("directory docs");
-        let end = full.find("\n[routes]").expect("routes");
-        let text: String = full[start..end]
-            .lines()
-            .map(|l| match l.strip_prefix("# ") {
-                Some(rest) if is_key(rest) => rest,
-                _ => l,
-            })
-            // Files that do not exist here, and the file alternative to bind_password.
-            .filter(|l| !l.starts_with("ca_file") && !l.starts_with("bind_password_file"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        assert!(text.contains("\n[directory.ldap]\n") && text.contains("\norder = "));
-        let source = super::super::ConfigSource {
-            name: "uncommented config.toml".into(),
-            text,
-            base_dir: std::path::PathBuf::from("."),
-            embedded: false,
-        };
-        let config = super::super::Config::load(&source).unwrap_or_else(|e| panic!("{e}"));
-        let ldap = config.directory.ldap.expect("ldap section");
-        assert_eq!(ldap.roles.len(), 1);
-        assert_eq!(
-            ldap.attributes.totp_secret.as_deref(),
-            Some("authgateTotpSecret")
-        );
-        assert_eq!(
-            config.directory.order,
-            [DirectoryKind::Local, DirectoryKind::Ldap]
-        );
-        // As checked in, only the local directory is configured.
-        let plain =
-            super::super::Config::load(&super::super::ConfigSource::embedded_default()).unwrap();
-        assert!(plain.directory.ldap.is_none());
-        assert_eq!(plain.directory.order, [DirectoryKind::Local]);
-    }
-
-    #[test]
-    fn urls() {
-        assert!(check_url("ldap://127.0.0.1:389").is_ok());
-        assert!(check_url("ldaps://ldap.example.org").is_ok());
-        assert!(check_url("ldaps://ldap.example.org/").is_ok());
-        assert!(check_url("http://ldap.example.org").is_err());
-        assert!(check_url("ldapi:///var/run/slapd.sock").is_err());
-        assert!(check_url("ldap://").is_err());
-        assert!(check_url("ldap://h/dc=example?uid").is_err());
-    }
-
-    #[test]
-    fn every_preset_has_valid_filters_and_attributes() {
-        for p in [
-            LdapPreset::OpenLdap,
-            LdapPreset::ActiveDirectory,
-            LdapPreset::FreeIpa,
-            LdapPreset::Lldap,
-        ] {
-            let d = p.defaults();
-            let mut problems = Vec::new();
-            check_filter(
-                "user_filter",
-                d.user_filter,
-                &["login"],
-                &["login"],
-                &mut problems,
-            );
-            check_filter(
-                "group_filter",
-                d.group_filter,
-                &["dn", "login", "username"],
-                &["dn", "login", "username"],
-                &mut problems,
-            );
-            assert!(problems.is_empty(), "{p:?}: {problems:?}");
-            for a in [d.id, d.username, d.name, d.email] {
-                assert!(valid_attribute(a), "{a}");
-            }
-        }
-        let ad = LdapPreset::ActiveDirectory.defaults();
-        let attrs = LdapAttributes {
-            id: ad.id.into(),
-            username: ad.username.into(),
-            name: ad.name.into(),
-            email: ad.email.into(),
-            totp_secret: None,
-        };
-        assert!(attrs.id_is_binary());
-    }
-}
+mod tests;
