@@ -13,8 +13,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::config::{Config, DirectoryKind};
 use crate::conn_guard::GuardedIo;
+use crate::directory::ldap::LdapDirectory;
 use crate::directory::local::{load_users, LocalDirectory};
 use crate::directory::{Directories, DynDirectory};
 use crate::error::{Body, GatewayError};
@@ -67,11 +68,24 @@ pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
         config.server.login_queue_timeout,
     );
     let mut directories: Vec<DynDirectory> = Vec::new();
-    if let Some(local) = &config.directory.local {
-        let users = load_users(local).map_err(|problems| {
-            StartError::Config(problems.iter().map(|p| format!("  - {p}\n")).collect())
-        })?;
-        directories.push(Arc::new(LocalDirectory::new(users, verifier.clone())));
+    for kind in &config.directory.order {
+        match kind {
+            DirectoryKind::Local => {
+                if let Some(local) = &config.directory.local {
+                    let users = load_users(local).map_err(|problems| {
+                        StartError::Config(problems.iter().map(|p| format!("  - {p}\n")).collect())
+                    })?;
+                    directories.push(Arc::new(LocalDirectory::new(users, verifier.clone())));
+                }
+            }
+            DirectoryKind::Ldap => {
+                if let Some(ldap) = &config.directory.ldap {
+                    let dir = LdapDirectory::new(ldap.clone())
+                        .map_err(|e| StartError::Config(format!("  - {e}\n")))?;
+                    directories.push(Arc::new(dir));
+                }
+            }
+        }
     }
     let store = build_store(&config.session)
         .map_err(|e| StartError::Config(format!("  - `session.redis_url`: {e}\n")))?;

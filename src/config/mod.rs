@@ -3,6 +3,7 @@
 //! Validation never stops at the first problem: operators get every problem, each with the TOML
 //! key it concerns and how to fix it.
 
+mod ldap;
 mod raw;
 mod regulation;
 
@@ -19,6 +20,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use raw::{OneOrMany, RawConfig};
+
+pub use ldap::{
+    fill as fill_placeholders, DirectoryKind, LdapAttributes, LdapDirectoryConfig, LdapPreset,
+    SecretString,
+};
 
 /// The embedded default: the checked-in `config.toml`, so `authgate serve` runs without a file.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config.toml");
@@ -93,6 +99,9 @@ impl fmt::Debug for SessionConfig {
 #[derive(Debug, Clone)]
 pub struct DirectoryConfig {
     pub local: Option<LocalDirectoryConfig>,
+    pub ldap: Option<LdapDirectoryConfig>,
+    /// The configured directories, in the order they are asked.
+    pub order: Vec<DirectoryKind>,
 }
 
 #[derive(Debug, Clone)]
@@ -692,14 +701,16 @@ fn validate_directory(
             }
         }
     });
-    if local.is_none() {
+    let ldap = raw.ldap.map(|l| ldap::validate_ldap(l, base, problems));
+    if local.is_none() && ldap.is_none() {
         problems.push(problem(
             "directory",
             "no directory is configured",
-            "add a [directory.local] section with users_file",
+            "add a [directory.local] section with users_file, or a [directory.ldap] section",
         ));
     }
-    DirectoryConfig { local }
+    let order = ldap::directory_order(raw.order, local.is_some(), ldap.is_some(), problems);
+    DirectoryConfig { local, ldap, order }
 }
 
 fn validate_routes(raw: raw::RawRoutes, problems: &mut Vec<ConfigProblem>) -> RoutesConfig {

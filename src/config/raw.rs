@@ -60,7 +60,9 @@ pub struct RawSession {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawDirectory {
+    pub order: Option<Vec<String>>,
     pub local: Option<RawLocalDirectory>,
+    pub ldap: Option<super::ldap::RawLdapDirectory>,
 }
 
 #[derive(Debug, Default, Deserialize)]

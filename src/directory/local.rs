@@ -263,10 +263,13 @@ impl Directory for LocalDirectory {
         })
     }
 
-    async fn current_profile(&self, user_id: &str) -> Result<Option<UserProfile>, GatewayError> {
+    async fn current_profile(
+        &self,
+        session: &UserProfile,
+    ) -> Result<Option<UserProfile>, GatewayError> {
         Ok(self
             .by_id
-            .get(user_id)
+            .get(&session.id)
             .map(|&i| &self.users[i])
             .filter(|u| u.active)
             .map(|u| u.profile.clone()))

@@ -1,6 +1,7 @@
 //! Directories answer "who is this, and is this their password?". The local users file is one;
 //! LDAP is another. The first directory that knows a login decides it.
 
+pub mod ldap;
 pub mod local;
 
 use std::sync::Arc;
@@ -65,8 +66,12 @@ pub trait Directory: Send + Sync {
         password: &Password,
     ) -> Result<AuthOutcome, GatewayError>;
     /// The current profile of a user this directory issued a session for, or None when the user
-    /// is gone or disabled (their sessions must then stop working).
-    async fn current_profile(&self, user_id: &str) -> Result<Option<UserProfile>, GatewayError>;
+    /// is gone or disabled (their sessions must then stop working). It takes the session's whole
+    /// profile because some directories derive the id one way (LDAP) and find users by name.
+    async fn current_profile(
+        &self,
+        session: &UserProfile,
+    ) -> Result<Option<UserProfile>, GatewayError>;
 }
 
 pub type DynDirectory = Arc<dyn Directory>;
@@ -103,7 +108,7 @@ impl Directories {
         profile: &UserProfile,
     ) -> Result<Option<UserProfile>, GatewayError> {
         match self.list.iter().find(|d| d.name() == profile.directory) {
-            Some(d) => d.current_profile(&profile.id).await,
+            Some(d) => d.current_profile(profile).await,
             None => Ok(None),
         }
     }

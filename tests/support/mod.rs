@@ -2,6 +2,7 @@
 //! the built binary), all on loopback with ephemeral ports and temp dirs, killed on drop.
 #![allow(dead_code)]
 
+pub mod slapd;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Read, Write};
