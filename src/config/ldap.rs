@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{count_or, duration_or, env_secret, problem, resolve_path, ConfigProblem};
+use super::{count_or, duration_or, problem, resolve_path, secret, ConfigProblem};
 
 mod presets;
 
@@ -281,30 +281,19 @@ fn bind_password(
     base: &Path,
     problems: &mut Vec<ConfigProblem>,
 ) -> SecretString {
-    let mut password = raw.bind_password.clone().unwrap_or_default().0;
-    if let Some(file) = &raw.bind_password_file {
-        if raw.bind_password.is_some() {
-            problems.push(problem(
-                &key("bind_password_file"),
-                "both bind_password and bind_password_file are set",
-                "keep only one of them",
-            ));
-        }
-        let path = resolve_path(base, file);
-        match std::fs::read_to_string(&path) {
-            // Only the line ending goes: spaces may be part of the password.
-            Ok(s) => password = s.trim_end_matches(['\n', '\r']).to_string(),
-            Err(e) => problems.push(problem(
-                &key("bind_password_file"),
-                format!("cannot read {}: {e}", path.display()),
-                "point it at a readable file holding the service account's password",
-            )),
-        }
-    }
-    if let Some(v) = env_secret("AUTHGATE_DIRECTORY_LDAP_BIND_PASSWORD") {
-        password = v;
-    }
-    SecretString(password)
+    let inline = raw.bind_password.clone().map(|p| p.0);
+    let env = "AUTHGATE_DIRECTORY_LDAP_BIND_PASSWORD";
+    SecretString(
+        secret(
+            &key("bind_password"),
+            inline,
+            raw.bind_password_file.as_ref(),
+            env,
+            base,
+            problems,
+        )
+        .unwrap_or_default(),
+    )
 }
 
 pub(super) fn validate_ldap(

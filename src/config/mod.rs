@@ -6,8 +6,10 @@
 mod ldap;
 mod raw;
 mod regulation;
+mod upstream;
 
 pub use regulation::RegulationConfig;
+pub use upstream::{UpstreamConfig, UpstreamMode};
 mod totp;
 
 pub use totp::{TotpAlgorithm, TotpConfig};
@@ -56,16 +58,6 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     pub password_hash_concurrency: usize,
     pub login_queue_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    pub url: http::Uri,
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
-    pub pool_idle_timeout: Duration,
-    pub pool_max_idle_per_host: usize,
-    pub preserve_host: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,7 +373,40 @@ pub(crate) fn count_or(
     }
 }
 
-fn resolve_path(base: &Path, value: &str) -> PathBuf {
+/// A secret from its inline key, its `*_file` key (relative to the config's folder; only the
+/// line ending is removed) or an environment variable, which wins. Inline and file together are
+/// a problem: one of them would be silently ignored.
+pub(crate) fn secret(
+    key: &str,
+    inline: Option<String>,
+    file: Option<&String>,
+    env: &str,
+    base: &Path,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<String> {
+    let mut value = inline.clone().filter(|v| !v.is_empty());
+    if let Some(file) = file {
+        if inline.is_some() {
+            problems.push(problem(
+                &format!("{key}_file"),
+                format!("both {key} and {key}_file are set"),
+                "keep only one of them",
+            ));
+        }
+        let path = resolve_path(base, file);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => value = Some(s.trim_end_matches(['\n', '\r']).to_string()),
+            Err(e) => problems.push(problem(
+                &format!("{key}_file"),
+                format!("cannot read {}: {e}", path.display()),
+                "point it at a readable file holding the secret",
+            )),
+        }
+    }
+    env_secret(env).or(value)
+}
+
+pub(crate) fn resolve_path(base: &Path, value: &str) -> PathBuf {
     let p = PathBuf::from(value);
     if p.is_absolute() {
         p
@@ -399,7 +424,11 @@ fn default_parallelism() -> usize {
 fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProblem>) -> Config {
     let base = source.base_dir.as_path();
     let server = validate_server(raw.server.unwrap_or_default(), problems);
-    let upstream = validate_upstream(raw.upstream.unwrap_or_default(), problems);
+    let upstream = upstream::validate(
+        raw.upstream.unwrap_or_default(),
+        source.base_dir.as_path(),
+        problems,
+    );
     let session = validate_session(raw.session.unwrap_or_default(), base, problems);
     let directory = validate_directory(
         raw.directory.unwrap_or_default(),
@@ -547,71 +576,6 @@ fn validate_server(raw: raw::RawServer, problems: &mut Vec<ConfigProblem>) -> Se
             Duration::from_millis(1),
             problems,
         ),
-    }
-}
-
-fn validate_upstream(raw: raw::RawUpstream, problems: &mut Vec<ConfigProblem>) -> UpstreamConfig {
-    let url_text = raw.url.unwrap_or_else(|| "http://127.0.0.1:3000".into());
-    let url = match url_text.parse::<http::Uri>() {
-        Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
-            if u.path() != "/" && !u.path().is_empty() {
-                problems.push(problem(
-                    "upstream.url",
-                    format!("`{url_text}` has a path"),
-                    "give only scheme, host and port, e.g. \"http://127.0.0.1:3000\"",
-                ));
-            }
-            u
-        }
-        Ok(u) if u.scheme_str() == Some("https") => {
-            problems.push(problem(
-                "upstream.url",
-                format!("`{url_text}`: https upstreams are not supported yet"),
-                "reach the backend over http on a private network or loopback",
-            ));
-            u
-        }
-        _ => {
-            problems.push(problem(
-                "upstream.url",
-                format!("`{url_text}` is not an http URL"),
-                "write the backend's URL, e.g. \"http://127.0.0.1:3000\"",
-            ));
-            http::Uri::from_static("http://127.0.0.1:3000")
-        }
-    };
-    UpstreamConfig {
-        url,
-        timeout: duration_or(
-            "upstream.timeout",
-            raw.timeout.as_ref(),
-            Duration::from_secs(60),
-            Duration::from_millis(1),
-            problems,
-        ),
-        connect_timeout: duration_or(
-            "upstream.connect_timeout",
-            raw.connect_timeout.as_ref(),
-            Duration::from_secs(5),
-            Duration::from_millis(1),
-            problems,
-        ),
-        pool_idle_timeout: duration_or(
-            "upstream.pool_idle_timeout",
-            raw.pool_idle_timeout.as_ref(),
-            Duration::from_secs(4),
-            Duration::from_millis(1),
-            problems,
-        ),
-        pool_max_idle_per_host: count_or(
-            "upstream.pool_max_idle_per_host",
-            raw.pool_max_idle_per_host,
-            512,
-            0,
-            1_000_000,
-            problems,
-        ),
-        preserve_host: raw.preserve_host.unwrap_or(false),
     }
 }
 

@@ -46,6 +46,14 @@ pub struct RawUpstream {
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle_per_host: Option<i64>,
     pub preserve_host: Option<bool>,
+    pub mode: Option<String>,
+    pub admin_user_id: Option<String>,
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<String>,
+    pub create_tokens_secret: Option<String>,
+    pub create_tokens_secret_file: Option<String>,
+    pub token_lifetime: Option<String>,
+    pub rewrite_public_settings: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
