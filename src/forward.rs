@@ -212,6 +212,8 @@ pub fn rewrite_response_headers(headers: &mut HeaderMap) {
 /// One pooled keep-alive client to the chat backend.
 pub struct Upstream {
     client: Client<HttpConnector, Incoming>,
+    /// For requests without a body that are sent again (after a token renewal).
+    replay_client: Client<HttpConnector, http_body_util::Empty<bytes::Bytes>>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     host_header: HeaderValue,
@@ -225,12 +227,17 @@ impl Upstream {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.enforce_http(true);
+        let connector_for_replay = connector.clone();
         let client = Client::builder(TokioExecutor::new())
             // Without a timer the idle timeout silently does nothing (hyper#3640).
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .build(connector);
+        let replay_client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .build(connector_for_replay);
         let authority = config
             .url
             .authority()
@@ -238,6 +245,7 @@ impl Upstream {
             .clone();
         Self {
             client,
+            replay_client,
             scheme: config
                 .url
                 .scheme()
@@ -251,25 +259,32 @@ impl Upstream {
         }
     }
 
-    /// Sends a request whose headers were already rewritten to `forward` (canonical path+query).
-    pub async fn send(
-        &self,
-        mut req: Request<Incoming>,
-        forward: &str,
-    ) -> Result<Response<Body>, GatewayError> {
-        let uri = Uri::builder()
+    fn target(&self, forward: &str) -> Result<Uri, GatewayError> {
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(forward)
             .build()
-            .map_err(|_| GatewayError::BadRequest("The request target cannot be forwarded."))?;
-        *req.uri_mut() = uri;
+            .map_err(|_| GatewayError::BadRequest("The request target cannot be forwarded."))
+    }
+
+    fn prepare<B>(&self, req: &mut Request<B>, forward: &str) -> Result<(), GatewayError> {
+        *req.uri_mut() = self.target(forward)?;
         *req.version_mut() = http::Version::HTTP_11;
         if !self.preserve_host || !req.headers().contains_key(header::HOST) {
             req.headers_mut()
                 .insert(header::HOST, self.host_header.clone());
         }
-        let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        sent: impl std::future::Future<
+            Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+        >,
+    ) -> Result<Response<Body>, GatewayError> {
+        let resp = match tokio::time::timeout(self.timeout, sent).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
             Ok(Ok(resp)) => resp,
@@ -280,6 +295,30 @@ impl Upstream {
             parts,
             body.map_err(Into::into).boxed_unsync(),
         ))
+    }
+
+    /// Sends a request whose headers were already rewritten to `forward` (canonical path+query).
+    pub async fn send(
+        &self,
+        mut req: Request<Incoming>,
+        forward: &str,
+    ) -> Result<Response<Body>, GatewayError> {
+        self.prepare(&mut req, forward)?;
+        self.finish(self.client.request(req)).await
+    }
+
+    /// Sends a request without a body (a replay after the upstream refused a stale token).
+    pub async fn send_empty(
+        &self,
+        method: http::Method,
+        headers: HeaderMap,
+        forward: &str,
+    ) -> Result<Response<Body>, GatewayError> {
+        let mut req = Request::new(http_body_util::Empty::new());
+        *req.method_mut() = method;
+        *req.headers_mut() = headers;
+        self.prepare(&mut req, forward)?;
+        self.finish(self.replay_client.request(req)).await
     }
 }
 

@@ -14,8 +14,9 @@ use crate::config::Config;
 use crate::directory::Directories;
 use crate::error::{json_response, Body, Dependency, GatewayError, LOGGED_OUT_BODY};
 use crate::forward::{self, Upstream};
-use crate::login::{self, LoginRequest};
+use crate::login;
 use crate::regulation::Regulation;
+use crate::rocketchat::Bridge;
 use crate::route::{self, Route, RouteKind};
 use crate::session::{DynSessionStore, Session, StoreError, Token};
 use crate::totp::SecondFactor;
@@ -27,6 +28,8 @@ pub struct Gateway {
     pub directories: Directories,
     pub upstream: Upstream,
     pub regulation: Regulation,
+    /// The Rocket.Chat admin bridge, in `rocketchat` mode.
+    pub bridge: Option<Bridge>,
 }
 
 impl From<StoreError> for GatewayError {
@@ -144,7 +147,8 @@ impl Gateway {
                 answer_locally(req, answer).await
             }
             RouteKind::LoginMethod => {
-                answer_locally(req, Err(GatewayError::LoginMethodNotSupported)).await
+                let anonymous = route.path.to_ascii_lowercase().contains("method.callanon");
+                self.login_method(req, peer, anonymous).await
             }
             RouteKind::Realtime => {
                 answer_locally(req, Err(GatewayError::RealtimeUnavailable)).await
@@ -159,7 +163,10 @@ impl Gateway {
                     None => None,
                 };
                 match (session, creds) {
-                    (Some(_), Some(creds)) => self.forward(req, &route, peer, Some(&creds)).await,
+                    (Some(session), Some(creds)) => {
+                        self.forward_authenticated(req, &route, peer, &creds, session)
+                            .await
+                    }
                     _ => answer_locally(req, Err(GatewayError::NotLoggedIn)).await,
                 }
             }
@@ -171,9 +178,18 @@ impl Gateway {
         let Some(session) = self.store.get(&creds.token.hash()).await? else {
             return Ok(None);
         };
-        let same_user = session.user.id.len() == creds.user_id.len()
-            && bool::from(session.user.id.as_bytes().ct_eq(creds.user_id.as_bytes()));
+        let expected = session.client_user_id();
+        let same_user = expected.len() == creds.user_id.len()
+            && bool::from(expected.as_bytes().ct_eq(creds.user_id.as_bytes()));
         Ok(same_user.then_some(session))
+    }
+
+    fn client_addresses(&self, headers: &HeaderMap, peer: SocketAddr) -> (std::net::IpAddr, bool) {
+        let trusted = &self.config.server.trusted_proxies;
+        (
+            forward::client_ip(peer.ip(), headers, trusted),
+            trusted.iter().any(|n| n.contains(&peer.ip())),
+        )
     }
 
     async fn forward(
@@ -181,15 +197,9 @@ impl Gateway {
         mut req: Request<Incoming>,
         route: &Route,
         peer: SocketAddr,
-        creds: Option<&Credentials>,
+        identity: Option<forward::Identity<'_>>,
     ) -> Result<Response<Body>, GatewayError> {
-        let trusted = &self.config.server.trusted_proxies;
-        let client = forward::client_ip(peer.ip(), req.headers(), trusted);
-        let peer_trusted = trusted.iter().any(|n| n.contains(&peer.ip()));
-        let identity = creds.map(|c| forward::Identity {
-            user_id: &c.user_id,
-            token: c.token.as_str(),
-        });
+        let (client, peer_trusted) = self.client_addresses(req.headers(), peer);
         forward::rewrite_request_headers(
             req.headers_mut(),
             identity.as_ref(),
@@ -198,6 +208,76 @@ impl Gateway {
             peer_trusted,
         );
         self.upstream.send(req, &route.forward).await
+    }
+
+    /// Forwards with the session's identity: the client's own token in `trusted-headers` mode,
+    /// the session's Rocket.Chat token in `rocketchat` mode (renewed once, transparently, when
+    /// Rocket.Chat refuses it on a request that can be sent again).
+    async fn forward_authenticated(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        peer: SocketAddr,
+        creds: &Credentials,
+        mut session: Session,
+    ) -> Result<Response<Body>, GatewayError> {
+        if !self.rocketchat_mode() {
+            return self
+                .forward(
+                    req,
+                    route,
+                    peer,
+                    Some(forward::Identity {
+                        user_id: &creds.user_id,
+                        token: creds.token.as_str(),
+                    }),
+                )
+                .await;
+        }
+        let rc_token = self
+            .upstream_token(&creds.token, &mut session, false)
+            .await?;
+        let replayable = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+            && !req.headers().contains_key(header::TRANSFER_ENCODING)
+            && req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_none_or(|v| v == "0");
+        let replay = replayable.then(|| (req.method().clone(), req.headers().clone()));
+        let user_id = session.client_user_id().to_string();
+        let first = self
+            .forward(
+                req,
+                route,
+                peer,
+                Some(forward::Identity {
+                    user_id: &user_id,
+                    token: &rc_token,
+                }),
+            )
+            .await?;
+        let Some((method, mut headers)) =
+            replay.filter(|_| first.status() == StatusCode::UNAUTHORIZED)
+        else {
+            return Ok(first);
+        };
+        let fresh = self
+            .upstream_token(&creds.token, &mut session, true)
+            .await?;
+        let (client, peer_trusted) = self.client_addresses(&headers, peer);
+        forward::rewrite_request_headers(
+            &mut headers,
+            Some(&forward::Identity {
+                user_id: &user_id,
+                token: &fresh,
+            }),
+            client,
+            peer.ip(),
+            peer_trusted,
+        );
+        self.upstream
+            .send_empty(method, headers, &route.forward)
+            .await
     }
 
     async fn logout(
@@ -216,7 +296,7 @@ impl Gateway {
         Ok(json_response(StatusCode::OK, LOGGED_OUT_BODY))
     }
 
-    async fn read_login_body(
+    pub(crate) async fn read_login_body(
         &self,
         req: Request<Incoming>,
     ) -> Result<(HeaderMap, Bytes), GatewayError> {
@@ -260,95 +340,16 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok()),
         );
         let header_code = headers.get("x-2fa-code").and_then(|v| v.to_str().ok());
-        let request = login::parse(kind, &body, header_code);
-        let login_name = match &request {
-            Some(LoginRequest::Password { identity, .. }) => Some(identity.as_str().to_string()),
-            _ => None,
-        };
-        // Blocked attempts are refused before any password is checked, with the right password too.
-        let checked = self.regulation.check(login_name.as_deref(), ip).await;
-        let outcome = match (checked, request) {
-            (Err(e), _) => Err(e),
-            (Ok(()), None) => Err(GatewayError::LoginFailed),
-            (Ok(()), Some(request)) => self.attempt(request, &self.avatar_base(&headers)).await,
-        };
-        match &outcome {
-            Err(GatewayError::LoginFailed | GatewayError::TotpInvalid) => {
-                self.regulation.failed(login_name.as_deref(), ip).await?
-            }
-            Ok(_) => {
-                if let Some(name) = &login_name {
-                    self.regulation.succeeded(name).await?;
-                }
-            }
-            Err(_) => {}
-        }
-        let result = match &outcome {
-            Ok(_) => "success",
-            Err(GatewayError::LoginFailed) => "bad-credentials",
-            Err(GatewayError::TotpRequired) => "totp-required",
-            Err(GatewayError::TotpInvalid) => "totp-invalid",
-            Err(GatewayError::LoginBlocked(_)) => "blocked",
-            Err(_) => "dependency-error",
-        };
-        tracing::info!(target: "authgate::audit", login = login_name.as_deref().unwrap_or("-"), client_ip = %ip, outcome = result, "login attempt");
-        outcome
+        let opened = self
+            .log_in(login::parse(kind, &body, header_code), ip)
+            .await?;
+        let answer = self
+            .rest_login_answer(opened, &self.avatar_base(&headers), ip)
+            .await?;
+        Ok(json_response(StatusCode::OK, answer))
     }
 
-    /// One login attempt that passed regulation: resume a session, or check credentials.
-    async fn attempt(
-        &self,
-        request: LoginRequest,
-        avatar_base: &str,
-    ) -> Result<Response<Body>, GatewayError> {
-        match request {
-            LoginRequest::Resume(token) => {
-                let token = Token::from_client(&token);
-                let session = self
-                    .store
-                    .get(&token.hash())
-                    .await?
-                    .ok_or(GatewayError::LoginFailed)?;
-                let Some(profile) = self.directories.current_profile(&session.user).await? else {
-                    // The user is gone or disabled: the session dies with them.
-                    self.store.revoke_user(&session.user.id).await?;
-                    return Err(GatewayError::LoginFailed);
-                };
-                let me = login::me(&profile, avatar_base, false);
-                Ok(json_response(
-                    StatusCode::OK,
-                    login::success_body(&profile.id, token.as_str(), me),
-                ))
-            }
-            LoginRequest::Password {
-                identity,
-                password,
-                code,
-            } => {
-                let user = self
-                    .directories
-                    .authenticate(&identity, &password)
-                    .await?
-                    .ok_or(GatewayError::LoginFailed)?;
-                // Only after the password: a wrong one is the generic 401 whatever the code.
-                let totp_enabled = self
-                    .totp
-                    .check(&user, code.as_deref(), self.store.as_ref())
-                    .await?;
-                let token = Token::generate();
-                let session = Session::new(user.profile.clone(), self.config.session.ttl);
-                self.store.create(&token.hash(), &session).await?;
-                tracing::info!(user = %user.profile.username, directory = %user.profile.directory, "login succeeded");
-                let me = login::me(&user.profile, avatar_base, totp_enabled);
-                Ok(json_response(
-                    StatusCode::OK,
-                    login::success_body(&user.profile.id, token.as_str(), me),
-                ))
-            }
-        }
-    }
-
-    fn avatar_base(&self, headers: &HeaderMap) -> String {
+    pub(crate) fn avatar_base(&self, headers: &HeaderMap) -> String {
         if let Some(u) = &self.config.server.public_url {
             return u.clone();
         }

@@ -5,14 +5,17 @@
 pub mod cli;
 pub mod config;
 pub mod conn_guard;
+pub mod ddp;
 pub mod directory;
 pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod logging;
 pub mod login;
+pub mod login_flow;
 pub mod password;
 pub mod regulation;
+pub mod rocketchat;
 pub mod route;
 pub mod server;
 pub mod session;

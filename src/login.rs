@@ -145,7 +145,8 @@ fn ldap_shape(o: &Map<String, Value>, code: Option<String>) -> Option<LoginReque
     })
 }
 
-fn interpret(o: &Map<String, Value>, header_code: Option<&str>) -> Option<LoginRequest> {
+/// Reads one login object (a REST body, or a DDP `login` method's first parameter).
+pub fn interpret(o: &Map<String, Value>, header_code: Option<&str>) -> Option<LoginRequest> {
     let password = o.get("password").filter(|v| !v.is_null());
     let Some(password) = password else {
         // Pass-through shapes: resume, totp-wrapped, LDAP.

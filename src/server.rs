@@ -90,6 +90,8 @@ pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
     let store = build_store(&config.session)
         .map_err(|e| StartError::Config(format!("  - `session.redis_url`: {e}\n")))?;
     let upstream = Upstream::new(&config.upstream);
+    let bridge = (config.upstream.mode == crate::config::UpstreamMode::RocketChat)
+        .then(|| crate::rocketchat::Bridge::new(&config.upstream));
     let regulation = Regulation::new(config.regulation.clone(), store.clone());
     let totp = SecondFactor::new(&config.totp)
         .map_err(|why| StartError::Config(format!("  - `totp.secrets_file`: {why}\n")))?;
@@ -100,6 +102,7 @@ pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
         directories: Directories::new(directories),
         upstream,
         regulation,
+        bridge,
     }))
 }
 

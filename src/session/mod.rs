@@ -47,6 +47,47 @@ impl Token {
         &self.0
     }
 
+    fn sealing_key(&self) -> chacha20poly1305::Key {
+        // Domain-separated from the lookup hash, so the stored hash does not yield the key.
+        let digest = Sha256::digest(format!("authgate upstream token key\0{}", self.0).as_bytes());
+        chacha20poly1305::Key::clone_from_slice(&digest)
+    }
+
+    /// Seals an upstream token so that only this (client) token can open it.
+    pub fn seal(&self, upstream_user_id: &str, upstream_token: &str) -> UpstreamToken {
+        use chacha20poly1305::aead::{Aead, AeadCore, KeyInit};
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(&self.sealing_key());
+        let nonce = chacha20poly1305::ChaCha20Poly1305::generate_nonce(&mut rand::rngs::OsRng);
+        let mut out = nonce.to_vec();
+        out.extend(
+            cipher
+                .encrypt(&nonce, upstream_token.as_bytes())
+                .expect("encryption of a short token cannot fail"),
+        );
+        UpstreamToken {
+            user_id: upstream_user_id.to_string(),
+            sealed: base64::engine::general_purpose::STANDARD.encode(out),
+            obtained_ms: now_unix_ms(),
+        }
+    }
+
+    /// Opens an upstream token sealed with this token; None when it was sealed with another.
+    pub fn open(&self, sealed: &UpstreamToken) -> Option<String> {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&sealed.sealed)
+            .ok()?;
+        if raw.len() < 12 {
+            return None;
+        }
+        let (nonce, ciphertext) = raw.split_at(12);
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(&self.sealing_key());
+        let plain = cipher
+            .decrypt(chacha20poly1305::Nonce::from_slice(nonce), ciphertext)
+            .ok()?;
+        String::from_utf8(plain).ok()
+    }
+
     /// What the store keys on: base64(sha256(token)), as Rocket.Chat stores `hashedToken`.
     pub fn hash(&self) -> TokenHash {
         TokenHash(
@@ -71,6 +112,29 @@ pub struct Session {
     pub user: UserProfile,
     pub created_ms: u64,
     pub expires_ms: u64,
+    /// The Rocket.Chat login token behind this session (`rocketchat` mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamToken>,
+}
+
+/// An upstream (Rocket.Chat) token, sealed with a key only the client's own token yields: the
+/// store never holds a usable upstream credential, just as it never holds the client's token.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamToken {
+    /// The Rocket.Chat user id: what the client sends as `X-User-Id`.
+    pub user_id: String,
+    /// base64(nonce || ChaCha20-Poly1305 ciphertext).
+    pub sealed: String,
+    pub obtained_ms: u64,
+}
+
+impl std::fmt::Debug for UpstreamToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamToken")
+            .field("user_id", &self.user_id)
+            .field("obtained_ms", &self.obtained_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -80,11 +144,20 @@ impl Session {
             user,
             created_ms: now,
             expires_ms: now + ttl.as_millis() as u64,
+            upstream: None,
         }
     }
 
     pub fn is_live(&self, now_ms: u64) -> bool {
         now_ms < self.expires_ms
+    }
+
+    /// The user id the client presents: Rocket.Chat's in `rocketchat` mode, else the directory's.
+    pub fn client_user_id(&self) -> &str {
+        self.upstream
+            .as_ref()
+            .map(|u| u.user_id.as_str())
+            .unwrap_or(&self.user.id)
     }
 }
 
@@ -161,6 +234,21 @@ mod tests {
         assert_eq!(h.0.len(), 44);
         assert!(!h.0.contains(t.as_str()));
         assert!(!format!("{t:?}").contains(t.as_str()));
+    }
+
+    #[test]
+    fn upstream_tokens_open_only_with_the_client_token_that_sealed_them() {
+        let client = Token::generate();
+        let sealed = client.seal("RcUser", "rc-token-123");
+        assert!(!sealed.sealed.contains("rc-token-123"));
+        assert_eq!(client.open(&sealed).as_deref(), Some("rc-token-123"));
+        assert_eq!(Token::generate().open(&sealed), None);
+        assert_ne!(
+            client.seal("RcUser", "rc-token-123").sealed,
+            sealed.sealed,
+            "fresh nonce each time"
+        );
+        assert!(!format!("{sealed:?}").contains(&sealed.sealed));
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! Public settings as clients see them through authgate. Web and mobile clients choose how to
+//! send a password from `LDAP_Enable` (plain `ldapPass`) versus a SHA-256 digest; only the plain
+//! form can be checked against LDAP or an argon2 hash. So every public-settings answer that
+//! passes through reports LDAP on, Crowd off and the login form shown.
+
+use serde_json::{json, Value};
+
+const FORCED: [(&str, bool); 3] = [
+    ("LDAP_Enable", true),
+    ("CROWD_Enable", false),
+    ("Accounts_ShowFormLogin", true),
+];
+
+fn forced(id: &str) -> Option<bool> {
+    FORCED.iter().find(|(k, _)| *k == id).map(|(_, v)| *v)
+}
+
+fn record(id: &str, value: bool, now_ms: u64) -> Value {
+    json!({"_id": id, "value": value, "type": "boolean", "public": true, "_updatedAt": {"$date": now_ms}})
+}
+
+fn set_values(list: &mut [Value]) -> Vec<&'static str> {
+    let mut seen = Vec::new();
+    for item in list.iter_mut() {
+        let Some(id) = item.get("_id").and_then(Value::as_str) else {
+            continue;
+        };
+        if let Some((k, v)) = FORCED.iter().find(|(k, _)| *k == id) {
+            item["value"] = json!(v);
+            seen.push(*k);
+        }
+    }
+    seen
+}
+
+/// The result of the `public-settings/get` method: the full list (an array), or the changes
+/// since a date (`{update, remove}`). Changes always carry the forced records with a fresh
+/// `_updatedAt`, so a browser that cached `LDAP_Enable: false` for weeks switches too.
+pub fn rewrite_method_result(result: &mut Value, now_ms: u64) {
+    match result {
+        Value::Array(list) => {
+            let seen = set_values(list);
+            for (k, v) in FORCED {
+                if !seen.contains(&k) {
+                    list.push(record(k, v, now_ms));
+                }
+            }
+        }
+        Value::Object(changes) => {
+            if let Some(Value::Array(removed)) = changes.get_mut("remove") {
+                removed.retain(|r| {
+                    r.get("_id")
+                        .and_then(Value::as_str)
+                        .and_then(forced)
+                        .is_none()
+                });
+            }
+            let update = changes.entry("update").or_insert_with(|| json!([]));
+            if let Value::Array(list) = update {
+                list.retain(|r| {
+                    r.get("_id")
+                        .and_then(Value::as_str)
+                        .and_then(forced)
+                        .is_none()
+                });
+                list.extend(FORCED.iter().map(|(k, v)| record(k, *v, now_ms)));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// REST `GET /api/v1/settings.public` (`{settings: [{_id, value}], ...}`).
+pub fn rewrite_rest(body: &mut Value) {
+    if let Some(Value::Array(list)) = body.get_mut("settings") {
+        set_values(list);
+    }
+}
+
+/// A `stream-notify-all` `public-settings-changed` event: `args: [action, setting]`.
+pub fn rewrite_changed_event(frame: &mut Value) {
+    if frame["collection"] != json!("stream-notify-all")
+        || frame["fields"]["eventName"] != json!("public-settings-changed")
+    {
+        return;
+    }
+    if let Some(Value::Array(args)) = frame.get_mut("fields").and_then(|f| f.get_mut("args")) {
+        for arg in args.iter_mut() {
+            if let Some(v) = arg.get("_id").and_then(Value::as_str).and_then(forced) {
+                arg["value"] = json!(v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_lists_are_rewritten_and_completed() {
+        let mut r =
+            json!([{"_id": "LDAP_Enable", "value": false}, {"_id": "Site_Name", "value": "x"}]);
+        rewrite_method_result(&mut r, 5);
+        assert_eq!(r[0]["value"], true);
+        assert_eq!(r[1]["value"], "x");
+        let ids: Vec<&str> = r
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["_id"].as_str().unwrap())
+            .collect();
+        assert!(ids.contains(&"CROWD_Enable") && ids.contains(&"Accounts_ShowFormLogin"));
+    }
+
+    #[test]
+    fn change_sets_always_carry_fresh_forced_records() {
+        let mut r = json!({"update": [{"_id": "LDAP_Enable", "value": false}], "remove": [{"_id": "CROWD_Enable"}, {"_id": "Other"}]});
+        rewrite_method_result(&mut r, 1234);
+        let update = r["update"].as_array().unwrap();
+        assert_eq!(update.len(), 3);
+        assert!(update.iter().all(|u| u["_updatedAt"]["$date"] == 1234));
+        assert!(update
+            .iter()
+            .any(|u| u["_id"] == "LDAP_Enable" && u["value"] == true));
+        assert_eq!(r["remove"], json!([{"_id": "Other"}]));
+        let mut empty = json!({});
+        rewrite_method_result(&mut empty, 1);
+        assert_eq!(empty["update"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn rest_and_events_are_rewritten() {
+        let mut b = json!({"settings": [{"_id": "CROWD_Enable", "value": true}, {"_id": "Accounts_ShowFormLogin", "value": false}], "success": true});
+        rewrite_rest(&mut b);
+        assert_eq!(b["settings"][0]["value"], false);
+        assert_eq!(b["settings"][1]["value"], true);
+        let mut e = json!({"msg": "changed", "collection": "stream-notify-all", "fields": {"eventName": "public-settings-changed", "args": ["updated", {"_id": "LDAP_Enable", "value": false}]}});
+        rewrite_changed_event(&mut e);
+        assert_eq!(e["fields"]["args"][1]["value"], true);
+    }
+}
