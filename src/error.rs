@@ -44,8 +44,8 @@ pub enum GatewayError {
     BadRequest(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("login method not supported")]
-    LoginMethodNotSupported,
+    #[error("credential endpoint refused")]
+    NotThroughGateway,
     #[error("realtime api unavailable")]
     RealtimeUnavailable,
     #[error("{0:?} unavailable: {1}")]
@@ -84,7 +84,7 @@ impl GatewayError {
             LoginBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            LoginMethodNotSupported => StatusCode::FORBIDDEN,
+            NotThroughGateway => StatusCode::FORBIDDEN,
             RealtimeUnavailable => StatusCode::NOT_FOUND,
             Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
@@ -105,9 +105,9 @@ impl GatewayError {
             LoginBodyTooLarge => error_body("error-request-too-large", "The login request body is too large."),
             BadRequest(why) => error_body("error-bad-request", why),
             MethodNotAllowed => error_body("error-method-not-allowed", "This method is not allowed on this endpoint."),
-            LoginMethodNotSupported => error_body(
-                "error-login-method-not-supported",
-                "Log in with POST /api/v1/login; this login method is not available through the gateway.",
+            NotThroughGateway => error_body(
+                "error-not-through-gateway",
+                "Accounts and passwords are managed by the gateway's directory; this endpoint is not available.",
             ),
             RealtimeUnavailable => error_body("error-realtime-unavailable", "The realtime API is not available through this gateway."),
             Unavailable(dep, _) => {

@@ -16,7 +16,7 @@ use crate::error::{json_response, Body, Dependency, GatewayError, LOGGED_OUT_BOD
 use crate::forward::{self, Upstream};
 use crate::login;
 use crate::regulation::Regulation;
-use crate::rocketchat::Bridge;
+use crate::rocketchat::{settings, Bridge};
 use crate::route::{self, Route, RouteKind};
 use crate::session::{DynSessionStore, Session, StoreError, Token};
 use crate::totp::SecondFactor;
@@ -154,6 +154,7 @@ impl Gateway {
                 answer_locally(req, Err(GatewayError::RealtimeUnavailable)).await
             }
             RouteKind::Public => self.forward(req, &route, peer, None).await,
+            RouteKind::Refused => answer_locally(req, Err(GatewayError::NotThroughGateway)).await,
             RouteKind::Protected => {
                 if req.method() == Method::CONNECT {
                     return answer_locally(req, Err(GatewayError::MethodNotAllowed)).await;
@@ -166,6 +167,10 @@ impl Gateway {
                     (Some(session), Some(creds)) => {
                         self.forward_authenticated(req, &route, peer, &creds, session)
                             .await
+                    }
+                    // No credentials at all: the upstream may decide, if it authenticates by itself.
+                    (None, None) if self.config.routes.anonymous_forward => {
+                        self.forward(req, &route, peer, None).await
                     }
                     _ => answer_locally(req, Err(GatewayError::NotLoggedIn)).await,
                 }
@@ -207,7 +212,19 @@ impl Gateway {
             peer.ip(),
             peer_trusted,
         );
-        self.upstream.send(req, &route.forward).await
+        let settings = match self.config.upstream.rewrite_public_settings {
+            true => settings::answer_kind(&route.path),
+            false => None,
+        };
+        if settings.is_some() {
+            // The answer is rewritten, so it must come uncompressed.
+            req.headers_mut().remove(header::ACCEPT_ENCODING);
+        }
+        let resp = self.upstream.send(req, &route.forward).await?;
+        match settings {
+            Some(kind) => settings::rewrite_response(resp, kind).await,
+            None => Ok(resp),
+        }
     }
 
     /// Forwards with the session's identity: the client's own token in `trusted-headers` mode,

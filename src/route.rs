@@ -23,6 +23,9 @@ pub enum RouteKind {
     LoginMethod,
     /// `/websocket`, `/sockjs/...`: the realtime API, closed until it is bridged.
     Realtime,
+    /// Ways to obtain upstream credentials around authgate (registration, password reset,
+    /// email verification, OAuth/SAML/CAS callbacks): never forwarded.
+    Refused,
     /// Configured public paths: forwarded without identity.
     Public,
     /// Everything else: forwarded only with a live session.
@@ -52,6 +55,34 @@ const GATEWAY_PATHS: [&str; 7] = [
     "/websocket",
     "/sockjs/",
 ];
+
+/// Meteor/Rocket.Chat methods that create an account or log the caller in upstream.
+const CREDENTIAL_METHODS: [&str; 6] = [
+    "registeruser",
+    "createuser",
+    "resetpassword",
+    "verifyemail",
+    "sendforgotpasswordemail",
+    "setpassword",
+];
+/// REST endpoints and callback prefixes of the same kind.
+const CREDENTIAL_PATHS: [&str; 3] = [
+    "/api/v1/users.register",
+    "/api/v1/users.forgotpassword",
+    "/api/v1/users.resetpassword",
+];
+const CREDENTIAL_PREFIXES: [&str; 3] = ["/_oauth/", "/_saml/", "/_cas/"];
+
+fn is_credential_path(c: &str) -> bool {
+    let method = c
+        .strip_prefix("/api/v1/method.callanon/")
+        .or_else(|| c.strip_prefix("/api/v1/method.call/"));
+    method.is_some_and(|m| CREDENTIAL_METHODS.contains(&m))
+        || CREDENTIAL_PATHS.contains(&c)
+        || CREDENTIAL_PREFIXES
+            .iter()
+            .any(|p| c.starts_with(p) || c == p.trim_end_matches('/'))
+}
 
 fn hex_val(b: u8) -> Option<u8> {
     match b {
@@ -151,6 +182,8 @@ pub fn classify(path: &str, routes: &RoutesConfig) -> RouteKind {
         RouteKind::Logout
     } else if LOGIN_METHODS.contains(&c.as_str()) {
         RouteKind::LoginMethod
+    } else if is_credential_path(&c) {
+        RouteKind::Refused
     } else if c == "/websocket"
         || c == "/sockjs"
         || c.starts_with("/sockjs/")
@@ -198,6 +231,7 @@ mod tests {
         RoutesConfig {
             public_exact: vec!["/api/info".into()],
             public_prefixes: vec!["/assets/".into()],
+            anonymous_forward: false,
         }
     }
 
@@ -266,6 +300,16 @@ mod tests {
         assert_eq!(kind("/websocket"), Ok(RouteKind::Realtime));
         assert_eq!(kind("/sockjs/info"), Ok(RouteKind::Realtime));
         assert_eq!(kind("/api/v1/me"), Ok(RouteKind::Protected));
+        for p in [
+            "/api/v1/method.callAnon/registerUser",
+            "/api/v1/method.call/resetPassword",
+            "/API/V1/USERS.REGISTER",
+            "/_oauth/google",
+            "/_saml/x",
+            "/api/v1/method.callAnon/verifyEmail/",
+        ] {
+            assert_eq!(kind(p), Ok(RouteKind::Refused), "{p}");
+        }
     }
 
     #[test]

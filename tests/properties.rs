@@ -12,6 +12,7 @@ fn routes() -> RoutesConfig {
     RoutesConfig {
         public_exact: vec!["/api/info".into()],
         public_prefixes: vec!["/assets/".into()],
+        anonymous_forward: false,
     }
 }
 

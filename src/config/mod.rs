@@ -109,6 +109,9 @@ pub struct RoutesConfig {
     pub public_exact: Vec<String>,
     /// Path prefixes (written `"/prefix/*"`) served without a session.
     pub public_prefixes: Vec<String>,
+    /// Forward requests that carry no credentials at all, without identity (the upstream then
+    /// decides). Only sensible when the upstream authenticates by itself (`rocketchat` mode).
+    pub anonymous_forward: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,7 +439,7 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
         source.embedded,
         problems,
     );
-    let routes = validate_routes(raw.routes.unwrap_or_default(), problems);
+    let routes = validate_routes(raw.routes.unwrap_or_default(), upstream.mode, problems);
     let regulation = regulation::validate(raw.regulation.unwrap_or_default(), problems);
     let log = validate_log(raw.log.unwrap_or_default(), problems);
     let totp = totp::validate_totp(raw.totp.unwrap_or_default(), base, problems);
@@ -677,7 +680,11 @@ fn validate_directory(
     DirectoryConfig { local, ldap, order }
 }
 
-fn validate_routes(raw: raw::RawRoutes, problems: &mut Vec<ConfigProblem>) -> RoutesConfig {
+fn validate_routes(
+    raw: raw::RawRoutes,
+    mode: UpstreamMode,
+    problems: &mut Vec<ConfigProblem>,
+) -> RoutesConfig {
     let mut public_exact = Vec::new();
     let mut public_prefixes = Vec::new();
     for (i, entry) in raw
@@ -708,9 +715,27 @@ fn validate_routes(raw: raw::RawRoutes, problems: &mut Vec<ConfigProblem>) -> Ro
             _ => problems.push(problem(&key, format!("`{entry}` is not a plain absolute path"), "write \"/exact/path\" or \"/prefix/*\" (no query, no dot segments, no encoded characters)")),
         }
     }
+    let anonymous_forward = match raw.anonymous.as_deref() {
+        None => mode == UpstreamMode::RocketChat,
+        Some("deny") => false,
+        Some("forward") if mode == UpstreamMode::RocketChat => true,
+        Some("forward") => {
+            problems.push(problem("routes.anonymous", "\"forward\" needs an upstream that authenticates by itself", "use it only with upstream.mode = \"rocketchat\", or list public paths in routes.public"));
+            false
+        }
+        Some(other) => {
+            problems.push(problem(
+                "routes.anonymous",
+                format!("`{other}` is not a policy"),
+                "use \"deny\" or \"forward\"",
+            ));
+            false
+        }
+    };
     RoutesConfig {
         public_exact,
         public_prefixes,
+        anonymous_forward,
     }
 }
 

@@ -81,6 +81,7 @@ pub struct RawLocalDirectory {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawRoutes {
     pub public: Option<Vec<String>>,
+    pub anonymous: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,7 +3,86 @@
 //! form can be checked against LDAP or an argon2 hash. So every public-settings answer that
 //! passes through reports LDAP on, Crowd off and the login form shown.
 
+use http::{header, HeaderValue, Response};
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
+
+use crate::error::{full_body, Body, GatewayError};
+
+/// Which public-settings answer a forwarded path returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// `method.call[Anon]/public-settings:get`: `{"message": "<DDP result frame>"}`.
+    MethodOverRest,
+    /// `GET /api/v1/settings.public`.
+    Rest,
+}
+
+pub fn answer_kind(canonical_path: &str) -> Option<AnswerKind> {
+    let c = canonical_path.to_ascii_lowercase();
+    let c = c.trim_end_matches('/');
+    match c {
+        "/api/v1/method.callanon/public-settings:get"
+        | "/api/v1/method.call/public-settings:get" => Some(AnswerKind::MethodOverRest),
+        "/api/v1/settings.public" => Some(AnswerKind::Rest),
+        _ => None,
+    }
+}
+
+const MAX_SETTINGS_ANSWER: usize = 16 * 1024 * 1024;
+
+/// Rewrites a successful JSON answer; anything else passes through untouched.
+pub async fn rewrite_response(
+    resp: Response<Body>,
+    kind: AnswerKind,
+) -> Result<Response<Body>, GatewayError> {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !resp.status().is_success()
+        || !is_json
+        || resp.headers().contains_key(header::CONTENT_ENCODING)
+    {
+        return Ok(resp);
+    }
+    let (mut parts, mut body) = resp.into_parts();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            GatewayError::UpstreamUnreachable(format!("reading a settings answer: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_SETTINGS_ANSWER {
+                return Err(GatewayError::UpstreamUnreachable(
+                    "the settings answer is too large".into(),
+                ));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    let bytes = buf.freeze();
+    let rewritten = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|mut v| {
+            match kind {
+                AnswerKind::Rest => rewrite_rest(&mut v),
+                AnswerKind::MethodOverRest => {
+                    let mut frame: Value =
+                        serde_json::from_str(v.get("message")?.as_str()?).ok()?;
+                    rewrite_method_result(frame.get_mut("result")?, crate::session::now_unix_ms());
+                    v["message"] = json!(frame.to_string());
+                }
+            }
+            Some(v.to_string())
+        });
+    let out = rewritten.map(bytes::Bytes::from).unwrap_or(bytes);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Ok(Response::from_parts(parts, full_body(out)))
+}
 
 const FORCED: [(&str, bool); 3] = [
     ("LDAP_Enable", true),
