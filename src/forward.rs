@@ -307,6 +307,23 @@ impl Upstream {
         self.finish(self.client.request(req)).await
     }
 
+    /// Sends a WebSocket upgrade request; the answer comes back untouched, so its 101 and the
+    /// upgrade itself can be handed on.
+    pub async fn send_upgrade(
+        &self,
+        headers: HeaderMap,
+        forward: &str,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let mut req = Request::new(http_body_util::Empty::new());
+        *req.headers_mut() = headers;
+        self.prepare(&mut req, forward)?;
+        match tokio::time::timeout(self.timeout, self.replay_client.request(req)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
     /// Sends a request without a body (a replay after the upstream refused a stale token).
     pub async fn send_empty(
         &self,

@@ -132,7 +132,7 @@ impl Gateway {
     }
 
     async fn dispatch(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, GatewayError> {
@@ -149,6 +149,9 @@ impl Gateway {
             RouteKind::LoginMethod => {
                 let anonymous = route.path.to_ascii_lowercase().contains("method.callanon");
                 self.login_method(req, peer, anonymous).await
+            }
+            RouteKind::Realtime if self.config.realtime.enabled => {
+                self.realtime(req, &route, peer).await
             }
             RouteKind::Realtime => {
                 answer_locally(req, Err(GatewayError::RealtimeUnavailable)).await
@@ -189,7 +192,11 @@ impl Gateway {
         Ok(same_user.then_some(session))
     }
 
-    fn client_addresses(&self, headers: &HeaderMap, peer: SocketAddr) -> (std::net::IpAddr, bool) {
+    pub(crate) fn client_addresses(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> (std::net::IpAddr, bool) {
         let trusted = &self.config.server.trusted_proxies;
         (
             forward::client_ip(peer.ip(), headers, trusted),
@@ -230,6 +237,16 @@ impl Gateway {
     /// Forwards with the session's identity: the client's own token in `trusted-headers` mode,
     /// the session's Rocket.Chat token in `rocketchat` mode (renewed once, transparently, when
     /// Rocket.Chat refuses it on a request that can be sent again).
+    /// Forwards without any identity (the client's identity headers are stripped).
+    pub(crate) async fn forward_plain(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, GatewayError> {
+        self.forward(req, route, peer, None).await
+    }
+
     async fn forward_authenticated(
         &self,
         req: Request<Incoming>,

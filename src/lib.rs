@@ -14,6 +14,7 @@ pub mod logging;
 pub mod login;
 pub mod login_flow;
 pub mod password;
+pub mod realtime;
 pub mod regulation;
 pub mod rocketchat;
 pub mod route;

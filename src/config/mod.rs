@@ -39,6 +39,7 @@ pub struct Config {
     pub directory: DirectoryConfig,
     pub routes: RoutesConfig,
     pub regulation: RegulationConfig,
+    pub realtime: RealtimeConfig,
     pub log: LogConfig,
     pub totp: TotpConfig,
 }
@@ -112,6 +113,15 @@ pub struct RoutesConfig {
     /// Forward requests that carry no credentials at all, without identity (the upstream then
     /// decides). Only sensible when the upstream authenticates by itself (`rocketchat` mode).
     pub anonymous_forward: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RealtimeConfig {
+    /// Proxy the realtime API (`/websocket`, SockJS websockets), reading every DDP frame.
+    pub enabled: bool,
+    /// How often each socket checks that its session still lives (revocation reaches every
+    /// socket on every instance within this time).
+    pub revocation_check: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,6 +449,17 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
         source.embedded,
         problems,
     );
+    let raw_realtime = raw.realtime.unwrap_or_default();
+    let realtime = RealtimeConfig {
+        enabled: raw_realtime.enabled.unwrap_or(true),
+        revocation_check: duration_or(
+            "realtime.revocation_check",
+            raw_realtime.revocation_check.as_ref(),
+            Duration::from_millis(500),
+            Duration::from_millis(10),
+            problems,
+        ),
+    };
     let routes = validate_routes(raw.routes.unwrap_or_default(), upstream.mode, problems);
     let regulation = regulation::validate(raw.regulation.unwrap_or_default(), problems);
     let log = validate_log(raw.log.unwrap_or_default(), problems);
@@ -450,6 +471,7 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
         directory,
         routes,
         regulation,
+        realtime,
         log,
         totp,
     }

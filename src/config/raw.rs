@@ -13,6 +13,13 @@ pub struct RawConfig {
     pub regulation: Option<super::regulation::RawRegulation>,
     pub log: Option<RawLog>,
     pub totp: Option<RawTotp>,
+    pub realtime: Option<RawRealtime>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRealtime {
+    pub enabled: Option<bool>,
+    pub revocation_check: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
