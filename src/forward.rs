@@ -33,6 +33,8 @@ const HOP_BY_HOP: [&str; 9] = [
 pub struct Identity<'a> {
     pub user_id: &'a str,
     pub token: &'a str,
+    /// Also as Rocket.Chat's `rc_uid` / `rc_token` cookies (file downloads and avatars read them).
+    pub as_cookies: bool,
 }
 
 /// Header names compared as the backends may normalise them: lower case, `_` read as `-`.
@@ -168,6 +170,13 @@ pub fn rewrite_request_headers(
         ) {
             headers.insert("x-user-id", uid);
             headers.insert("x-auth-token", tok);
+        }
+        if id.as_cookies {
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("rc_uid={}; rc_token={}", id.user_id, id.token))
+            {
+                headers.append(header::COOKIE, v);
+            }
         }
     }
     let mut xff = prior_xff.join(", ");
@@ -386,6 +395,7 @@ mod tests {
         let id = Identity {
             user_id: "U1",
             token: "T1",
+            as_cookies: false,
         };
         rewrite_request_headers(&mut h, Some(&id), ip("10.0.0.9"), ip("10.0.0.9"), false);
         assert_eq!(
@@ -433,6 +443,7 @@ mod tests {
             Some(&Identity {
                 user_id: "U1",
                 token: "T1",
+                as_cookies: false,
             }),
             ip("192.0.2.1"),
             ip("192.0.2.1"),

@@ -42,6 +42,52 @@ impl From<StoreError> for GatewayError {
 struct Credentials {
     token: Token,
     user_id: String,
+    /// From Rocket.Chat's `rc_uid` / `rc_token` cookies or query parameters, not the headers.
+    from_cookies: bool,
+}
+
+/// Routes where browsers authenticate with cookies (`<img>` and download links send no headers).
+fn is_cookie_route(canonical: &str) -> bool {
+    let c = canonical.to_ascii_lowercase();
+    c.starts_with("/file-upload/") || c.starts_with("/avatar/")
+}
+
+/// `rc_uid` / `rc_token` from the cookies, else from the query string.
+fn cookie_credentials(headers: &HeaderMap, query: Option<&str>) -> Option<Credentials> {
+    let mut uid = None;
+    let mut token = None;
+    for value in headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        for pair in value.split(';') {
+            match pair.trim().split_once('=') {
+                Some(("rc_uid", v)) => uid = Some(v.to_string()),
+                Some(("rc_token", v)) => token = Some(v.to_string()),
+                _ => {}
+            }
+        }
+    }
+    if uid.is_none() || token.is_none() {
+        let params: Vec<(String, String)> =
+            serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
+        for (k, v) in params {
+            match k.as_str() {
+                "rc_uid" => uid = Some(v),
+                "rc_token" => token = Some(v),
+                _ => {}
+            }
+        }
+    }
+    match (uid, token) {
+        (Some(u), Some(t)) if !u.is_empty() && !t.is_empty() => Some(Credentials {
+            token: Token::from_client(&t),
+            user_id: u,
+            from_cookies: true,
+        }),
+        _ => None,
+    }
 }
 
 fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, GatewayError> {
@@ -62,6 +108,7 @@ fn credentials(headers: &HeaderMap) -> Result<Option<Credentials>, GatewayError>
         (Some(t), Some(u)) if !t.is_empty() && !u.is_empty() => Some(Credentials {
             token: Token::from_client(t),
             user_id: u.to_string(),
+            from_cookies: false,
         }),
         _ => None,
     })
@@ -140,6 +187,12 @@ impl Gateway {
         let creds = credentials(req.headers())?;
         let route = route::route(req.uri().path(), req.uri().query(), &self.config.routes)
             .map_err(|_| GatewayError::BadRequest("The request path is not allowed."))?;
+        let creds = match creds {
+            None if is_cookie_route(&route.path) => {
+                cookie_credentials(req.headers(), req.uri().query())
+            }
+            other => other,
+        };
         match route.kind {
             RouteKind::Login => self.login(req, peer).await,
             RouteKind::Logout => {
@@ -264,6 +317,7 @@ impl Gateway {
                     Some(forward::Identity {
                         user_id: &creds.user_id,
                         token: creds.token.as_str(),
+                        as_cookies: false,
                     }),
                 )
                 .await;
@@ -287,6 +341,7 @@ impl Gateway {
                 Some(forward::Identity {
                     user_id: &user_id,
                     token: &rc_token,
+                    as_cookies: creds.from_cookies,
                 }),
             )
             .await?;
@@ -304,6 +359,7 @@ impl Gateway {
             Some(&forward::Identity {
                 user_id: &user_id,
                 token: &fresh,
+                as_cookies: creds.from_cookies,
             }),
             client,
             peer.ip(),

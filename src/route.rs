@@ -213,8 +213,22 @@ pub fn route(path: &str, query: Option<&str>, routes: &RoutesConfig) -> Result<R
         {
             return Err(PathError::Forbidden);
         }
+        // Rocket.Chat reads credentials from these parameters on file and avatar routes; only
+        // authgate's own (as headers or cookies) may reach it.
+        let kept: Vec<&str> = q
+            .split('&')
+            .filter(|pair| {
+                let name = pair
+                    .split('=')
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_lowercase()
+                    .replace("%5f", "_");
+                name != "rc_uid" && name != "rc_token"
+            })
+            .collect();
         forward.push('?');
-        forward.push_str(q);
+        forward.push_str(&kept.join("&"));
     }
     Ok(Route {
         kind,
@@ -316,6 +330,13 @@ mod tests {
     fn forwarded_target_is_the_canonical_one() {
         let r = route("/api/v1/%6De", Some("a=1&b=%2F"), &routes()).unwrap();
         assert_eq!(r.forward, "/api/v1/me?a=1&b=%2F");
+        let r = route(
+            "/avatar/alice",
+            Some("rc_uid=a&size=3&RC_TOKEN=b&rc%5Ftoken=c"),
+            &routes(),
+        )
+        .unwrap();
+        assert_eq!(r.forward, "/avatar/alice?size=3");
         let r = route("/file-upload/x/My%20File.png", None, &routes()).unwrap();
         assert_eq!(r.forward, "/file-upload/x/My%20File.png");
     }

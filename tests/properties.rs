@@ -116,7 +116,7 @@ proptest! {
                 map.append(n, v);
             }
         }
-        let id = Identity { user_id: "GatewayUser", token: "GatewayToken" };
+        let id = Identity { user_id: "GatewayUser", token: "GatewayToken", as_cookies: false };
         let ip = "192.0.2.1".parse().unwrap();
         rewrite_request_headers(&mut map, with_identity.then_some(&id), ip, ip, false);
         let users: Vec<_> = map.get_all("x-user-id").iter().collect();
