@@ -31,10 +31,25 @@ pub enum Command {
     CheckConfig(ConfigArg),
     /// Read a password from stdin (prompting without echo on a terminal) and print its argon2id PHC hash.
     HashPassword,
+    /// Convert another system's users into a users file (printed on stdout).
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
     /// Manage TOTP two-factor enrollment (the store in `totp.secrets_file`).
     Totp {
         #[command(subcommand)]
         command: crate::totp::command::TotpCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// A Rocket.Chat users export (mongoexport of `users`, JSON lines or an array); ids and
+    /// passwords are kept.
+    Rocketchat {
+        /// The export file.
+        file: PathBuf,
     },
 }
 
@@ -96,6 +111,9 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::HashPassword => hash_password(),
+        Command::Import {
+            source: ImportSource::Rocketchat { file },
+        } => crate::import::run_rocketchat(&file),
         Command::Totp { command } => crate::totp::command::run(command),
     }
 }

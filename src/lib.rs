@@ -10,6 +10,7 @@ pub mod directory;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod import;
 pub mod logging;
 pub mod login;
 pub mod login_flow;
