@@ -172,10 +172,15 @@ pub fn rewrite_request_headers(
             headers.insert("x-auth-token", tok);
         }
         if id.as_cookies {
-            if let Ok(v) =
-                HeaderValue::from_str(&format!("rc_uid={}; rc_token={}", id.user_id, id.token))
-            {
-                headers.append(header::COOKIE, v);
+            // One Cookie header, as user agents send it (RFC 6265 section 5.4).
+            let mut cookie = headers
+                .get(header::COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| format!("{v}; "))
+                .unwrap_or_default();
+            cookie.push_str(&format!("rc_uid={}; rc_token={}", id.user_id, id.token));
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                headers.insert(header::COOKIE, v);
             }
         }
     }

@@ -224,8 +224,12 @@ impl Gateway {
                         self.forward_authenticated(req, &route, peer, &creds, session)
                             .await
                     }
-                    // No credentials at all: the upstream may decide, if it authenticates by itself.
+                    // No usable credentials: the upstream may decide, if it authenticates by itself.
+                    // Stale cookies are stripped like any client credential.
                     (None, None) if self.config.routes.anonymous_forward => {
+                        self.forward(req, &route, peer, None).await
+                    }
+                    (None, Some(c)) if c.from_cookies && self.config.routes.anonymous_forward => {
                         self.forward(req, &route, peer, None).await
                     }
                     _ => answer_locally(req, Err(GatewayError::NotLoggedIn)).await,

@@ -227,8 +227,11 @@ pub fn route(path: &str, query: Option<&str>, routes: &RoutesConfig) -> Result<R
                 name != "rc_uid" && name != "rc_token"
             })
             .collect();
-        forward.push('?');
-        forward.push_str(&kept.join("&"));
+        // An empty query stays (`/me?` is what some SDKs send); one that held only credentials goes.
+        if q.is_empty() || !kept.is_empty() {
+            forward.push('?');
+            forward.push_str(&kept.join("&"));
+        }
     }
     Ok(Route {
         kind,

@@ -2,6 +2,7 @@
 //! the built binary), all on loopback with ephemeral ports and temp dirs, killed on drop.
 #![allow(dead_code)]
 
+pub mod rocketchat;
 pub mod slapd;
 pub mod upstream;
 

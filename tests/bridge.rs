@@ -1,0 +1,605 @@
+//! A stock Rocket.Chat behind authgate (`upstream.mode = "rocketchat"`): provisioning, token
+//! swap and renewal, every login entry point, public settings, the realtime API, cookies.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::rocketchat::{FakeRocketChat, ADMIN_ID, ADMIN_TOKEN};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+fn bridge_config(rc: &FakeRocketChat, redis_url: Option<&str>, extra: &str) -> String {
+    config_text(rc.addr, redis_url, extra).replace(
+        "[upstream]\n",
+        &format!("[upstream]\nmode = \"rocketchat\"\nadmin_user_id = \"{ADMIN_ID}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n"),
+    )
+}
+
+const TOTP_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+
+fn bridge_users() -> String {
+    let mut users = standard_users();
+    users.push(TestUser {
+        username: "tina",
+        password: "tina-password-5",
+        email: Some("tina@example.org"),
+        extra: "totp_secret = \"JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP\"",
+    });
+    users_toml(&users)
+}
+
+fn totp_code() -> String {
+    use totp_rs::{Algorithm, Secret, TOTP};
+    let bytes = Secret::Encoded(TOTP_SECRET.into()).to_bytes().unwrap();
+    TOTP::new_unchecked(Algorithm::SHA1, 6, 1, 30, bytes, None, String::new())
+        .generate_current()
+        .unwrap()
+}
+
+async fn start() -> (FakeRocketChat, Gateway) {
+    let rc = FakeRocketChat::start().await;
+    let gw = Gateway::start(&bridge_config(&rc, None, ""), &bridge_users()).await;
+    (rc, gw)
+}
+
+fn assert_never_reached_upstream(rc: &FakeRocketChat, secrets: &[&str]) {
+    for seen in rc.seen() {
+        for s in secrets {
+            assert!(
+                !seen.body.contains(s),
+                "{s} reached the upstream in {} {}",
+                seen.method,
+                seen.target
+            );
+            assert!(
+                !seen.target.contains(s),
+                "{s} reached the upstream in {}",
+                seen.target
+            );
+            assert!(
+                seen.headers.iter().all(|(_, v)| !v.contains(s)),
+                "{s} reached the upstream in a header of {}",
+                seen.target
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_login_provisions_later_logins_reuse_and_requests_carry_the_rocket_chat_token() {
+    let (rc, gw) = start().await;
+    let base = gw.url("");
+    let (status, v) = login_json(
+        &base,
+        json!({"user": "dave", "password": "dave-password-4"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let rc_user = rc.user("dave").expect("provisioned");
+    assert_eq!(rc_user.roles, ["user", "admin"]);
+    assert_eq!(rc_user.email, "dave@authgate.invalid");
+    assert_ne!(rc_user.password, "dave-password-4");
+    assert_eq!(
+        v["data"]["userId"], rc_user.id,
+        "clients get the Rocket.Chat user id"
+    );
+    let token = v["data"]["authToken"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 43);
+    assert!(
+        !rc.state.lock().unwrap().tokens.contains_key(&token),
+        "the client holds authgate's token, not Rocket.Chat's"
+    );
+    assert_eq!(
+        v["data"]["me"]["username"], "dave",
+        "me comes from Rocket.Chat"
+    );
+    // A second login reuses the account.
+    login(&base, "dave", "dave-password-4").await;
+    assert_eq!(rc.state.lock().unwrap().creates, 1);
+    assert_eq!(rc.state.lock().unwrap().updates, 0);
+    // Requests go upstream with Rocket.Chat's token for the user.
+    let r = client()
+        .get(gw.url("/api/v1/me"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &rc_user.id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let last = rc.seen().pop().unwrap();
+    let rc_token = last.header("x-auth-token").unwrap();
+    assert_eq!(
+        rc.state.lock().unwrap().tokens.get(&rc_token),
+        Some(&rc_user.id)
+    );
+    assert_eq!(
+        last.header("x-user-id").as_deref(),
+        Some(rc_user.id.as_str())
+    );
+    // Changes in the directory reach Rocket.Chat on the next login.
+    drop(gw);
+    let users = bridge_users().replace("name = \"dave Name\"", "name = \"David\"");
+    let gw = Gateway::start(&bridge_config(&rc, None, ""), &users).await;
+    login(&gw.url(""), "dave", "dave-password-4").await;
+    assert_eq!(rc.user("dave").unwrap().name, "David");
+    assert_eq!(rc.state.lock().unwrap().creates, 1);
+    assert_never_reached_upstream(&rc, &["dave-password-4", &token]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_upstream_token_is_renewed_once_transparently() {
+    let (rc, gw) = start().await;
+    let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    rc.expire_all_tokens();
+    let grants = rc.state.lock().unwrap().token_grants;
+    let r = client()
+        .get(gw.url("/api/v1/rooms.get"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(rc.state.lock().unwrap().token_grants, grants + 1);
+    // Later requests use the renewed token without another renewal.
+    let r = client()
+        .get(gw.url("/api/v1/rooms.get"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(rc.state.lock().unwrap().token_grants, grants + 1);
+    // A POST is not replayed: its 401 reaches the client.
+    rc.expire_all_tokens();
+    let r = client()
+        .post(gw.url("/api/v1/chat.postMessage"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &id)
+        .json(&json!({"text": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A resume login renews too.
+    let (status, v) = login_json(&gw.url(""), json!({"resume": token})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["authToken"], token);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rest_logins_of_every_shape_and_their_errors() {
+    let (rc, gw) = start().await;
+    let base = gw.url("");
+    for body in [
+        json!({"ldap": true, "username": "bob", "ldapPass": "bob-password-2", "ldapOptions": {}}),
+        json!({"username": "bob", "password": "bob-password-2"}),
+        json!({"totp": {"code": totp_code(), "login": {"user": {"username": "tina"}, "password": "tina-password-5"}}}),
+    ] {
+        let (status, v) = login_json(&base, body.clone()).await;
+        assert_eq!(status, 200, "{body}: {v}");
+    }
+    let (status, v) = login_json(
+        &base,
+        json!({"user": "tina", "password": "tina-password-5"}),
+    )
+    .await;
+    assert_eq!((status, v["error"].as_str()), (401, Some("totp-required")));
+    let (status, v) = login_json(&base, json!({"user": "bob", "password": "wrong"})).await;
+    assert_eq!((status, v["error"].as_str()), (401, Some("Unauthorized")));
+    assert_never_reached_upstream(&rc, &["bob-password-2", "tina-password-5", "wrong"]);
+}
+
+async fn call_anon(base: &str, params: Value) -> Value {
+    let frame = json!({"msg": "method", "id": "7", "method": "login", "params": [params]});
+    let r = client()
+        .post(format!("{base}/api/v1/method.callAnon/login"))
+        .json(&json!({"message": frame.to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let envelope: Value = r.json().await.unwrap();
+    assert_eq!(envelope["success"], true);
+    serde_json::from_str(envelope["message"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn method_call_logins_answer_like_rocket_chat() {
+    let (rc, gw) = start().await;
+    let base = gw.url("");
+    let frame = call_anon(&base, json!({"ldap": true, "username": "alice", "ldapPass": "alice-password-1", "ldapOptions": {}})).await;
+    assert_eq!(frame["msg"], "result");
+    assert_eq!(frame["id"], "7");
+    let result = &frame["result"];
+    assert_eq!(
+        result["type"], "resume",
+        "continued upstream as a resume: {frame}"
+    );
+    assert!(result["tokenExpires"]["$date"].is_u64());
+    let token = result["token"].as_str().unwrap();
+    assert_eq!(token.len(), 43);
+    let uid = result["id"].as_str().unwrap();
+    assert_eq!(rc.user("alice").unwrap().id, uid);
+    // The token works for REST calls through authgate.
+    let r = client()
+        .get(gw.url("/api/v1/me"))
+        .header("x-auth-token", token)
+        .header("x-user-id", uid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Errors come back inside the frame, with HTTP 200.
+    let bad = call_anon(
+        &base,
+        json!({"ldap": true, "username": "alice", "ldapPass": "nope", "ldapOptions": {}}),
+    )
+    .await;
+    assert_eq!(bad["error"]["error"], 401);
+    let required = call_anon(
+        &base,
+        json!({"ldap": true, "username": "tina", "ldapPass": "tina-password-5", "ldapOptions": {}}),
+    )
+    .await;
+    assert_eq!(required["error"]["error"], "totp-required");
+    assert_eq!(
+        required["error"]["details"],
+        json!({"method": "totp", "codeGenerated": false, "availableMethods": ["totp"]})
+    );
+    let invalid = call_anon(&base, json!({"totp": {"code": "000000", "login": {"ldap": true, "username": "tina", "ldapPass": "tina-password-5", "ldapOptions": {}}}})).await;
+    assert_eq!(invalid["error"]["error"], "totp-invalid");
+    let ok = call_anon(&base, json!({"totp": {"code": totp_code(), "login": {"ldap": true, "username": "tina", "ldapPass": "tina-password-5", "ldapOptions": {}}}})).await;
+    assert!(ok["result"]["token"].is_string(), "{ok}");
+    // A digest cannot be checked against an argon2 hash of the plain password.
+    let digest = authgate::password::sha256_hex("alice-password-1");
+    let refused = call_anon(&base, json!({"user": {"username": "alice"}, "password": {"digest": digest, "algorithm": "sha-256"}})).await;
+    assert_eq!(refused["error"]["error"], 401);
+    let resumed = call_anon(&base, json!({"resume": token})).await;
+    assert_eq!(resumed["result"]["token"], token);
+    assert_never_reached_upstream(&rc, &["alice-password-1", "tina-password-5", token]);
+    // Nothing but resumes with Rocket.Chat tokens reached its login.
+    for seen in rc.seen().iter().filter(|s| s.target.contains("login")) {
+        assert!(
+            seen.body.contains("resume") && seen.body.contains("rc-"),
+            "{}",
+            seen.body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_settings_make_clients_send_plain_passwords() {
+    let (_rc, gw) = start().await;
+    let frame = json!({"msg": "method", "id": "1", "method": "public-settings/get", "params": []});
+    let r = client()
+        .post(gw.url("/api/v1/method.callAnon/public-settings%3Aget"))
+        .json(&json!({"message": frame.to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let envelope: Value = r.json().await.unwrap();
+    let inner: Value = serde_json::from_str(envelope["message"].as_str().unwrap()).unwrap();
+    let settings: Vec<(String, Value)> = inner["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["_id"].as_str().unwrap().to_string(), s["value"].clone()))
+        .collect();
+    assert!(
+        settings.contains(&("LDAP_Enable".into(), json!(true))),
+        "{settings:?}"
+    );
+    assert!(settings.contains(&("Accounts_ShowFormLogin".into(), json!(true))));
+    assert!(settings.contains(&("CROWD_Enable".into(), json!(false))));
+    assert!(settings.contains(&("Site_Name".into(), json!("Fake"))));
+    let v: Value = client()
+        .get(gw.url("/api/v1/settings.public?_id=CROWD_Enable,LDAP_Enable"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["settings"],
+        json!([{"_id": "CROWD_Enable", "value": false}, {"_id": "LDAP_Enable", "value": true}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_endpoints_never_reach_rocket_chat() {
+    let (rc, gw) = start().await;
+    for path in [
+        "/api/v1/users.register",
+        "/api/v1/method.callAnon/registerUser",
+        "/api/v1/method.callAnon/resetPassword",
+        "/_oauth/github",
+    ] {
+        let r = client()
+            .post(gw.url(path))
+            .json(&json!({"message": "{}"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    assert!(rc.seen().is_empty());
+    // Anonymous requests reach Rocket.Chat without identity; it decides.
+    let r = client()
+        .get(gw.url("/api/v1/rooms.get"))
+        .header("x_auth_token", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let seen = rc.seen().pop().unwrap();
+    assert!(seen.header("x-auth-token").is_none() && seen.header("x_auth_token").is_none());
+}
+
+async fn ws_connect(
+    gw: &Gateway,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}{path}", gw.addr))
+        .await
+        .expect("websocket through authgate");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn next_text<
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+>(
+    ws: &mut S,
+) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("no frame in time")
+        {
+            Some(Ok(Message::Text(t))) => return t.as_str().to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_logins_are_checked_and_swapped() {
+    let (rc, gw) = start().await;
+    let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    let mut ws = ws_connect(&gw, "/websocket").await;
+    ws.send(Message::text(
+        json!({"msg": "connect", "version": "1", "support": ["1"]}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert!(next_text(&mut ws).await.contains("connected"));
+    ws.send(Message::text(
+        json!({"msg": "method", "id": "1", "method": "login", "params": [{"resume": token}]})
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(result["result"]["token"], token, "{result}");
+    assert_eq!(result["result"]["id"], uid);
+    // Rocket.Chat saw a resume with its own token.
+    let resumed = rc
+        .state
+        .lock()
+        .unwrap()
+        .ddp_in
+        .iter()
+        .find(|f| f["method"] == "login")
+        .cloned()
+        .unwrap();
+    let rc_token = resumed["params"][0]["resume"].as_str().unwrap().to_string();
+    assert!(rc.state.lock().unwrap().tokens.contains_key(&rc_token));
+    // A password login over the socket, and a forged resume.
+    ws.send(Message::text(json!({"msg": "method", "id": "2", "method": "login", "params": [{"ldap": true, "username": "bob", "ldapPass": "bob-password-2", "ldapOptions": {}}]}).to_string())).await.unwrap();
+    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(
+        result["result"]["token"].as_str().unwrap().len(),
+        43,
+        "{result}"
+    );
+    ws.send(Message::text(
+        json!({"msg": "method", "id": "3", "method": "login", "params": [{"resume": rc_token}]})
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(
+        result["error"]["error"], 403,
+        "a Rocket.Chat token is not an authgate session: {result}"
+    );
+    ws.send(Message::text(json!({"msg": "method", "id": "4", "method": "login", "params": [{"user": {"username": "bob"}, "password": "wrong"}]}).to_string())).await.unwrap();
+    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(result["error"]["error"], 401);
+    // Settings over DDP are rewritten too.
+    ws.send(Message::text(
+        json!({"msg": "method", "id": "5", "method": "public-settings/get", "params": []})
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert!(
+        result["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["_id"] == "LDAP_Enable" && s["value"] == true),
+        "{result}"
+    );
+    let logins: Vec<Value> = rc
+        .state
+        .lock()
+        .unwrap()
+        .ddp_in
+        .iter()
+        .filter(|f| f["method"] == "login")
+        .cloned()
+        .collect();
+    assert_eq!(
+        logins.len(),
+        2,
+        "only the two authenticated logins reached Rocket.Chat: {logins:?}"
+    );
+    assert_never_reached_upstream(&rc, &["alice-password-1", "bob-password-2", &token]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sockjs_framing_is_read_too() {
+    let (_rc, gw) = start().await;
+    let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    let mut ws = ws_connect(&gw, "/sockjs/123/abcdef/websocket").await;
+    assert_eq!(next_text(&mut ws).await, "o");
+    let frame =
+        json!({"msg": "method", "id": "1", "method": "login", "params": [{"resume": token}]})
+            .to_string();
+    ws.send(Message::text(json!([frame]).to_string()))
+        .await
+        .unwrap();
+    let text = next_text(&mut ws).await;
+    let inner: Vec<String> = serde_json::from_str(text.strip_prefix('a').unwrap()).unwrap();
+    let result: Value = serde_json::from_str(&inner[0]).unwrap();
+    assert_eq!(result["result"]["token"], token);
+    assert_eq!(result["result"]["id"], uid);
+    // SockJS's HTTP transports would carry frames authgate does not read: refused.
+    let r = client()
+        .post(gw.url("/sockjs/123/abcdef/xhr_send"))
+        .body("[\"x\"]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_on_one_instance_closes_sockets_on_another_within_a_second() {
+    let redis = Redis::start();
+    let rc = FakeRocketChat::start().await;
+    let a = Gateway::start(&bridge_config(&rc, Some(&redis.url()), ""), &bridge_users()).await;
+    let b = Gateway::start(&bridge_config(&rc, Some(&redis.url()), ""), &bridge_users()).await;
+    let (uid, token) = login(&a.url(""), "alice", "alice-password-1").await;
+    let mut ws = ws_connect(&b, "/websocket").await;
+    ws.send(Message::text(
+        json!({"msg": "method", "id": "1", "method": "login", "params": [{"resume": token}]})
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(result["result"]["token"], token);
+    let r = client()
+        .post(a.url("/api/v1/logout"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &uid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let revoked = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the socket stayed open");
+    assert!(
+        revoked.elapsed() < Duration::from_secs(1),
+        "closed after {:?}",
+        revoked.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_and_avatar_cookies_are_validated_and_swapped() {
+    let (rc, gw) = start().await;
+    let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    let r = client()
+        .get(gw.url("/avatar/alice"))
+        .header(
+            "cookie",
+            format!("rc_uid={uid}; rc_token={token}; theme=dark"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = rc.seen().pop().unwrap();
+    let cookie = seen.header("cookie").unwrap();
+    assert!(
+        cookie.contains("theme=dark")
+            && cookie.contains(&format!("rc_uid={uid}"))
+            && !cookie.contains(&token),
+        "{cookie}"
+    );
+    let r = client()
+        .get(gw.url(&format!(
+            "/file-upload/abc/file.png?rc_uid={uid}&rc_token={token}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        rc.seen().pop().unwrap().target,
+        "/file-upload/abc/file.png",
+        "credential parameters are stripped"
+    );
+    // Stale or forged cookies are stripped: Rocket.Chat sees an anonymous request.
+    let r = client()
+        .get(gw.url("/avatar/alice"))
+        .header("cookie", format!("rc_uid={uid}; rc_token=forged"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(rc.seen().pop().unwrap().header("cookie").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imported_rocket_chat_users_log_in_with_old_passwords_and_digests() {
+    let export = format!(
+        "{{\"_id\":\"OldRcUserId000001\",\"username\":\"olga\",\"name\":\"Olga\",\"emails\":[{{\"address\":\"olga@example.org\",\"verified\":true}}],\"roles\":[\"user\"],\"active\":true,\"services\":{{\"password\":{{\"bcrypt\":\"{}\"}}}}}}\n",
+        bcrypt::hash(authgate::password::sha256_hex("olga-old-password"), 4).unwrap()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let export_path = dir.path().join("users.json");
+    std::fs::write(&export_path, export).unwrap();
+    let out = std::process::Command::new(authgate_bin())
+        .args(["import", "rocketchat"])
+        .arg(&export_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let users = String::from_utf8(out.stdout).unwrap();
+    assert!(users.contains("OldRcUserId000001"), "{users}");
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(&config_text(up.addr, None, ""), &users).await;
+    let (id, _) = login(&gw.url(""), "olga", "olga-old-password").await;
+    assert_eq!(id, "OldRcUserId000001", "ids are kept");
+    let digest = authgate::password::sha256_hex("olga-old-password");
+    let frame = call_anon(&gw.url(""), json!({"user": {"username": "olga"}, "password": {"digest": digest, "algorithm": "sha-256"}})).await;
+    assert_eq!(frame["result"]["id"], "OldRcUserId000001", "{frame}");
+    let (status, _) = login_json(&gw.url(""), json!({"user": "olga", "password": "wrong"})).await;
+    assert_eq!(status, 401);
+}
