@@ -603,3 +603,54 @@ async fn imported_rocket_chat_users_log_in_with_old_passwords_and_digests() {
     let (status, _) = login_json(&gw.url(""), json!({"user": "olga", "password": "wrong"})).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn realtime_in_trusted_headers_mode_and_logout_over_the_socket() {
+    let rc = FakeRocketChat::start().await;
+    let gw = Gateway::start(&config_text(rc.addr, None, ""), &bridge_users()).await;
+    let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    let mut ws = ws_connect(&gw, "/websocket").await;
+    // A password login is answered by authgate itself with a session of its own.
+    ws.send(Message::text(json!({"msg": "method", "id": "1", "method": "login", "params": [{"user": {"username": "bob"}, "password": "bob-password-2"}]}).to_string())).await.unwrap();
+    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(result["result"]["type"], "password", "{result}");
+    assert_eq!(result["result"]["token"].as_str().unwrap().len(), 43);
+    // A checked resume passes on unchanged; a forged one never reaches the backend.
+    ws.send(Message::text(json!({"msg": "method", "id": "2", "method": "login", "params": [{"resume": "forged-token"}]}).to_string())).await.unwrap();
+    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(result["error"]["error"], 403);
+    ws.send(Message::text(
+        json!({"msg": "method", "id": "3", "method": "login", "params": [{"resume": token}]})
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    let _ = next_text(&mut ws).await;
+    let logins: Vec<Value> = rc
+        .state
+        .lock()
+        .unwrap()
+        .ddp_in
+        .iter()
+        .filter(|f| f["method"] == "login")
+        .cloned()
+        .collect();
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    assert_eq!(logins[0]["params"][0]["resume"], token);
+    // logout over the socket revokes the session everywhere.
+    ws.send(Message::text(
+        json!({"msg": "method", "id": "4", "method": "logout", "params": []}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let _ = next_text(&mut ws).await;
+    let r = client()
+        .get(gw.url("/api/v1/me"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &uid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_never_reached_upstream(&rc, &["bob-password-2", "alice-password-1"]);
+}
