@@ -1,8 +1,8 @@
 //! One request, end to end: check framing, canonicalise and classify the path, then answer
 //! login/logout here or forward with the session's identity.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
+use crate::access::RequestFacts;
 use crate::config::Config;
 use crate::directory::Directories;
 use crate::error::{json_response, Body, Dependency, GatewayError, LOGGED_OUT_BODY};
@@ -18,15 +19,19 @@ use crate::login::{self, LoginRequest};
 use crate::regulation::Regulation;
 use crate::route::{self, Route, RouteKind};
 use crate::session::{DynSessionStore, Session, StoreError, Token};
+use crate::telemetry::{Metrics, NO_DIRECTORY};
 use crate::totp::SecondFactor;
 
+/// Everything built from one configuration. A reload builds a new one and swaps it in
+/// (`service.rs`); the session store and the metrics carry over from one to the next.
 pub struct Gateway {
     pub config: Arc<Config>,
     pub store: DynSessionStore,
     pub totp: SecondFactor,
     pub directories: Directories,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     pub regulation: Regulation,
+    pub metrics: Metrics,
 }
 
 impl From<StoreError> for GatewayError {
@@ -105,42 +110,22 @@ fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
 }
 
 impl Gateway {
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Body> {
-        match self.dispatch(req, peer).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                match &e {
-                    GatewayError::Unavailable(dep, why) => {
-                        tracing::warn!(?dep, %why, "dependency unavailable")
-                    }
-                    GatewayError::UpstreamUnreachable(why) => {
-                        tracing::warn!(%why, "upstream unreachable")
-                    }
-                    GatewayError::Internal(why) => tracing::error!(%why, "internal error"),
-                    _ => {}
-                }
-                e.into_response()
-            }
-        }
-    }
-
-    async fn dispatch(
+    /// Decides one request. What it learns on the way (path, user, upstream time) goes into
+    /// `facts` for the access line.
+    pub async fn dispatch(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        facts: &mut RequestFacts,
     ) -> Result<Response<Body>, GatewayError> {
         check_framing(req.headers())?;
         let creds = credentials(req.headers())?;
         let route = route::route(req.uri().path(), req.uri().query(), &self.config.routes)
             .map_err(|_| GatewayError::BadRequest("The request path is not allowed."))?;
+        facts.path = Some(route.path.clone());
         match route.kind {
-            RouteKind::Login => self.login(req, peer).await,
+            RouteKind::Login => self.login(req, facts).await,
             RouteKind::Logout => {
-                let answer = self.logout(req.method(), creds).await;
+                let answer = self.logout(req.method(), creds, facts).await;
                 answer_locally(req, answer).await
             }
             RouteKind::LoginMethod => {
@@ -149,7 +134,7 @@ impl Gateway {
             RouteKind::Realtime => {
                 answer_locally(req, Err(GatewayError::RealtimeUnavailable)).await
             }
-            RouteKind::Public => self.forward(req, &route, peer, None).await,
+            RouteKind::Public => self.forward(req, &route, facts, None).await,
             RouteKind::Protected => {
                 if req.method() == Method::CONNECT {
                     return answer_locally(req, Err(GatewayError::MethodNotAllowed)).await;
@@ -159,7 +144,10 @@ impl Gateway {
                     None => None,
                 };
                 match (session, creds) {
-                    (Some(_), Some(creds)) => self.forward(req, &route, peer, Some(&creds)).await,
+                    (Some(_), Some(creds)) => {
+                        facts.user_id = Some(creds.user_id.clone());
+                        self.forward(req, &route, facts, Some(&creds)).await
+                    }
                     _ => answer_locally(req, Err(GatewayError::NotLoggedIn)).await,
                 }
             }
@@ -180,12 +168,9 @@ impl Gateway {
         &self,
         mut req: Request<Incoming>,
         route: &Route,
-        peer: SocketAddr,
+        facts: &mut RequestFacts,
         creds: Option<&Credentials>,
     ) -> Result<Response<Body>, GatewayError> {
-        let trusted = &self.config.server.trusted_proxies;
-        let client = forward::client_ip(peer.ip(), req.headers(), trusted);
-        let peer_trusted = trusted.iter().any(|n| n.contains(&peer.ip()));
         let identity = creds.map(|c| forward::Identity {
             user_id: &c.user_id,
             token: c.token.as_str(),
@@ -193,17 +178,24 @@ impl Gateway {
         forward::rewrite_request_headers(
             req.headers_mut(),
             identity.as_ref(),
-            client,
-            peer.ip(),
-            peer_trusted,
+            facts.client_ip,
+            facts.peer,
+            facts.peer_trusted,
         );
-        self.upstream.send(req, &route.forward).await
+        // Replaces whatever the client sent: the upstream logs the same id as the gateway.
+        req.headers_mut()
+            .insert("x-request-id", facts.request_id.clone());
+        let started = Instant::now();
+        let answer = self.upstream.send(req, &route.forward).await;
+        facts.upstream = Some(started.elapsed());
+        answer
     }
 
     async fn logout(
         &self,
         method: &Method,
         creds: Option<Credentials>,
+        facts: &mut RequestFacts,
     ) -> Result<Response<Body>, GatewayError> {
         if method != Method::POST && method != Method::GET {
             return Err(GatewayError::MethodNotAllowed);
@@ -212,7 +204,10 @@ impl Gateway {
         self.session_for(&creds)
             .await?
             .ok_or(GatewayError::NotLoggedIn)?;
-        self.store.revoke(&creds.token.hash()).await?;
+        facts.user_id = Some(creds.user_id.clone());
+        if self.store.revoke(&creds.token.hash()).await? {
+            self.metrics.sessions_revoked(1);
+        }
         Ok(json_response(StatusCode::OK, LOGGED_OUT_BODY))
     }
 
@@ -243,16 +238,13 @@ impl Gateway {
     async fn login(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        facts: &mut RequestFacts,
     ) -> Result<Response<Body>, GatewayError> {
         if req.method() != Method::POST {
             return Err(GatewayError::MethodNotAllowed);
         }
-        let ip = forward::client_ip(
-            peer.ip(),
-            req.headers(),
-            &self.config.server.trusted_proxies,
-        );
+        let started = Instant::now();
+        let ip = facts.client_ip;
         let (headers, body) = self.read_login_body(req).await?;
         let kind = login::body_kind(
             headers
@@ -265,41 +257,60 @@ impl Gateway {
             Some(LoginRequest::Password { identity, .. }) => Some(identity.as_str().to_string()),
             _ => None,
         };
+        let mut directory = None;
         // Blocked attempts are refused before any password is checked, with the right password too.
         let checked = self.regulation.check(login_name.as_deref(), ip).await;
         let outcome = match (checked, request) {
             (Err(e), _) => Err(e),
             (Ok(()), None) => Err(GatewayError::LoginFailed),
-            (Ok(()), Some(request)) => self.attempt(request, &self.avatar_base(&headers)).await,
+            (Ok(()), Some(request)) => {
+                let avatar_base = self.avatar_base(&headers);
+                self.attempt(request, &avatar_base, &mut directory, facts)
+                    .await
+            }
         };
-        match &outcome {
+        let counted = match &outcome {
             Err(GatewayError::LoginFailed | GatewayError::TotpInvalid) => {
-                self.regulation.failed(login_name.as_deref(), ip).await?
+                self.regulation.failed(login_name.as_deref(), ip).await
             }
-            Ok(_) => {
-                if let Some(name) = &login_name {
-                    self.regulation.succeeded(name).await?;
-                }
-            }
-            Err(_) => {}
-        }
+            Ok(_) => match &login_name {
+                Some(name) => self.regulation.succeeded(name).await,
+                None => Ok(()),
+            },
+            Err(_) => Ok(()),
+        };
+        let outcome = counted.and(outcome);
         let result = match &outcome {
             Ok(_) => "success",
-            Err(GatewayError::LoginFailed) => "bad-credentials",
-            Err(GatewayError::TotpRequired) => "totp-required",
-            Err(GatewayError::TotpInvalid) => "totp-invalid",
+            Err(GatewayError::LoginFailed) => "bad_credentials",
+            Err(GatewayError::TotpRequired) => "totp_required",
+            Err(GatewayError::TotpInvalid) => "totp_invalid",
             Err(GatewayError::LoginBlocked(_)) => "blocked",
-            Err(_) => "dependency-error",
+            Err(_) => "dependency_error",
         };
-        tracing::info!(target: "authgate::audit", login = login_name.as_deref().unwrap_or("-"), client_ip = %ip, outcome = result, "login attempt");
+        let directory = directory.as_deref().unwrap_or(NO_DIRECTORY);
+        self.metrics.login(result, directory, started.elapsed());
+        tracing::info!(
+            target: "authgate::audit",
+            request_id = facts.request_id.to_str().unwrap_or("-"),
+            login = login_name.as_deref().unwrap_or("-"),
+            user_id = facts.user_id.as_deref().unwrap_or("-"),
+            directory,
+            outcome = result,
+            client_ip = %ip,
+            "login attempt"
+        );
         outcome
     }
 
     /// One login attempt that passed regulation: resume a session, or check credentials.
+    /// `directory` is set to the directory that decided, as soon as one did.
     async fn attempt(
         &self,
         request: LoginRequest,
         avatar_base: &str,
+        directory: &mut Option<String>,
+        facts: &mut RequestFacts,
     ) -> Result<Response<Body>, GatewayError> {
         match request {
             LoginRequest::Resume(token) => {
@@ -309,11 +320,14 @@ impl Gateway {
                     .get(&token.hash())
                     .await?
                     .ok_or(GatewayError::LoginFailed)?;
+                *directory = Some(session.user.directory.clone());
                 let Some(profile) = self.directories.current_profile(&session.user).await? else {
                     // The user is gone or disabled: the session dies with them.
-                    self.store.revoke_user(&session.user.id).await?;
+                    let n = self.store.revoke_user(&session.user.id).await?;
+                    self.metrics.sessions_revoked(n);
                     return Err(GatewayError::LoginFailed);
                 };
+                facts.user_id = Some(profile.id.clone());
                 let me = login::me(&profile, avatar_base, false);
                 Ok(json_response(
                     StatusCode::OK,
@@ -325,11 +339,9 @@ impl Gateway {
                 password,
                 code,
             } => {
-                let user = self
-                    .directories
-                    .authenticate(&identity, &password)
-                    .await?
-                    .ok_or(GatewayError::LoginFailed)?;
+                let (decided_by, user) = self.directories.authenticate(&identity, &password).await;
+                *directory = decided_by.map(str::to_string);
+                let user = user?.ok_or(GatewayError::LoginFailed)?;
                 // Only after the password: a wrong one is the generic 401 whatever the code.
                 let totp_enabled = self
                     .totp
@@ -338,7 +350,8 @@ impl Gateway {
                 let token = Token::generate();
                 let session = Session::new(user.profile.clone(), self.config.session.ttl);
                 self.store.create(&token.hash(), &session).await?;
-                tracing::info!(user = %user.profile.username, directory = %user.profile.directory, "login succeeded");
+                self.metrics.session_issued();
+                facts.user_id = Some(user.profile.id.clone());
                 let me = login::me(&user.profile, avatar_base, totp_enabled);
                 Ok(json_response(
                     StatusCode::OK,

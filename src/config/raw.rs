@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub regulation: Option<super::regulation::RawRegulation>,
     pub log: Option<RawLog>,
     pub totp: Option<RawTotp>,
+    pub metrics: Option<super::ops::RawMetrics>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,6 +37,8 @@ pub struct RawServer {
     pub worker_threads: Option<i64>,
     pub password_hash_concurrency: Option<i64>,
     pub login_queue_timeout: Option<String>,
+    pub shutdown_delay: Option<String>,
+    pub tls: Option<super::ops::RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
