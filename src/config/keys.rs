@@ -7,7 +7,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-/// Dotted paths of every table and key the config accepts, e.g. `server.tls.cert`.
+/// Dotted paths of every table and key the config accepts, e.g. `server.tls.cert`; a table whose
+/// key names are the operator's choice appears as `table.*` after the table itself.
 pub fn accepted_keys() -> Vec<String> {
     let mut keys = Vec::new();
     // The result is a sample config; only the paths noted on the way matter.
@@ -96,8 +97,9 @@ impl<'de> de::Deserializer<'de> for Tracer<'_> {
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Unsupported> {
         v.visit_seq(OneElement(Some(self)))
     }
-    // A free-form table (names chosen by the operator): the table itself is the key.
+    // A free-form table (names chosen by the operator) is noted as `table.*`.
     fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Unsupported> {
+        self.keys.push(format!("{}.*", self.path));
         v.visit_map(Fields {
             path: self.path,
             keys: self.keys,
