@@ -190,12 +190,18 @@ impl Service {
         };
         let level_changed = old.config.log.level != config.log.level;
         let new_level = config.log.level.clone();
-        let gateway = crate::server::build_snapshot(
-            config,
+        let (store, metrics, upstream) = (
             old.store.clone(),
             self.metrics.clone(),
-            Some(&old.upstream),
-        )
+            old.upstream.clone(),
+        );
+        // Reading the users file and preparing the password verifier block; keep them off the
+        // threads that serve requests.
+        let gateway = tokio::task::spawn_blocking(move || {
+            crate::server::build_snapshot(config, store, metrics, Some(&upstream))
+        })
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))?
         .map_err(|e| e.to_string())?;
         if let (Some(resolver), Some(certificate)) = (&self.tls, certificate) {
             resolver.replace(certificate);
