@@ -170,8 +170,14 @@ fn reload_config(upstream: std::net::SocketAddr, public: &str) -> String {
     config_text(
         upstream,
         None,
-        &format!("[routes]\npublic = [{public}]\n\n[log]\nformat = \"json\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        &format!("[routes]\npublic = [{public}]\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
     )
+}
+
+fn access_lines(gw: &GatewayProcess) -> usize {
+    gw.stderr()
+        .matches("\"target\":\"authgate::access\"")
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +192,8 @@ async fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     assert_eq!(post(&login_url, bob.clone(), &[]).await.0, 401);
     assert_eq!(get_with(&format!("{base}/news"), &[]).await, 401);
 
-    // Good: a new user, a new public route, and a listen address that needs a restart.
+    // Good: a new user, a new public route, a quieter log level, and a listen address that
+    // needs a restart.
     std::fs::write(
         files.dir.path().join("users.toml"),
         users_toml(&[
@@ -196,7 +203,8 @@ async fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     )
     .unwrap();
     let moved = reload_config(up.addr, "\"/api/info\", \"/news\"")
-        .replace("127.0.0.1:0\"\nshutdown", "127.0.0.1:1\"\nshutdown");
+        .replace("127.0.0.1:0\"\nshutdown", "127.0.0.1:1\"\nshutdown")
+        .replace("level = \"info\"", "level = \"info,authgate::access=off\"");
     assert!(moved.contains("127.0.0.1:1"), "{moved}");
     std::fs::write(&files.config_path, moved).unwrap();
     gw.signal("HUP");
@@ -210,9 +218,12 @@ async fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
         "{}",
         gw.stderr()
     );
+    let logged = access_lines(&gw);
+    assert!(logged >= 2);
     assert_eq!(post(&login_url, bob.clone(), &[]).await.0, 200);
     assert_eq!(get_with(&format!("{base}/news"), &[]).await, 200);
     assert_eq!(up.last().target, "/news");
+    assert_eq!(access_lines(&gw), logged, "the new log level applies");
 
     // Bad: the rejection names each problem's key, and everything keeps running as before.
     let broken = reload_config(up.addr, "\"/api/info\"")
