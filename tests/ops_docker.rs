@@ -213,8 +213,8 @@ fn the_image_runs_as_non_root_with_the_healthcheck() {
     let dockerfile = std::fs::read_to_string(docker_dir().join("Dockerfile")).unwrap();
     let user = dockerfile
         .lines()
-        .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
         .expect("the runtime stage sets USER");
     assert!(!["root", "0"].contains(&user.trim()), "runs as {user}");
     assert!(
