@@ -163,6 +163,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         None => None,
     };
     let acceptor = tls.clone().map(crate::tls::acceptor);
+    let watched = tls.clone();
     let gateway = build_gateway(config).await?;
     if let Err(e) = gateway.store.ping().await {
         tracing::warn!(error = %e, "session store not reachable yet; logins and protected requests answer 503 until it is");
@@ -189,6 +190,13 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
             shutdown_rx.clone(),
             connections.clone(),
             acceptor.clone(),
+        ));
+    }
+    if let Some(resolver) = watched {
+        tasks.spawn(crate::tls::watch_files(
+            resolver,
+            service.clone(),
+            shutdown_rx.clone(),
         ));
     }
     let (metrics_addr, admin) = match admin_listener {

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -14,6 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
+use crate::service::Service;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -104,4 +106,60 @@ pub fn acceptor(resolver: Arc<CertResolver>) -> TlsAcceptor {
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     TlsAcceptor::from(Arc::new(config))
+}
+
+/// What identifies one version of a file cheaply: a rename (certbot, a Kubernetes secret's
+/// symlink swap) or a rewrite changes at least one of these.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn stamps(tls: &TlsConfig) -> [(std::path::PathBuf, Stamp); 2] {
+    [
+        (tls.cert.clone(), stamp(&tls.cert)),
+        (tls.key.clone(), stamp(&tls.key)),
+    ]
+}
+
+/// Reloads the certificate when its files change (`server.tls.watch`), until `stop`. A pair that
+/// does not load (say, the certificate written but not yet its key) is retried on every later
+/// change and the current certificate stays meanwhile.
+pub async fn watch_files(
+    resolver: Arc<CertResolver>,
+    service: Arc<Service>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut seen = service.current().config.server.tls.as_ref().map(stamps);
+    loop {
+        let tls = service.current().config.server.tls.clone();
+        let every = match &tls {
+            Some(t) if !t.watch.is_zero() => t.watch,
+            // Off for now; a reload may turn it on.
+            _ => Duration::from_secs(5),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let Some(tls) = tls.filter(|t| !t.watch.is_zero()) else {
+            continue;
+        };
+        let now = Some(stamps(&tls));
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match load_certified_key(&tls.cert, &tls.key) {
+            Ok(fresh) => {
+                resolver.replace(fresh);
+                tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded after its files changed");
+            }
+            Err(e) => {
+                tracing::warn!(key = e.key(), problem = %e, "changed TLS files do not load; the current certificate stays")
+            }
+        }
+    }
 }

@@ -228,3 +228,35 @@ async fn certificate_reload_reaches_new_handshakes_and_keeps_open_connections() 
     assert_eq!(info_over(&mut open).await, 200);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_certificate_follows_its_files_without_a_signal() {
+    let up = RecordingUpstream::start().await;
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let first = ca.leaf("first");
+    let (cert, key) = install(dir.path(), &first);
+    let users = users_toml(&standard_users());
+    let config = tls_config(up.addr, &cert, &key) + "watch = \"200ms\"\n";
+    let gw = Gateway::start(&config, &users).await;
+    let mut open = h1_over(handshake(&ca, gw.addr, &[b"http/1.1"]).await).await;
+    assert_eq!(info_over(&mut open).await, 200);
+
+    // Written one file at a time, as renewal tools do: the half-written pair is not used.
+    let second = ca.leaf("second");
+    std::fs::write(&cert, &second.cert_pem).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(presented(&handshake(&ca, gw.addr, &[]).await), first.der);
+    std::fs::write(&key, &second.key_pem).unwrap();
+    let mut now = first.der.clone();
+    for _ in 0..50 {
+        now = presented(&handshake(&ca, gw.addr, &[]).await);
+        if now == second.der {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(now, second.der, "the new files were not picked up");
+    assert_eq!(info_over(&mut open).await, 200);
+    gw.stop().await;
+}

@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{problem, resolve_path, ConfigProblem};
+use super::{duration_or, problem, resolve_path, ConfigProblem};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawMetrics {
@@ -16,6 +17,7 @@ pub struct RawMetrics {
 pub struct RawTls {
     pub cert: Option<String>,
     pub key: Option<String>,
+    pub watch: Option<String>,
 }
 
 /// The management listener: `/metrics`, `/healthz`, `/readyz`. Off unless `listen` is set.
@@ -30,6 +32,8 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// How often the two files are checked for changes; zero: only SIGHUP reloads them.
+    pub watch: Duration,
 }
 
 pub(super) fn validate_metrics(
@@ -70,6 +74,20 @@ pub(super) fn validate_tls(
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<TlsConfig> {
     let raw = raw?;
+    let watch = duration_or(
+        "server.tls.watch",
+        raw.watch.as_ref(),
+        Duration::from_secs(60),
+        Duration::ZERO,
+        problems,
+    );
+    if !watch.is_zero() && watch < Duration::from_millis(100) {
+        problems.push(problem(
+            "server.tls.watch",
+            format!("{watch:?} is too short"),
+            "use \"0s\" (off) or at least \"100ms\"; \"60s\" is plenty for renewals",
+        ));
+    }
     let mut path_of = |key: &str, value: Option<String>, what: &str| match value {
         Some(v) if !v.trim().is_empty() => Some(resolve_path(base, v.trim())),
         _ => {
@@ -87,5 +105,5 @@ pub(super) fn validate_tls(
     if let Err(e) = crate::tls::load_certified_key(&cert, &key) {
         problems.push(problem(e.key(), e.to_string(), e.fix()));
     }
-    Some(TlsConfig { cert, key })
+    Some(TlsConfig { cert, key, watch })
 }
