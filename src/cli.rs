@@ -1,5 +1,5 @@
-//! The command line: `serve`, `check-config`, `hash-password`, `totp`. Exit codes: 0 done,
-//! 1 runtime failure, 64 bad usage or configuration (EX_USAGE).
+//! The command line: `serve`, `check-config`, `healthcheck`, `hash-password`, `totp`. Exit
+//! codes: 0 done, 1 runtime failure (and "unhealthy"), 64 bad usage or configuration (EX_USAGE).
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -29,6 +29,10 @@ pub enum Command {
     Serve(ConfigArg),
     /// Validate the configuration and the users file; list every problem.
     CheckConfig(ConfigArg),
+    /// Probe the gateway this config describes (Docker HEALTHCHECK): exit 0 when it answers
+    /// `/readyz` with 200 on the `[metrics]` listener (or, with that off, when its first public
+    /// listener accepts a connection), 1 otherwise.
+    Healthcheck(HealthcheckArgs),
     /// Read a password from stdin (prompting without echo on a terminal) and print its argon2id PHC hash.
     HashPassword,
     /// Convert another system's users into a users file (printed on stdout).
@@ -58,6 +62,15 @@ pub struct ConfigArg {
     /// Config file; without it, AUTHGATE_CONFIG, then ./config.toml, then the embedded default.
     #[arg(long, short = 'c', env = "AUTHGATE_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthcheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Probe `/healthz` (the process answers) instead of `/readyz` (it can serve requests).
+    #[arg(long)]
+    pub live: bool,
 }
 
 impl ConfigArg {
@@ -110,6 +123,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Command::Healthcheck(args) => healthcheck(&args),
         Command::HashPassword => hash_password(),
         Command::Import {
             source: ImportSource::Rocketchat { file },
@@ -154,22 +168,79 @@ fn serve(arg: &ConfigArg) -> ExitCode {
             // Tests and scripts read this line to learn the port when listening on port 0.
             println!("authgate listening on {addr}");
         }
-        tracing::info!(addrs = ?running.addrs, "authgate started");
-        wait_for_stop_signal().await;
-        tracing::info!("stop signal received; draining connections");
+        if let Some(addr) = running.metrics_addr {
+            println!("authgate metrics listening on {addr}");
+        }
+        tracing::info!(addrs = ?running.addrs, metrics = ?running.metrics_addr, "authgate started");
+        wait_for_stop_signal(arg, &running).await;
+        tracing::info!("stop signal received; readiness off, draining connections");
         running.shutdown().await;
         tracing::info!("authgate stopped");
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_stop_signal() {
+/// Runs until SIGTERM or SIGINT; every SIGHUP reloads the configuration meanwhile.
+async fn wait_for_stop_signal(arg: &ConfigArg, running: &crate::server::RunningGateway) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => reload(arg, running).await,
+        }
+    }
+}
+
+/// Re-reads the config and the files it names. A config with problems changes nothing.
+async fn reload(arg: &ConfigArg, running: &crate::server::RunningGateway) {
+    tracing::info!("SIGHUP received; reloading the configuration");
+    let config = match load_config(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            running.service().metrics.reload(false);
+            let problems: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+            tracing::error!(source = %e.source_name, problems = %problems.join("; "), "new configuration rejected; the running one stays");
+            return;
+        }
+    };
+    match running.reload(config).await {
+        Ok(restart) => {
+            for key in restart {
+                tracing::warn!(
+                    key,
+                    "changed in the configuration, but only applies after a restart"
+                );
+            }
+            tracing::info!("configuration reloaded");
+        }
+        Err(why) => {
+            tracing::error!(problems = %why.trim(), "new configuration rejected; the running one stays")
+        }
+    }
+}
+
+fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
+    let config = match args.config.source().and_then(|s| Config::load(&s)) {
+        Ok(c) => c,
+        Err(e) => {
+            // Docker reads any status but 0 and 1 as reserved: a config problem is "unhealthy".
+            eprint!("{e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match crate::admin::probe(&config, args.live) {
+        Ok(what) => {
+            println!("healthy: {what}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            println!("unhealthy: {why}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 

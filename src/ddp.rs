@@ -1,12 +1,13 @@
 //! DDP (Meteor's protocol) as Rocket.Chat clients speak it: method frames, result frames and
 //! the login method, whether it arrives over REST (`method.call[Anon]/login`) or a WebSocket.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
+use crate::access::RequestFacts;
 use crate::error::{json_response, BlockedBy, Body, GatewayError};
 use crate::gateway::Gateway;
 use crate::login::{self, LoginRequest};
@@ -110,17 +111,13 @@ impl Gateway {
     pub async fn login_method(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        facts: &mut RequestFacts,
         anonymous: bool,
     ) -> Result<Response<Body>, GatewayError> {
         if req.method() != Method::POST {
             return Err(GatewayError::MethodNotAllowed);
         }
-        let ip = crate::forward::client_ip(
-            peer.ip(),
-            req.headers(),
-            &self.config.server.trusted_proxies,
-        );
+        let ip = facts.client_ip;
         let (headers, body) = self.read_login_body(req).await?;
         let is_json = login::body_kind(
             headers
@@ -141,7 +138,7 @@ impl Gateway {
             .filter(|c| c.method == "login");
         let id = call.as_ref().map(|c| c.id.clone()).unwrap_or(Value::Null);
         let request = call.as_ref().and_then(login_request);
-        let opened = match self.log_in(request, ip).await {
+        let opened = match self.log_in(request, ip, &facts.request_id).await {
             Ok(o) => o,
             Err(e) => {
                 return login_error(&e)
@@ -149,6 +146,7 @@ impl Gateway {
                     .ok_or(e)
             }
         };
+        facts.user_id = Some(opened.session.client_user_id().to_string());
         let frame = self.login_result_frame(opened, &id, anonymous, ip).await?;
         Ok(rest_envelope(&frame))
     }

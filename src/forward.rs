@@ -225,6 +225,7 @@ pub fn rewrite_response_headers(headers: &mut HeaderMap) {
 
 /// One pooled keep-alive client to the chat backend.
 pub struct Upstream {
+    config: UpstreamConfig,
     client: Client<HttpConnector, Incoming>,
     /// For requests without a body that are sent again (after a token renewal).
     replay_client: Client<HttpConnector, http_body_util::Empty<bytes::Bytes>>,
@@ -233,6 +234,7 @@ pub struct Upstream {
     host_header: HeaderValue,
     preserve_host: bool,
     timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl Upstream {
@@ -258,6 +260,7 @@ impl Upstream {
             .expect("validated upstream URL has an authority")
             .clone();
         Self {
+            config: config.clone(),
             client,
             replay_client,
             scheme: config
@@ -270,6 +273,28 @@ impl Upstream {
             authority,
             preserve_host: config.preserve_host,
             timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
+        }
+    }
+
+    /// The settings this client was built with.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// Whether a TCP connection to the upstream opens within the connect timeout (`/readyz`).
+    pub async fn probe(&self) -> Result<(), String> {
+        let port = self.authority.port_u16().unwrap_or(80);
+        let target = (self.authority.host().trim_matches(['[', ']']), port);
+        match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(target))
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.authority)),
+            Err(_) => Err(format!(
+                "no connection to {} within {:?}",
+                self.authority, self.connect_timeout
+            )),
         }
     }
 

@@ -1,8 +1,8 @@
 //! One request, end to end: check framing, canonicalise and classify the path, then answer
 //! login/logout here or forward with the session's identity.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
+use crate::access::RequestFacts;
 use crate::config::Config;
 use crate::directory::Directories;
 use crate::error::{json_response, Body, Dependency, GatewayError, LOGGED_OUT_BODY};
@@ -19,17 +20,21 @@ use crate::regulation::Regulation;
 use crate::rocketchat::{settings, Bridge};
 use crate::route::{self, Route, RouteKind};
 use crate::session::{DynSessionStore, Session, StoreError, Token};
+use crate::telemetry::Metrics;
 use crate::totp::SecondFactor;
 
+/// Everything built from one configuration. A reload builds a new one and swaps it in
+/// (`service.rs`); the session store and the metrics carry over from one to the next.
 pub struct Gateway {
     pub config: Arc<Config>,
     pub store: DynSessionStore,
     pub totp: SecondFactor,
     pub directories: Directories,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     pub regulation: Regulation,
     /// The Rocket.Chat admin bridge, in `rocketchat` mode.
     pub bridge: Option<Bridge>,
+    pub metrics: Metrics,
 }
 
 impl From<StoreError> for GatewayError {
@@ -155,33 +160,12 @@ fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
 }
 
 impl Gateway {
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Body> {
-        match self.dispatch(req, peer).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                match &e {
-                    GatewayError::Unavailable(dep, why) => {
-                        tracing::warn!(?dep, %why, "dependency unavailable")
-                    }
-                    GatewayError::UpstreamUnreachable(why) => {
-                        tracing::warn!(%why, "upstream unreachable")
-                    }
-                    GatewayError::Internal(why) => tracing::error!(%why, "internal error"),
-                    _ => {}
-                }
-                e.into_response()
-            }
-        }
-    }
-
-    async fn dispatch(
+    /// Decides one request. What it learns on the way (path, user, upstream time) goes into
+    /// `facts` for the access line.
+    pub async fn dispatch(
         self: &Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        facts: &mut RequestFacts,
     ) -> Result<Response<Body>, GatewayError> {
         check_framing(req.headers())?;
         let creds = credentials(req.headers())?;
@@ -193,23 +177,24 @@ impl Gateway {
             }
             other => other,
         };
+        facts.path = Some(route.path.clone());
         match route.kind {
-            RouteKind::Login => self.login(req, peer).await,
+            RouteKind::Login => self.login(req, facts).await,
             RouteKind::Logout => {
-                let answer = self.logout(req.method(), creds).await;
+                let answer = self.logout(req.method(), creds, facts).await;
                 answer_locally(req, answer).await
             }
             RouteKind::LoginMethod => {
                 let anonymous = route.path.to_ascii_lowercase().contains("method.callanon");
-                self.login_method(req, peer, anonymous).await
+                self.login_method(req, facts, anonymous).await
             }
             RouteKind::Realtime if self.config.realtime.enabled => {
-                self.realtime(req, &route, peer).await
+                self.realtime(req, &route, facts).await
             }
             RouteKind::Realtime => {
                 answer_locally(req, Err(GatewayError::RealtimeUnavailable)).await
             }
-            RouteKind::Public => self.forward(req, &route, peer, None).await,
+            RouteKind::Public => self.forward(req, &route, facts, None).await,
             RouteKind::Refused => answer_locally(req, Err(GatewayError::NotThroughGateway)).await,
             RouteKind::Protected => {
                 if req.method() == Method::CONNECT {
@@ -221,16 +206,17 @@ impl Gateway {
                 };
                 match (session, creds) {
                     (Some(session), Some(creds)) => {
-                        self.forward_authenticated(req, &route, peer, &creds, session)
+                        facts.user_id = Some(creds.user_id.clone());
+                        self.forward_authenticated(req, &route, facts, &creds, session)
                             .await
                     }
                     // No usable credentials: the upstream may decide, if it authenticates by itself.
                     // Stale cookies are stripped like any client credential.
                     (None, None) if self.config.routes.anonymous_forward => {
-                        self.forward(req, &route, peer, None).await
+                        self.forward(req, &route, facts, None).await
                     }
                     (None, Some(c)) if c.from_cookies && self.config.routes.anonymous_forward => {
-                        self.forward(req, &route, peer, None).await
+                        self.forward(req, &route, facts, None).await
                     }
                     _ => answer_locally(req, Err(GatewayError::NotLoggedIn)).await,
                 }
@@ -249,32 +235,19 @@ impl Gateway {
         Ok(same_user.then_some(session))
     }
 
-    pub(crate) fn client_addresses(
-        &self,
-        headers: &HeaderMap,
-        peer: SocketAddr,
-    ) -> (std::net::IpAddr, bool) {
-        let trusted = &self.config.server.trusted_proxies;
-        (
-            forward::client_ip(peer.ip(), headers, trusted),
-            trusted.iter().any(|n| n.contains(&peer.ip())),
-        )
-    }
-
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         route: &Route,
-        peer: SocketAddr,
+        facts: &mut RequestFacts,
         identity: Option<forward::Identity<'_>>,
     ) -> Result<Response<Body>, GatewayError> {
-        let (client, peer_trusted) = self.client_addresses(req.headers(), peer);
         forward::rewrite_request_headers(
             req.headers_mut(),
             identity.as_ref(),
-            client,
-            peer.ip(),
-            peer_trusted,
+            facts.client_ip,
+            facts.peer,
+            facts.peer_trusted,
         );
         let settings = match self.config.upstream.rewrite_public_settings {
             true => settings::answer_kind(&route.path),
@@ -284,31 +257,37 @@ impl Gateway {
             // The answer is rewritten, so it must come uncompressed.
             req.headers_mut().remove(header::ACCEPT_ENCODING);
         }
-        let resp = self.upstream.send(req, &route.forward).await?;
+        // Replaces whatever the client sent: the upstream logs the same id as the gateway.
+        req.headers_mut()
+            .insert("x-request-id", facts.request_id.clone());
+        let started = Instant::now();
+        let resp = self.upstream.send(req, &route.forward).await;
+        facts.upstream = Some(started.elapsed());
+        let resp = resp?;
         match settings {
             Some(kind) => settings::rewrite_response(resp, kind).await,
             None => Ok(resp),
         }
     }
 
-    /// Forwards with the session's identity: the client's own token in `trusted-headers` mode,
-    /// the session's Rocket.Chat token in `rocketchat` mode (renewed once, transparently, when
-    /// Rocket.Chat refuses it on a request that can be sent again).
     /// Forwards without any identity (the client's identity headers are stripped).
     pub(crate) async fn forward_plain(
         &self,
         req: Request<Incoming>,
         route: &Route,
-        peer: SocketAddr,
+        facts: &mut RequestFacts,
     ) -> Result<Response<Body>, GatewayError> {
-        self.forward(req, route, peer, None).await
+        self.forward(req, route, facts, None).await
     }
 
+    /// Forwards with the session's identity: the client's own token in `trusted-headers` mode,
+    /// the session's Rocket.Chat token in `rocketchat` mode (renewed once, transparently, when
+    /// Rocket.Chat refuses it on a request that can be sent again).
     async fn forward_authenticated(
         &self,
         req: Request<Incoming>,
         route: &Route,
-        peer: SocketAddr,
+        facts: &mut RequestFacts,
         creds: &Credentials,
         mut session: Session,
     ) -> Result<Response<Body>, GatewayError> {
@@ -317,7 +296,7 @@ impl Gateway {
                 .forward(
                     req,
                     route,
-                    peer,
+                    facts,
                     Some(forward::Identity {
                         user_id: &creds.user_id,
                         token: creds.token.as_str(),
@@ -341,7 +320,7 @@ impl Gateway {
             .forward(
                 req,
                 route,
-                peer,
+                facts,
                 Some(forward::Identity {
                     user_id: &user_id,
                     token: &rc_token,
@@ -357,7 +336,6 @@ impl Gateway {
         let fresh = self
             .upstream_token(&creds.token, &mut session, true)
             .await?;
-        let (client, peer_trusted) = self.client_addresses(&headers, peer);
         forward::rewrite_request_headers(
             &mut headers,
             Some(&forward::Identity {
@@ -365,10 +343,11 @@ impl Gateway {
                 token: &fresh,
                 as_cookies: creds.from_cookies,
             }),
-            client,
-            peer.ip(),
-            peer_trusted,
+            facts.client_ip,
+            facts.peer,
+            facts.peer_trusted,
         );
+        headers.insert("x-request-id", facts.request_id.clone());
         self.upstream
             .send_empty(method, headers, &route.forward)
             .await
@@ -378,6 +357,7 @@ impl Gateway {
         &self,
         method: &Method,
         creds: Option<Credentials>,
+        facts: &mut RequestFacts,
     ) -> Result<Response<Body>, GatewayError> {
         if method != Method::POST && method != Method::GET {
             return Err(GatewayError::MethodNotAllowed);
@@ -386,7 +366,10 @@ impl Gateway {
         self.session_for(&creds)
             .await?
             .ok_or(GatewayError::NotLoggedIn)?;
-        self.store.revoke(&creds.token.hash()).await?;
+        facts.user_id = Some(creds.user_id.clone());
+        if self.store.revoke(&creds.token.hash()).await? {
+            self.metrics.sessions_revoked(1);
+        }
         Ok(json_response(StatusCode::OK, LOGGED_OUT_BODY))
     }
 
@@ -417,16 +400,12 @@ impl Gateway {
     async fn login(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        facts: &mut RequestFacts,
     ) -> Result<Response<Body>, GatewayError> {
         if req.method() != Method::POST {
             return Err(GatewayError::MethodNotAllowed);
         }
-        let ip = forward::client_ip(
-            peer.ip(),
-            req.headers(),
-            &self.config.server.trusted_proxies,
-        );
+        let ip = facts.client_ip;
         let (headers, body) = self.read_login_body(req).await?;
         let kind = login::body_kind(
             headers
@@ -435,8 +414,13 @@ impl Gateway {
         );
         let header_code = headers.get("x-2fa-code").and_then(|v| v.to_str().ok());
         let opened = self
-            .log_in(login::parse(kind, &body, header_code), ip)
+            .log_in(
+                login::parse(kind, &body, header_code),
+                ip,
+                &facts.request_id,
+            )
             .await?;
+        facts.user_id = Some(opened.session.client_user_id().to_string());
         let answer = self
             .rest_login_answer(opened, &self.avatar_base(&headers), ip)
             .await?;

@@ -2,6 +2,8 @@
 //! See DESIGN.md for the request flow; `gateway.rs` is where a request is decided.
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod conn_guard;
@@ -17,8 +19,12 @@ pub mod login_flow;
 pub mod password;
 pub mod realtime;
 pub mod regulation;
+pub mod reload;
 pub mod rocketchat;
 pub mod route;
 pub mod server;
+pub mod service;
 pub mod session;
+pub mod telemetry;
+pub mod tls;
 pub mod totp;

@@ -3,6 +3,9 @@
 //! `rocketchat` mode a session also carries the Rocket.Chat token authgate swaps in upstream.
 
 use std::net::IpAddr;
+use std::time::Instant;
+
+use http::HeaderValue;
 
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -13,6 +16,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::login::LoginRequest;
 use crate::session::{now_unix_ms, Session, Token};
+use crate::telemetry::NO_DIRECTORY;
 
 /// A session a login opened or resumed.
 pub struct Opened {
@@ -28,51 +32,72 @@ impl Gateway {
     }
 
     /// Logs a client in. `None` is a body no login shape matched: the generic failure.
+    /// Counted (regulation, metrics) and audited once, whatever the entry point.
     pub async fn log_in(
         &self,
         request: Option<LoginRequest>,
         ip: IpAddr,
+        request_id: &HeaderValue,
     ) -> Result<Opened, GatewayError> {
+        let started = Instant::now();
         let login_name = match &request {
             Some(LoginRequest::Password { identity, .. }) => Some(identity.as_str().to_string()),
             _ => None,
         };
+        let mut directory = None;
         // Blocked attempts are refused before any password is checked, with the right password too.
         let checked = self.regulation.check(login_name.as_deref(), ip).await;
         let outcome = match (checked, request) {
             (Err(e), _) => Err(e),
             (Ok(()), None) => Err(GatewayError::LoginFailed),
-            (Ok(()), Some(request)) => self.verify(request, ip).await,
+            (Ok(()), Some(request)) => self.verify(request, ip, &mut directory).await,
         };
-        match &outcome {
+        let counted = match &outcome {
             Err(GatewayError::LoginFailed | GatewayError::TotpInvalid) => {
-                self.regulation.failed(login_name.as_deref(), ip).await?
+                self.regulation.failed(login_name.as_deref(), ip).await
             }
-            Ok(_) => {
-                if let Some(name) = &login_name {
-                    self.regulation.succeeded(name).await?;
-                }
-            }
-            Err(_) => {}
-        }
-        let result = match &outcome {
-            Ok(o) if o.resumed => "resumed",
-            Ok(_) => "success",
-            Err(GatewayError::LoginFailed) => "bad-credentials",
-            Err(GatewayError::TotpRequired) => "totp-required",
-            Err(GatewayError::TotpInvalid) => "totp-invalid",
-            Err(GatewayError::LoginBlocked(_)) => "blocked",
-            Err(_) => "dependency-error",
+            Ok(_) => match &login_name {
+                Some(name) => self.regulation.succeeded(name).await,
+                None => Ok(()),
+            },
+            Err(_) => Ok(()),
         };
-        let directory = outcome
-            .as_ref()
-            .map(|o| o.session.user.directory.as_str())
-            .unwrap_or("-");
-        tracing::info!(target: "authgate::audit", login = login_name.as_deref().unwrap_or("-"), directory, client_ip = %ip, outcome = result, "login attempt");
+        let outcome = counted.and(outcome);
+        let result = match &outcome {
+            Ok(_) => "success",
+            Err(GatewayError::LoginFailed) => "bad_credentials",
+            Err(GatewayError::TotpRequired) => "totp_required",
+            Err(GatewayError::TotpInvalid) => "totp_invalid",
+            Err(GatewayError::LoginBlocked(_)) => "blocked",
+            Err(_) => "dependency_error",
+        };
+        let directory = directory.as_deref().unwrap_or(NO_DIRECTORY);
+        self.metrics.login(result, directory, started.elapsed());
+        let kind = match &outcome {
+            Ok(o) if o.resumed => "resume",
+            _ => "password",
+        };
+        tracing::info!(
+            target: "authgate::audit",
+            request_id = request_id.to_str().unwrap_or("-"),
+            login = login_name.as_deref().unwrap_or("-"),
+            user_id = outcome.as_ref().map(|o| o.session.client_user_id()).unwrap_or("-"),
+            directory,
+            kind,
+            outcome = result,
+            client_ip = %ip,
+            "login attempt"
+        );
         outcome
     }
 
-    async fn verify(&self, request: LoginRequest, ip: IpAddr) -> Result<Opened, GatewayError> {
+    /// `directory` is set to the directory that decided, as soon as one did.
+    async fn verify(
+        &self,
+        request: LoginRequest,
+        ip: IpAddr,
+        directory: &mut Option<String>,
+    ) -> Result<Opened, GatewayError> {
         match request {
             LoginRequest::Resume(token) => {
                 let token = Token::from_client(&token);
@@ -81,9 +106,11 @@ impl Gateway {
                     .get(&token.hash())
                     .await?
                     .ok_or(GatewayError::LoginFailed)?;
+                *directory = Some(session.user.directory.clone());
                 let Some(profile) = self.directories.current_profile(&session.user).await? else {
                     // The user is gone or disabled: the session dies with them.
-                    self.store.revoke_user(&session.user.id).await?;
+                    let n = self.store.revoke_user(&session.user.id).await?;
+                    self.metrics.sessions_revoked(n);
                     return Err(GatewayError::LoginFailed);
                 };
                 session.user = profile;
@@ -102,11 +129,9 @@ impl Gateway {
                 password,
                 code,
             } => {
-                let user = self
-                    .directories
-                    .authenticate(&identity, &password)
-                    .await?
-                    .ok_or(GatewayError::LoginFailed)?;
+                let (decided_by, user) = self.directories.authenticate(&identity, &password).await;
+                *directory = decided_by.map(str::to_string);
+                let user = user?.ok_or(GatewayError::LoginFailed)?;
                 // Only after the password: a wrong one is the generic 401 whatever the code.
                 let totp_enabled = self
                     .totp
@@ -136,6 +161,7 @@ impl Gateway {
             session.upstream = Some(token.seal(&rc_user_id, &rc_token));
         }
         self.store.create(&token.hash(), &session).await?;
+        self.metrics.session_issued();
         Ok((token, session))
     }
 

@@ -5,7 +5,7 @@
 //! rewritten, and a socket whose session is revoked anywhere is closed within a second.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFr
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::access::RequestFacts;
 use crate::ddp::{self, MethodCall};
 use crate::error::{full_body, Body, GatewayError};
 use crate::gateway::Gateway;
@@ -130,27 +131,28 @@ impl Gateway {
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         route: &Route,
-        peer: SocketAddr,
+        facts: &mut RequestFacts,
     ) -> Result<Response<Body>, GatewayError> {
         let framing = match framing(&route.path) {
             Some(Some(f)) => f,
             // `/sockjs/info` tells the client which transports exist; it is plain HTTP.
-            Some(None) => return self.forward_plain(req, route, peer).await,
+            Some(None) => return self.forward_plain(req, route, facts).await,
             None => return Err(GatewayError::RealtimeUnavailable),
         };
         if !is_upgrade(&req) {
             return Err(GatewayError::BadRequest("Not a valid websocket request."));
         }
         let client_upgrade = hyper::upgrade::on(&mut req);
-        let (client_ip, peer_trusted) = self.client_addresses(req.headers(), peer);
+        let client_ip = facts.client_ip;
         let mut headers = req.headers().clone();
         crate::forward::rewrite_request_headers(
             &mut headers,
             None,
             client_ip,
-            peer.ip(),
-            peer_trusted,
+            facts.peer,
+            facts.peer_trusted,
         );
+        headers.insert("x-request-id", facts.request_id.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         // No compression: authgate must read every frame.
@@ -318,7 +320,10 @@ impl Gateway {
             return Err(ddp::error_frame(&call.id, bad_login_error()));
         }
         let is_resume = matches!(request, Some(LoginRequest::Resume(_)));
-        let mut opened = match self.log_in(request, ip).await {
+        let mut opened = match self
+            .log_in(request, ip, &http::HeaderValue::from_static("-"))
+            .await
+        {
             Ok(o) => o,
             Err(e) if is_resume && matches!(e, crate::error::GatewayError::LoginFailed) => {
                 return Err(ddp::error_frame(&call.id, logged_out_error()))

@@ -1,7 +1,7 @@
-//! Listeners, connections and the graceful stop. HTTP/1.1 and h2 (prior knowledge) are served
-//! by hyper-util's auto builder with a timer, so the header-read timeout really applies.
+//! Listeners, connections and the graceful stop. HTTP/1.1 and h2 are served by hyper-util's auto
+//! builder with a timer, so the header-read timeout really applies; with `[server.tls]` the same
+//! happens inside rustls, h2 being chosen by ALPN (or prior knowledge) and HTTP/1.1 otherwise.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -9,9 +9,12 @@ use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, DirectoryKind};
 use crate::conn_guard::GuardedIo;
@@ -23,7 +26,10 @@ use crate::forward::Upstream;
 use crate::gateway::Gateway;
 use crate::password::Verifier;
 use crate::regulation::Regulation;
-use crate::session::build_store;
+use crate::service::Service;
+use crate::session::{build_store, DynSessionStore};
+use crate::telemetry::Metrics;
+use crate::tls::CertResolver;
 use crate::totp::SecondFactor;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,29 +46,61 @@ pub enum StartError {
 /// A gateway that is accepting connections.
 pub struct RunningGateway {
     pub addrs: Vec<SocketAddr>,
+    /// The management listener (`/metrics`, `/healthz`, `/readyz`), when `[metrics]` is on.
+    pub metrics_addr: Option<SocketAddr>,
+    service: Arc<Service>,
     shutdown: watch::Sender<bool>,
+    admin_shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    admin: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningGateway {
-    /// Stops accepting, lets requests in flight finish up to `shutdown_grace`, then returns.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Applies a new configuration (see [`Service::reload`]).
+    pub async fn reload(&self, config: Config) -> Result<Vec<&'static str>, String> {
+        self.service.reload(config).await
+    }
+
+    /// Readiness turns false at once; after `shutdown_delay` the listeners close, requests in
+    /// flight may finish up to `shutdown_grace`, and the management listener closes last.
     pub async fn shutdown(mut self) {
+        self.service.start_draining();
+        let delay = self.service.current().config.server.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "readiness is off; closing the listeners after the delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        let _ = self.admin_shutdown.send(true);
+        if let Some(admin) = self.admin.take() {
+            let _ = admin.await;
+        }
     }
 
-    /// Waits until the listeners end (after `trigger_shutdown`).
+    /// Starts the stop without waiting for it.
     pub fn trigger_shutdown(&self) {
+        self.service.start_draining();
         let _ = self.shutdown.send(true);
-    }
-
-    pub async fn wait(mut self) {
-        while self.tasks.join_next().await.is_some() {}
+        let _ = self.admin_shutdown.send(true);
     }
 }
 
-/// Builds everything the config asks for and binds its listeners.
-pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
+/// Builds what one configuration asks for around a session store that outlives it. A reload
+/// passes the running upstream, kept when its settings did not change so its pool stays warm.
+pub fn build_snapshot(
+    config: Config,
+    store: DynSessionStore,
+    metrics: Metrics,
+    running_upstream: Option<&Arc<Upstream>>,
+) -> Result<Gateway, StartError> {
     let verifier = Verifier::new(
         config.server.password_hash_concurrency,
         config.server.login_queue_timeout,
@@ -87,15 +125,16 @@ pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
             }
         }
     }
-    let store = build_store(&config.session)
-        .map_err(|e| StartError::Config(format!("  - `session.redis_url`: {e}\n")))?;
-    let upstream = Upstream::new(&config.upstream);
+    let upstream = match running_upstream {
+        Some(u) if u.config() == &config.upstream => u.clone(),
+        _ => Arc::new(Upstream::new(&config.upstream)),
+    };
     let bridge = (config.upstream.mode == crate::config::UpstreamMode::RocketChat)
         .then(|| crate::rocketchat::Bridge::new(&config.upstream));
     let regulation = Regulation::new(config.regulation.clone(), store.clone());
     let totp = SecondFactor::new(&config.totp)
         .map_err(|why| StartError::Config(format!("  - `totp.secrets_file`: {why}\n")))?;
-    Ok(Arc::new(Gateway {
+    Ok(Gateway {
         config: Arc::new(config),
         store,
         totp,
@@ -103,50 +142,104 @@ pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
         upstream,
         regulation,
         bridge,
-    }))
+        metrics,
+    })
+}
+
+/// Builds everything the config asks for.
+pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
+    let store = build_store(&config.session)
+        .map_err(|e| StartError::Config(format!("  - `session.redis_url`: {e}\n")))?;
+    let metrics = if config.metrics.listen.is_some() {
+        Metrics::enabled()
+    } else {
+        Metrics::disabled()
+    };
+    Ok(Arc::new(build_snapshot(config, store, metrics, None)?))
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     let mut listeners = Vec::new();
     for addr in &config.server.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: *addr,
-                source,
-            })?;
-        listeners.push(l);
+        listeners.push(bind(*addr).await?);
     }
+    let admin_listener = match config.metrics.listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let tls = match &config.server.tls {
+        Some(t) => Some(Arc::new(CertResolver::load(t).map_err(|e| {
+            StartError::Config(format!("  - `{}`: {e} (fix: {})\n", e.key(), e.fix()))
+        })?)),
+        None => None,
+    };
+    let acceptor = tls.clone().map(crate::tls::acceptor);
+    let watched = tls.clone();
     let gateway = build_gateway(config).await?;
     if let Err(e) = gateway.store.ping().await {
         tracing::warn!(error = %e, "session store not reachable yet; logins and protected requests answer 503 until it is");
     }
+    let max_connections = gateway.config.server.max_connections;
+    let service = Arc::new(Service::new(
+        Arc::into_inner(gateway).expect("the gateway is not shared yet"),
+        tls,
+    ));
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let connections = Arc::new(Semaphore::new(gateway.config.server.max_connections));
+    let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
+    let connections = Arc::new(Semaphore::new(max_connections));
     let mut tasks = JoinSet::new();
     let mut addrs = Vec::new();
     for listener in listeners {
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: gateway.config.server.listen[0],
+            addr: service.current().config.server.listen[0],
             source,
         })?;
         addrs.push(addr);
         tasks.spawn(accept_loop(
             listener,
-            gateway.clone(),
+            service.clone(),
             shutdown_rx.clone(),
             connections.clone(),
+            acceptor.clone(),
         ));
     }
+    if let Some(resolver) = watched {
+        tasks.spawn(crate::tls::watch_files(
+            resolver,
+            service.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    let (metrics_addr, admin) = match admin_listener {
+        Some(l) => {
+            let addr = l.local_addr().map_err(|source| StartError::Bind {
+                addr: service.current().config.server.listen[0],
+                source,
+            })?;
+            let task = tokio::spawn(crate::admin::serve(l, service.clone(), admin_shutdown_rx));
+            (Some(addr), Some(task))
+        }
+        None => (None, None),
+    };
     Ok(RunningGateway {
         addrs,
+        metrics_addr,
+        service,
         shutdown,
+        admin_shutdown,
         tasks,
+        admin,
     })
 }
 
-fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
-    let server = &gateway.config.server;
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let server = &config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -164,14 +257,26 @@ fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// What one accepted connection needs, taken from the configuration current at accept time.
+struct ConnSetup {
+    service: Arc<Service>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    max_header_bytes: usize,
+    header_read_timeout: std::time::Duration,
+    peer: SocketAddr,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    gateway: Arc<Gateway>,
+    service: Arc<Service>,
     mut shutdown: watch::Receiver<bool>,
     connections: Arc<Semaphore>,
+    tls: Option<TlsAcceptor>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = Arc::new(connection_builder(&gateway));
+    let graceful = GracefulShutdown::new();
+    // Rebuilt only when a reload swapped the configuration.
+    let mut built_for = service.current().config.clone();
+    let mut builder = Arc::new(connection_builder(&built_for));
     loop {
         let permit = tokio::select! {
             p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -189,42 +294,72 @@ async fn accept_loop(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let server = &gateway.config.server;
-        let (io, flags) =
-            GuardedIo::new(stream, server.max_header_bytes, server.header_read_timeout);
-        let gw = gateway.clone();
-        let service = service_fn(move |req| {
-            let gw = gw.clone();
-            let flags = flags.clone();
-            async move {
-                if flags.ambiguous_framing() {
-                    // Never forwarded: a request framed two ways is how smuggling starts.
-                    return Ok::<_, Infallible>(
-                        GatewayError::BadRequest(
-                            "Content-Length with Transfer-Encoding is not allowed.",
-                        )
-                        .into_response(),
-                    );
-                }
-                Ok::<_, Infallible>(rescue_panics(gw.handle(req, peer)).await)
-            }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let config = service.current().config.clone();
+        if !Arc::ptr_eq(&config, &built_for) {
+            builder = Arc::new(connection_builder(&config));
+            built_for = config.clone();
+        }
+        let setup = ConnSetup {
+            service: service.clone(),
+            builder: builder.clone(),
+            max_header_bytes: config.server.max_header_bytes,
+            header_read_timeout: config.server.header_read_timeout,
+            peer,
+        };
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match tls {
+                None => serve_connection(stream, setup, watcher, permit).await,
+                Some(acceptor) => {
+                    // The handshake happens here, off the accept loop, within the head deadline.
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(setup.header_read_timeout, handshake).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, setup, watcher, permit).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
     drop(listener);
-    let grace = gateway.config.server.shutdown_grace;
+    let grace = service.current().config.server.shutdown_grace;
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+}
+
+/// Serves one connection (plain, or the decrypted side of TLS) behind the framing guard.
+async fn serve_connection<I>(
+    io: I,
+    setup: ConnSetup,
+    watcher: Watcher,
+    _permit: OwnedSemaphorePermit,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (io, flags) = GuardedIo::new(io, setup.max_header_bytes, setup.header_read_timeout);
+    let (service, peer) = (setup.service, setup.peer);
+    let handler = service_fn(move |req| {
+        let service = service.clone();
+        let flags = flags.clone();
+        async move {
+            let ambiguous = flags.ambiguous_framing();
+            Ok::<_, std::convert::Infallible>(
+                rescue_panics(service.handle(req, peer, ambiguous)).await,
+            )
+        }
+    });
+    let conn = setup
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), handler)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

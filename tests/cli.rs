@@ -319,32 +319,6 @@ fn the_checked_in_config_serves() {
 }
 
 #[test]
-fn docker_compose_config_is_valid() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        repo_file("docker/config.compose.toml"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("users.toml"), repo_file("users.toml")).unwrap();
-    let (code, out, err) = run(
-        &[
-            "check-config",
-            "--config",
-            dir.path().join("config.toml").to_str().unwrap(),
-        ],
-        None,
-        None,
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let compose = repo_file("docker/compose.yml");
-    assert!(
-        compose.contains("config.compose.toml:/etc/authgate/config.toml"),
-        "compose must mount the checked config"
-    );
-}
-
-#[test]
 fn rocketchat_compose_config_is_valid_with_its_admin_token_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

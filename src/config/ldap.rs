@@ -267,10 +267,10 @@ fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     if certs.is_empty() {
         return Err(format!("{} holds no PEM certificate", path.display()));
     }
-    let mut roots = rustls::RootCertStore::empty();
+    let mut roots = rustls_ldap::RootCertStore::empty();
     for c in &certs {
         roots
-            .add(&rustls::Certificate(c.clone()))
+            .add(&rustls_ldap::Certificate(c.clone()))
             .map_err(|e| format!("{} holds an unusable certificate: {e}", path.display()))?;
     }
     Ok(certs)

@@ -3,10 +3,15 @@
 //! Validation never stops at the first problem: operators get every problem, each with the TOML
 //! key it concerns and how to fix it.
 
+mod keys;
 mod ldap;
+mod ops;
 mod raw;
 mod regulation;
 mod upstream;
+
+pub use keys::accepted_keys;
+pub use ops::{MetricsConfig, TlsConfig};
 
 pub use regulation::RegulationConfig;
 pub use upstream::{UpstreamConfig, UpstreamMode};
@@ -42,6 +47,7 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     pub log: LogConfig,
     pub totp: TotpConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +62,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub login_body_limit: usize,
     pub shutdown_grace: Duration,
+    /// Between the stop signal and closing the listeners, while `/readyz` already says 503.
+    pub shutdown_delay: Duration,
+    pub tls: Option<TlsConfig>,
     pub worker_threads: usize,
     pub password_hash_concurrency: usize,
     pub login_queue_timeout: Duration,
@@ -436,12 +445,8 @@ fn default_parallelism() -> usize {
 
 fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProblem>) -> Config {
     let base = source.base_dir.as_path();
-    let server = validate_server(raw.server.unwrap_or_default(), problems);
-    let upstream = upstream::validate(
-        raw.upstream.unwrap_or_default(),
-        source.base_dir.as_path(),
-        problems,
-    );
+    let server = validate_server(raw.server.unwrap_or_default(), base, problems);
+    let upstream = upstream::validate(raw.upstream.unwrap_or_default(), base, problems);
     let session = validate_session(raw.session.unwrap_or_default(), base, problems);
     let directory = validate_directory(
         raw.directory.unwrap_or_default(),
@@ -464,6 +469,7 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
     let regulation = regulation::validate(raw.regulation.unwrap_or_default(), problems);
     let log = validate_log(raw.log.unwrap_or_default(), problems);
     let totp = totp::validate_totp(raw.totp.unwrap_or_default(), base, problems);
+    let metrics = ops::validate_metrics(raw.metrics.unwrap_or_default(), &server.listen, problems);
     Config {
         server,
         upstream,
@@ -474,10 +480,15 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
         realtime,
         log,
         totp,
+        metrics,
     }
 }
 
-fn validate_server(raw: raw::RawServer, problems: &mut Vec<ConfigProblem>) -> ServerConfig {
+fn validate_server(
+    raw: raw::RawServer,
+    base: &Path,
+    problems: &mut Vec<ConfigProblem>,
+) -> ServerConfig {
     let listen_raw = match raw.listen {
         None => vec!["127.0.0.1:8080".to_string()],
         Some(OneOrMany::One(s)) => vec![s],
@@ -529,10 +540,19 @@ fn validate_server(raw: raw::RawServer, problems: &mut Vec<ConfigProblem>) -> Se
         }
     }
     let cores = default_parallelism();
+    let tls = ops::validate_tls(raw.tls, base, problems);
     ServerConfig {
         listen,
         public_url,
         trusted_proxies,
+        tls,
+        shutdown_delay: duration_or(
+            "server.shutdown_delay",
+            raw.shutdown_delay.as_ref(),
+            Duration::ZERO,
+            Duration::ZERO,
+            problems,
+        ),
         header_read_timeout: duration_or(
             "server.header_read_timeout",
             raw.header_read_timeout.as_ref(),

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub log: Option<RawLog>,
     pub totp: Option<RawTotp>,
     pub realtime: Option<RawRealtime>,
+    pub metrics: Option<super::ops::RawMetrics>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +44,8 @@ pub struct RawServer {
     pub worker_threads: Option<i64>,
     pub password_hash_concurrency: Option<i64>,
     pub login_queue_timeout: Option<String>,
+    pub shutdown_delay: Option<String>,
+    pub tls: Option<super::ops::RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::raw::RawUpstream;
 use super::{count_or, duration_or, problem, secret, ConfigProblem};
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub url: http::Uri,
     pub timeout: Duration,

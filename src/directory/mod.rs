@@ -72,6 +72,10 @@ pub trait Directory: Send + Sync {
         &self,
         session: &UserProfile,
     ) -> Result<Option<UserProfile>, GatewayError>;
+    /// Whether the directory can answer now (a remote one: its server is reachable).
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 pub type DynDirectory = Arc<dyn Directory>;
@@ -87,20 +91,35 @@ impl Directories {
         Self { list }
     }
 
+    /// The first directory that knows the login decides it; the answer names that directory
+    /// (None when no directory knows the login).
     pub async fn authenticate(
         &self,
         identity: &Identity,
         password: &Password,
-    ) -> Result<Option<Authenticated>, GatewayError> {
+    ) -> (
+        Option<&'static str>,
+        Result<Option<Authenticated>, GatewayError>,
+    ) {
         for d in &self.list {
-            match d.authenticate(identity, password).await? {
-                AuthOutcome::Authenticated(a) => return Ok(Some(a)),
+            match d.authenticate(identity, password).await {
+                Err(e) => return (Some(d.name()), Err(e)),
+                Ok(AuthOutcome::Authenticated(a)) => return (Some(d.name()), Ok(Some(a))),
                 // A wrong password never falls through to the next directory.
-                AuthOutcome::Rejected => return Ok(None),
-                AuthOutcome::UnknownUser => continue,
+                Ok(AuthOutcome::Rejected) => return (Some(d.name()), Ok(None)),
+                Ok(AuthOutcome::UnknownUser) => continue,
             }
         }
-        Ok(None)
+        (None, Ok(None))
+    }
+
+    /// Each directory's own readiness, for `/readyz`.
+    pub async fn ready(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let mut out = Vec::new();
+        for d in &self.list {
+            out.push((d.name(), d.ready().await));
+        }
+        out
     }
 
     pub async fn current_profile(

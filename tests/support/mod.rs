@@ -284,6 +284,8 @@ pub fn config_text(upstream: SocketAddr, redis_url: Option<&str>, extra: &str) -
 /// The gateway running in this test process.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The management listener, when the config has `[metrics] listen`.
+    pub metrics_addr: Option<SocketAddr>,
     pub files: GatewayFiles,
     running: Option<RunningGateway>,
 }
@@ -298,9 +300,27 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("{e}"));
         Gateway {
             addr: running.addrs[0],
+            metrics_addr: running.metrics_addr,
             files,
             running: Some(running),
         }
+    }
+
+    pub fn running(&self) -> &RunningGateway {
+        self.running.as_ref().unwrap()
+    }
+
+    /// Takes the running gateway, e.g. to stop it from another task.
+    pub fn take_running(&mut self) -> RunningGateway {
+        self.running.take().unwrap()
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{}",
+            self.metrics_addr.expect("[metrics] listen"),
+            path
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -327,6 +347,7 @@ pub struct GatewayProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub stderr_path: PathBuf,
+    metrics: std::sync::Arc<std::sync::Mutex<Option<SocketAddr>>>,
 }
 
 pub fn authgate_bin() -> &'static str {
@@ -346,10 +367,14 @@ impl GatewayProcess {
             .expect("spawn authgate");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let metrics = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let metrics_seen = metrics.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(a) = line.strip_prefix("authgate listening on ") {
                     let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+                } else if let Some(a) = line.strip_prefix("authgate metrics listening on ") {
+                    *metrics_seen.lock().unwrap() = Some(a.parse::<SocketAddr>().unwrap());
                 }
             }
         });
@@ -367,7 +392,45 @@ impl GatewayProcess {
             child,
             addr,
             stderr_path,
+            metrics,
         }
+    }
+
+    /// The management listener's address (the config must have `[metrics] listen`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(a) = *self.metrics.lock().unwrap() {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `authgate metrics listening on` line"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Waits (bounded) until stderr holds `needle` at least `times` times.
+    pub fn wait_for_stderr(&self, needle: &str, times: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.stderr().matches(needle).count() >= times {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -59,13 +59,13 @@ impl Pool {
             .set_conn_timeout(config.timeout)
             .set_starttls(config.starttls);
         if !config.ca_certs.is_empty() {
-            let mut roots = rustls::RootCertStore::empty();
+            let mut roots = rustls_ldap::RootCertStore::empty();
             for der in &config.ca_certs {
                 roots
-                    .add(&rustls::Certificate(der.clone()))
+                    .add(&rustls_ldap::Certificate(der.clone()))
                     .map_err(|e| format!("`directory.ldap.ca_file`: {e}"))?;
             }
-            let tls = rustls::ClientConfig::builder()
+            let tls = rustls_ldap::ClientConfig::builder()
                 .with_safe_defaults()
                 .with_root_certificates(roots)
                 .with_no_client_auth();

@@ -1,0 +1,133 @@
+//! What one request leaves behind: the `X-Request-Id`, the access line (target
+//! `authgate::access`) and the request metrics, emitted in one place whatever the outcome,
+//! including a client that went away before the answer (logged as 499).
+//!
+//! The access line never holds a query string, a header value or a body: those are where
+//! tokens, passwords and codes travel.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderValue, Method};
+
+use crate::telemetry::{InFlight, Metrics};
+
+/// The longest `X-Request-Id` taken from a trusted proxy; longer ones are replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// What the gateway learned about a request while deciding it.
+pub struct RequestFacts {
+    pub request_id: HeaderValue,
+    pub client_ip: IpAddr,
+    /// The TCP peer's address.
+    pub peer: IpAddr,
+    /// The TCP peer is a trusted proxy (its forwarding headers count).
+    pub peer_trusted: bool,
+    /// The canonical path, once the request was routed.
+    pub path: Option<String>,
+    /// The user the request acted as: a live session's, or the one who just logged in.
+    pub user_id: Option<String>,
+    /// Time until the upstream's response head, when the request was forwarded.
+    pub upstream: Option<Duration>,
+}
+
+fn acceptable_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_REQUEST_ID
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=@".contains(c))
+}
+
+/// The request's id: a trusted proxy's `X-Request-Id` when it is one plain token, otherwise a
+/// fresh random one (a client could otherwise forge ids to muddle the logs).
+pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> HeaderValue {
+    if peer_trusted {
+        let mut given = headers.get_all("x-request-id").iter();
+        if let (Some(v), None) = (given.next(), given.next()) {
+            if acceptable_id(v) {
+                return v.clone();
+            }
+        }
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    HeaderValue::from_str(&id).expect("hex is a valid header value")
+}
+
+/// Emits the access line and the request metrics once, on `finish` or on drop.
+pub struct AccessScope {
+    pub facts: RequestFacts,
+    method: Method,
+    started: Instant,
+    metrics: Metrics,
+    _in_flight: InFlight,
+    done: bool,
+}
+
+impl AccessScope {
+    pub fn new(facts: RequestFacts, method: Method, metrics: &Metrics) -> Self {
+        Self {
+            facts,
+            method,
+            started: Instant::now(),
+            _in_flight: metrics.in_flight(),
+            metrics: metrics.clone(),
+            done: false,
+        }
+    }
+
+    pub fn finish(&mut self, status: u16) {
+        self.done = true;
+        let took = self.started.elapsed();
+        self.metrics
+            .request(status, took, self.facts.upstream.is_some());
+        let f = &self.facts;
+        tracing::info!(
+            target: "authgate::access",
+            request_id = f.request_id.to_str().unwrap_or("-"),
+            method = %self.method,
+            path = f.path.as_deref().unwrap_or("-"),
+            status,
+            latency_ms = millis(took),
+            user_id = f.user_id.as_deref().unwrap_or("-"),
+            client_ip = %f.client_ip,
+            upstream_ms = f.upstream.map(millis),
+            "request"
+        );
+    }
+}
+
+impl Drop for AccessScope {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client closed the connection before the response head was ready.
+            self.finish(499);
+        }
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_come_from_trusted_proxies_only_and_only_when_plain() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h, true), "abc-123");
+        assert_ne!(request_id(&h, false), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h, true), "has space");
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_str(&"a".repeat(129)).unwrap(),
+        );
+        assert_eq!(request_id(&h, true).len(), 32);
+        h.append("x-request-id", HeaderValue::from_static("second"));
+        assert_eq!(request_id(&h, true).len(), 32);
+    }
+}

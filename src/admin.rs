@@ -1,0 +1,171 @@
+//! The management listener (`[metrics] listen`): `/metrics` (Prometheus text), `/healthz` (the
+//! process answers) and `/readyz` (it can serve: session store, directories, upstream, and not
+//! stopping). Never mounted on the public listeners (SECURITY 1.18). Also the client side used
+//! by `authgate healthcheck`.
+
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::service::Service;
+
+/// How often recorded histogram samples are folded in when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub async fn serve(listener: TcpListener, service: Arc<Service>, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "management listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = upkeep.tick() => { service.metrics.upkeep(); continue; }
+            _ = stop.changed() => break,
+        };
+        // Finished connections are reaped here so the set does not grow with every probe.
+        while connections.try_join_next().is_some() {}
+        let service = service.clone();
+        connections.spawn(async move {
+            let handler = service_fn(move |req| {
+                let service = service.clone();
+                async move { Ok::<_, Infallible>(answer(&service, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), handler)
+                .await;
+        });
+    }
+    connections.shutdown().await;
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn answer(service: &Service, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            let checks = service.readiness().await;
+            let ready = checks.iter().all(|c| c.result.is_ok());
+            let mut detail = serde_json::Map::new();
+            for c in &checks {
+                let v = match &c.result {
+                    Ok(()) => "ok".to_string(),
+                    Err(why) => why.clone(),
+                };
+                detail.insert(c.name.clone(), v.into());
+            }
+            let body = serde_json::json!({
+                "status": if ready { "ready" } else { "not ready" },
+                "checks": detail,
+            });
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            text(status, "application/json", format!("{body}\n"))
+        }
+        "/metrics" => match service.metrics.render() {
+            Some(body) => text(StatusCode::OK, "text/plain; version=0.0.4", body),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "metrics are off\n".into(),
+            ),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "/metrics, /healthz, /readyz\n".into(),
+        ),
+    }
+}
+
+/// A listen address as a local client reaches it: the wildcard becomes loopback.
+fn local_target(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// `authgate healthcheck`: with the management listener on, GET `/readyz` (or `/healthz` when
+/// `live`) and require a 200; without it, require the first public listener to accept a
+/// connection. Ok holds a one-line description of what answered.
+pub fn probe(config: &Config, live: bool) -> Result<String, String> {
+    let Some(admin) = config.metrics.listen else {
+        let addr = local_target(
+            *config
+                .server
+                .listen
+                .first()
+                .ok_or("no server.listen address")?,
+        );
+        TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| format!("{addr}: {e}"))?;
+        return Ok(format!("{addr} accepts connections"));
+    };
+    let addr = local_target(admin);
+    let path = if live { "/healthz" } else { "/readyz" };
+    let mut stream =
+        TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| format!("{addr}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT + Duration::from_secs(1)));
+    let _ = stream.set_write_timeout(Some(PROBE_TIMEOUT));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("{addr}: {e}"))?;
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .map_err(|e| format!("{addr}{path}: {e}"))?;
+    let reply = String::from_utf8_lossy(&reply);
+    let status_line = reply.lines().next().unwrap_or("");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    if status_line.split_whitespace().nth(1) == Some("200") {
+        Ok(format!("{addr}{path}: {body}"))
+    } else {
+        Err(format!("{addr}{path}: {status_line} {body}"))
+    }
+}

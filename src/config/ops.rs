@@ -1,0 +1,109 @@
+//! `[metrics]` and `[server.tls]`: the management listener and TLS on the public listeners.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{duration_or, problem, resolve_path, ConfigProblem};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub watch: Option<String>,
+}
+
+/// The management listener: `/metrics`, `/healthz`, `/readyz`. Off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// How often the two files are checked for changes; zero: only SIGHUP reloads them.
+    pub watch: Duration,
+}
+
+pub(super) fn validate_metrics(
+    raw: RawMetrics,
+    public: &[SocketAddr],
+    problems: &mut Vec<ConfigProblem>,
+) -> MetricsConfig {
+    let Some(text) = raw.listen.filter(|t| !t.trim().is_empty()) else {
+        return MetricsConfig::default();
+    };
+    let Ok(addr) = text.trim().parse::<SocketAddr>() else {
+        problems.push(problem(
+            "metrics.listen",
+            format!("`{text}` is not an IP:port address"),
+            "write a management address such as \"127.0.0.1:9090\"",
+        ));
+        return MetricsConfig::default();
+    };
+    // Metrics and health must never be reachable through the public listener (SECURITY 1.18).
+    let clashes = addr.port() != 0
+        && public.iter().any(|p| {
+            p.port() == addr.port()
+                && (p.ip() == addr.ip() || p.ip().is_unspecified() || addr.ip().is_unspecified())
+        });
+    if clashes {
+        problems.push(problem(
+            "metrics.listen",
+            format!("`{addr}` overlaps a `server.listen` address"),
+            "give the management listener its own port, e.g. \"127.0.0.1:9090\"",
+        ));
+    }
+    MetricsConfig { listen: Some(addr) }
+}
+
+pub(super) fn validate_tls(
+    raw: Option<RawTls>,
+    base: &Path,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<TlsConfig> {
+    let raw = raw?;
+    let watch = duration_or(
+        "server.tls.watch",
+        raw.watch.as_ref(),
+        Duration::from_secs(60),
+        Duration::ZERO,
+        problems,
+    );
+    if !watch.is_zero() && watch < Duration::from_millis(100) {
+        problems.push(problem(
+            "server.tls.watch",
+            format!("{watch:?} is too short"),
+            "use \"0s\" (off) or at least \"100ms\"; \"60s\" is plenty for renewals",
+        ));
+    }
+    let mut path_of = |key: &str, value: Option<String>, what: &str| match value {
+        Some(v) if !v.trim().is_empty() => Some(resolve_path(base, v.trim())),
+        _ => {
+            problems.push(problem(
+                key,
+                "missing",
+                format!("name the PEM {what} file, or remove [server.tls] to serve plain HTTP"),
+            ));
+            None
+        }
+    };
+    let cert = path_of("server.tls.cert", raw.cert, "certificate chain");
+    let key = path_of("server.tls.key", raw.key, "private key");
+    let (cert, key) = (cert?, key?);
+    if let Err(e) = crate::tls::load_certified_key(&cert, &key) {
+        problems.push(problem(e.key(), e.to_string(), e.fix()));
+    }
+    Some(TlsConfig { cert, key, watch })
+}

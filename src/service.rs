@@ -1,0 +1,215 @@
+//! The running gateway as the listeners see it: the current [`Gateway`] behind an atomic swap
+//! (so a reload never blocks or drops a request), the per-request wrapper that produces the
+//! request id, the access line and the metrics, readiness, and reload.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_util::FutureExt;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::access::{request_id, AccessScope, RequestFacts};
+use crate::config::Config;
+use crate::error::{Body, GatewayError};
+use crate::forward;
+use crate::gateway::Gateway;
+use crate::telemetry::{Metrics, UpstreamFailure};
+use crate::tls::CertResolver;
+
+pub struct Service {
+    current: ArcSwap<Gateway>,
+    pub metrics: Metrics,
+    draining: AtomicBool,
+    tls: Option<Arc<CertResolver>>,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// One dependency's answer to `/readyz`.
+pub struct Check {
+    pub name: String,
+    pub result: Result<(), String>,
+}
+
+/// Longest a single readiness check may take; a hung dependency counts as down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn bounded(
+    name: String,
+    check: impl std::future::Future<Output = Result<(), String>>,
+) -> Check {
+    let result = tokio::time::timeout(CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")));
+    Check { name, result }
+}
+
+impl Service {
+    pub fn new(gateway: Gateway, tls: Option<Arc<CertResolver>>) -> Self {
+        Self {
+            metrics: gateway.metrics.clone(),
+            current: ArcSwap::from_pointee(gateway),
+            draining: AtomicBool::new(false),
+            tls,
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The configuration in force now.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// `ambiguous_framing`: the connection guard saw a request framed two ways.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        ambiguous_framing: bool,
+    ) -> Response<Body> {
+        let gw = self.current();
+        let trusted = &gw.config.server.trusted_proxies;
+        let peer_trusted = trusted.iter().any(|n| n.contains(&peer.ip()));
+        let facts = RequestFacts {
+            request_id: request_id(req.headers(), peer_trusted),
+            client_ip: forward::client_ip(peer.ip(), req.headers(), trusted),
+            peer: peer.ip(),
+            peer_trusted,
+            path: None,
+            user_id: None,
+            upstream: None,
+        };
+        let mut scope = AccessScope::new(facts, req.method().clone(), &self.metrics);
+        let result = if ambiguous_framing {
+            // Never forwarded: a request framed two ways is how smuggling starts.
+            Err(GatewayError::BadRequest(
+                "Content-Length with Transfer-Encoding is not allowed.",
+            ))
+        } else {
+            std::panic::AssertUnwindSafe(gw.dispatch(req, &mut scope.facts))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!("request handler panicked");
+                    Err(GatewayError::Internal("handler panicked".into()))
+                })
+        };
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                match &e {
+                    GatewayError::Unavailable(dep, why) => {
+                        tracing::warn!(?dep, %why, "dependency unavailable")
+                    }
+                    GatewayError::UpstreamUnreachable(why) => {
+                        self.metrics.upstream_error(UpstreamFailure::Unreachable);
+                        tracing::warn!(%why, "upstream unreachable")
+                    }
+                    GatewayError::UpstreamTimeout => {
+                        self.metrics.upstream_error(UpstreamFailure::Timeout)
+                    }
+                    GatewayError::Internal(why) => tracing::error!(%why, "internal error"),
+                    _ => {}
+                }
+                e.into_response()
+            }
+        };
+        resp.headers_mut()
+            .insert("x-request-id", scope.facts.request_id.clone());
+        scope.finish(resp.status().as_u16());
+        resp
+    }
+
+    /// From now on `/readyz` answers 503, so load balancers stop sending new work.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Every dependency a request may need, checked at once.
+    pub async fn readiness(&self) -> Vec<Check> {
+        if self.is_draining() {
+            return vec![Check {
+                name: "shutdown".into(),
+                result: Err("stopping: draining connections".into()),
+            }];
+        }
+        let gw = self.current();
+        let store = bounded("session_store".into(), async {
+            gw.store.ping().await.map_err(|e| e.to_string())
+        });
+        let upstream = bounded("upstream".into(), gw.upstream.probe());
+        let directories = async {
+            let mut checks = Vec::new();
+            for (name, result) in gw.directories.ready().await {
+                checks.push(Check {
+                    name: format!("directory.{name}"),
+                    result,
+                });
+            }
+            checks
+        };
+        let directories = tokio::time::timeout(CHECK_TIMEOUT, directories);
+        let (store, upstream, directories) = tokio::join!(store, upstream, directories);
+        let mut checks = vec![store, upstream];
+        match directories {
+            Ok(d) => checks.extend(d),
+            Err(_) => checks.push(Check {
+                name: "directory".into(),
+                result: Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+            }),
+        }
+        checks
+    }
+
+    /// Applies a new configuration, or changes nothing. Everything is built first (users file,
+    /// TLS certificate, TOTP store); only then is it swapped in. Returns the changed keys that
+    /// only take effect after a restart.
+    pub async fn reload(&self, config: Config) -> Result<Vec<&'static str>, String> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.prepare_and_swap(config).await;
+        self.metrics.reload(result.is_ok());
+        result
+    }
+
+    async fn prepare_and_swap(&self, config: Config) -> Result<Vec<&'static str>, String> {
+        let old = self.current();
+        let restart = crate::reload::needs_restart(&old.config, &config);
+        let certificate = match (&self.tls, &config.server.tls) {
+            (Some(_), Some(tls)) => Some(
+                crate::tls::load_certified_key(&tls.cert, &tls.key)
+                    .map_err(|e| format!("`{}`: {e} (fix: {})", e.key(), e.fix()))?,
+            ),
+            _ => None,
+        };
+        let level_changed = old.config.log.level != config.log.level;
+        let new_level = config.log.level.clone();
+        let (store, metrics, upstream) = (
+            old.store.clone(),
+            self.metrics.clone(),
+            old.upstream.clone(),
+        );
+        // Reading the users file and preparing the password verifier block; keep them off the
+        // threads that serve requests.
+        let gateway = tokio::task::spawn_blocking(move || {
+            crate::server::build_snapshot(config, store, metrics, Some(&upstream))
+        })
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+        if let (Some(resolver), Some(certificate)) = (&self.tls, certificate) {
+            resolver.replace(certificate);
+        }
+        if level_changed {
+            crate::logging::set_level(&new_level);
+        }
+        self.current.store(Arc::new(gateway));
+        Ok(restart)
+    }
+}
