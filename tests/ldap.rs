@@ -566,3 +566,35 @@ async fn ldaps_and_starttls_verify_the_server_against_ca_file() {
         assert_eq!((status, text.as_str()), (503, LDAP_UNAVAILABLE), "{toml}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_the_ldap_server() {
+    let mut s = Slapd::start();
+    let up = RecordingUpstream::start().await;
+    let extra = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        s.directory_toml("timeout = \"1s\"")
+    );
+    let gw = gateway(&up, &extra).await;
+    let ready = || async {
+        let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (status, body) = ready().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["directory.ldap"], "ok", "{body}");
+    s.kill();
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert_ne!(body["checks"]["directory.ldap"], "ok", "{body}");
+    s.restart();
+    let mut back = false;
+    for _ in 0..30 {
+        if ready().await.0 == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(back, "readiness did not come back with LDAP");
+}

@@ -294,6 +294,17 @@ impl Directory for LdapDirectory {
         "ldap"
     }
 
+    /// Ready when the service account can search the user base: connect, bind and answer.
+    async fn ready(&self) -> Result<(), String> {
+        let _slot = self.pool.slot().await.map_err(|e| e.to_string())?;
+        let no_attributes = ["1.1".to_string()];
+        self.pool
+            .search(&self.config.user_base, "(objectClass=*)", &no_attributes, 1)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     async fn authenticate(
         &self,
         identity: &Identity,
