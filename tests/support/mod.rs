@@ -2,8 +2,10 @@
 //! the built binary), all on loopback with ephemeral ports and temp dirs, killed on drop.
 #![allow(dead_code)]
 
+pub mod bridge;
 pub mod rocketchat;
 pub mod slapd;
+pub mod totp;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Read, Write};
