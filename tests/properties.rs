@@ -196,7 +196,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| Value::from(n)),
+        any::<i64>().prop_map(Value::from),
         "[a-z@0-9 ]{0,10}".prop_map(Value::String),
         Just(Value::String("sha-256".into())),
     ];

@@ -80,7 +80,7 @@ fn json_response(status: StatusCode, v: Value) -> Response<Full<Bytes>> {
 fn new_id() -> String {
     authgate::directory::stable_user_id(
         "fake-rc",
-        &authgate::session::Token::generate().as_str().to_string(),
+        authgate::session::Token::generate().as_str(),
     )
 }
 
