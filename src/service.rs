@@ -209,7 +209,24 @@ impl Service {
         if level_changed {
             crate::logging::set_level(&new_level);
         }
+        let gone = gateway.directories.users_gone_since(&old.directories);
         self.current.store(Arc::new(gateway));
+        // Removed or disabled users lose their sessions at once (sockets close on their next check).
+        for user_id in gone {
+            match old.store.revoke_user(&user_id).await {
+                Ok(n) => {
+                    self.metrics.sessions_revoked(n);
+                    tracing::info!(
+                        user_id,
+                        sessions = n,
+                        "user removed or disabled in the users file; sessions revoked"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(user_id, error = %e, "could not revoke the sessions of a removed or disabled user")
+                }
+            }
+        }
         Ok(restart)
     }
 }

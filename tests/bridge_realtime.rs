@@ -246,3 +246,54 @@ async fn realtime_in_trusted_headers_mode_and_logout_over_the_socket() {
     assert_eq!(r.status(), 401);
     assert_never_reached_upstream(&rc, &["bob-password-2", "alice-password-1"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disabling_a_user_in_the_users_file_closes_their_sockets() {
+    let rc = FakeRocketChat::start().await;
+    let users = bridge_users();
+    let gw = Gateway::start(&bridge_config(&rc, None, ""), &users).await;
+    let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    let mut ws = ws_connect(&gw, "/websocket").await;
+    ws.send(Message::text(
+        json!({"msg": "method", "id": "1", "method": "login", "params": [{"resume": token}]})
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(result["result"]["token"], token);
+    // The operator disables alice and reloads (SIGHUP does the same).
+    let disabled = users.replacen(
+        "username = \"alice\"",
+        "username = \"alice\"\nactive = false",
+        1,
+    );
+    std::fs::write(gw.files.dir.path().join("users.toml"), disabled).unwrap();
+    let config = authgate::config::Config::load(
+        &authgate::config::ConfigSource::from_file(&gw.files.config_path).unwrap(),
+    )
+    .unwrap();
+    gw.running().reload(config).await.unwrap();
+    let reloaded = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok() && reloaded.elapsed() < Duration::from_secs(1),
+        "socket of a disabled user stayed open"
+    );
+    let r = client()
+        .get(gw.url("/api/v1/me"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &uid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

@@ -239,6 +239,16 @@ impl Directory for LocalDirectory {
         "local"
     }
 
+    fn active_user_ids(&self) -> Option<Vec<String>> {
+        Some(
+            self.users
+                .iter()
+                .filter(|u| u.active)
+                .map(|u| u.profile.id.clone())
+                .collect(),
+        )
+    }
+
     async fn authenticate(
         &self,
         identity: &Identity,

@@ -76,6 +76,11 @@ pub trait Directory: Send + Sync {
     async fn ready(&self) -> Result<(), String> {
         Ok(())
     }
+    /// The ids of every user who may log in now, for directories that hold their whole user
+    /// list (the users file); `None` for directories that are asked per login (LDAP).
+    fn active_user_ids(&self) -> Option<Vec<String>> {
+        None
+    }
 }
 
 pub type DynDirectory = Arc<dyn Directory>;
@@ -120,6 +125,24 @@ impl Directories {
             out.push((d.name(), d.ready().await));
         }
         out
+    }
+
+    /// Users who could log in under `previous` but no longer can (removed or disabled), among
+    /// the directories that know their whole user list.
+    pub fn users_gone_since(&self, previous: &Directories) -> Vec<String> {
+        let now: std::collections::HashSet<String> = self
+            .list
+            .iter()
+            .filter_map(|d| d.active_user_ids())
+            .flatten()
+            .collect();
+        previous
+            .list
+            .iter()
+            .filter_map(|d| d.active_user_ids())
+            .flatten()
+            .filter(|id| !now.contains(id))
+            .collect()
     }
 
     pub async fn current_profile(

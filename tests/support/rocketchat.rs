@@ -78,10 +78,7 @@ fn json_response(status: StatusCode, v: Value) -> Response<Full<Bytes>> {
 }
 
 fn new_id() -> String {
-    authgate::directory::stable_user_id(
-        "fake-rc",
-        authgate::session::Token::generate().as_str(),
-    )
+    authgate::directory::stable_user_id("fake-rc", authgate::session::Token::generate().as_str())
 }
 
 impl FakeRocketChat {
