@@ -97,6 +97,54 @@ pub fn error_frame(id: &Value, error: Value) -> Value {
     json!({"msg": "result", "id": id, "error": error})
 }
 
+/// The largest DDP call over REST authgate reads to check it.
+const MAX_METHOD_CALL: usize = 1024 * 1024;
+
+/// The method a `method.call/<name>` or `method.callAnon/<name>` URL names (clients write `/`
+/// in method names as `:`), from the canonical path.
+pub fn rest_method_name(canonical: &str) -> Option<String> {
+    let lower = canonical.to_ascii_lowercase();
+    let prefix = ["/api/v1/method.callanon/", "/api/v1/method.call/"]
+        .into_iter()
+        .find(|p| lower.starts_with(p))?;
+    Some(canonical[prefix.len()..].trim_end_matches('/').to_string())
+}
+
+/// Reads a `{"message": "<DDP method frame>"}` body and lets it through only when the frame
+/// calls the method its URL names: otherwise a URL authgate lets pass could carry a `login`, a
+/// registration or a password reset that the upstream would run.
+pub async fn checked_method_call(
+    body: Incoming,
+    url_method: &str,
+) -> Result<bytes::Bytes, GatewayError> {
+    use http_body_util::{BodyExt, Limited};
+    let bytes = Limited::new(body, MAX_METHOD_CALL)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GatewayError::LoginBodyTooLarge
+            } else {
+                GatewayError::BadRequest("The request body could not be read.")
+            }
+        })?;
+    let bytes = bytes.to_bytes();
+    let frame_method = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("message")?
+                .as_str()
+                .and_then(|m| serde_json::from_str::<Value>(m).ok())
+        })
+        .and_then(|frame| frame.get("method")?.as_str().map(str::to_string));
+    match frame_method {
+        Some(m) if m == url_method || m == url_method.replace(':', "/") => Ok(bytes),
+        _ => Err(GatewayError::BadRequest(
+            "The method call does not match its URL.",
+        )),
+    }
+}
+
 /// `{"message": "<frame>", "success": true}`: how `method.call*` answers over REST.
 fn rest_envelope(frame: &Value) -> Response<Body> {
     json_response(

@@ -227,8 +227,9 @@ pub fn rewrite_response_headers(headers: &mut HeaderMap) {
 pub struct Upstream {
     config: UpstreamConfig,
     client: Client<HttpConnector, Incoming>,
-    /// For requests without a body that are sent again (after a token renewal).
-    replay_client: Client<HttpConnector, http_body_util::Empty<bytes::Bytes>>,
+    /// For requests whose body authgate holds whole (a replay after a token renewal, a checked
+    /// DDP method call) and for WebSocket upgrades.
+    replay_client: Client<HttpConnector, http_body_util::Full<bytes::Bytes>>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     host_header: HeaderValue,
@@ -353,7 +354,7 @@ impl Upstream {
         headers: HeaderMap,
         forward: &str,
     ) -> Result<Response<Incoming>, GatewayError> {
-        let mut req = Request::new(http_body_util::Empty::new());
+        let mut req = Request::new(http_body_util::Full::default());
         *req.headers_mut() = headers;
         self.prepare(&mut req, forward)?;
         match tokio::time::timeout(self.timeout, self.replay_client.request(req)).await {
@@ -363,14 +364,16 @@ impl Upstream {
         }
     }
 
-    /// Sends a request without a body (a replay after the upstream refused a stale token).
-    pub async fn send_empty(
+    /// Sends a request whose body authgate holds whole (empty for a replay after the upstream
+    /// refused a stale token).
+    pub async fn send_buffered(
         &self,
         method: http::Method,
         headers: HeaderMap,
+        body: bytes::Bytes,
         forward: &str,
     ) -> Result<Response<Body>, GatewayError> {
-        let mut req = Request::new(http_body_util::Empty::new());
+        let mut req = Request::new(http_body_util::Full::new(body));
         *req.method_mut() = method;
         *req.headers_mut() = headers;
         self.prepare(&mut req, forward)?;

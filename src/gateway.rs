@@ -260,9 +260,27 @@ impl Gateway {
         // Replaces whatever the client sent: the upstream logs the same id as the gateway.
         req.headers_mut()
             .insert("x-request-id", facts.request_id.clone());
-        let started = Instant::now();
-        let resp = self.upstream.send(req, &route.forward).await;
-        facts.upstream = Some(started.elapsed());
+        let resp = match crate::ddp::rest_method_name(&route.path) {
+            // A DDP call over REST: the method that runs is the one in the body, so the body is
+            // read and checked against the URL before anything is sent.
+            Some(url_method) => {
+                let (parts, body) = req.into_parts();
+                let bytes = crate::ddp::checked_method_call(body, &url_method).await?;
+                let started = Instant::now();
+                let resp = self
+                    .upstream
+                    .send_buffered(parts.method, parts.headers, bytes, &route.forward)
+                    .await;
+                facts.upstream = Some(started.elapsed());
+                resp
+            }
+            None => {
+                let started = Instant::now();
+                let resp = self.upstream.send(req, &route.forward).await;
+                facts.upstream = Some(started.elapsed());
+                resp
+            }
+        };
         let resp = resp?;
         match settings {
             Some(kind) => settings::rewrite_response(resp, kind).await,
@@ -349,7 +367,7 @@ impl Gateway {
         );
         headers.insert("x-request-id", facts.request_id.clone());
         self.upstream
-            .send_empty(method, headers, &route.forward)
+            .send_buffered(method, headers, Bytes::new(), &route.forward)
             .await
     }
 

@@ -344,3 +344,66 @@ async fn imported_rocket_chat_users_log_in_with_old_passwords_and_digests() {
     let (status, _) = login_json(&gw.url(""), json!({"user": "olga", "password": "wrong"})).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_method_call_runs_only_the_method_its_url_names() {
+    let (rc, gw) = start().await;
+    let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    for (url_method, frame_method) in [
+        ("public-settings%3Aget", "login"),
+        ("loadHistory", "registerUser"),
+        ("loadHistory", "resetPassword"),
+        ("sendMessage", "login"),
+    ] {
+        let frame = json!({"msg": "method", "id": "1", "method": frame_method, "params": [{"user": {"username": "x"}, "password": "y"}]});
+        for anon in [true, false] {
+            let path = if anon {
+                format!("/api/v1/method.callAnon/{url_method}")
+            } else {
+                format!("/api/v1/method.call/{url_method}")
+            };
+            let r = client()
+                .post(gw.url(&path))
+                .header("x-auth-token", &token)
+                .header("x-user-id", &uid)
+                .json(&json!({"message": frame.to_string()}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{path} carrying {frame_method}");
+        }
+    }
+    for body in [
+        json!({"message": "not a frame"}),
+        json!({"nomessage": 1}),
+        json!("text"),
+    ] {
+        let r = client()
+            .post(gw.url("/api/v1/method.call/loadHistory"))
+            .header("x-auth-token", &token)
+            .header("x-user-id", &uid)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+    }
+    assert!(
+        rc.seen().iter().all(|s| !s.target.contains("method.call")),
+        "nothing reached Rocket.Chat's method endpoints"
+    );
+    // A matching call goes through, with the session's identity.
+    let frame = json!({"msg": "method", "id": "2", "method": "loadHistory", "params": []});
+    let r = client()
+        .post(gw.url("/api/v1/method.call/loadHistory"))
+        .header("x-auth-token", &token)
+        .header("x-user-id", &uid)
+        .json(&json!({"message": frame.to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = rc.seen().pop().unwrap();
+    assert_eq!(seen.target, "/api/v1/method.call/loadHistory");
+    assert!(seen.body.contains("loadHistory"));
+}
