@@ -166,10 +166,15 @@ impl Gateway {
         }
     }
 
-    /// The live session the credentials name, if the token belongs to that user id.
-    async fn session_for(&self, creds: &Credentials) -> Result<Option<Session>, GatewayError> {
-        let Some(session) = self.store.get(&creds.token.hash()).await? else {
-            return Ok(None);
+    /// The live session the credentials name, if the token belongs to that user id. A hot
+    /// session comes from the store's memory without any I/O.
+    async fn session_for(&self, creds: &Credentials) -> Result<Option<Arc<Session>>, GatewayError> {
+        let session = match self.store.cached(&creds.user_id, &creds.token.digest()) {
+            Some(s) => s,
+            None => match self.store.get(&creds.user_id, &creds.token.hash()).await? {
+                Some(s) => s,
+                None => return Ok(None),
+            },
         };
         let same_user = session.user.id.len() == creds.user_id.len()
             && bool::from(session.user.id.as_bytes().ct_eq(creds.user_id.as_bytes()));
@@ -212,7 +217,9 @@ impl Gateway {
         self.session_for(&creds)
             .await?
             .ok_or(GatewayError::NotLoggedIn)?;
-        self.store.revoke(&creds.token.hash()).await?;
+        self.store
+            .revoke(&creds.user_id, &creds.token.hash())
+            .await?;
         Ok(json_response(StatusCode::OK, LOGGED_OUT_BODY))
     }
 
@@ -306,7 +313,7 @@ impl Gateway {
                 let token = Token::from_client(&token);
                 let session = self
                     .store
-                    .get(&token.hash())
+                    .find(&token.hash())
                     .await?
                     .ok_or(GatewayError::LoginFailed)?;
                 let Some(profile) = self.directories.current_profile(&session.user).await? else {
