@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `hash-password`, `totp`. Exit codes: 0 done,
+//! The command line: `serve`, `check-config`, `hash-password`, `totp`, `sessions`. Exit codes: 0 done,
 //! 1 runtime failure, 64 bad usage or configuration (EX_USAGE).
 
 use std::io::{IsTerminal, Read};
@@ -35,6 +35,11 @@ pub enum Command {
     Totp {
         #[command(subcommand)]
         command: crate::totp::command::TotpCommand,
+    },
+    /// List or revoke a user's sessions in the configured Redis ("log out everywhere").
+    Sessions {
+        #[command(subcommand)]
+        command: crate::session::command::SessionsCommand,
     },
 }
 
@@ -97,6 +102,7 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::HashPassword => hash_password(),
         Command::Totp { command } => crate::totp::command::run(command),
+        Command::Sessions { command } => crate::session::command::run(command),
     }
 }
 

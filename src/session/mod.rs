@@ -5,6 +5,7 @@
 //! pass the same contract tests (`tests/session_store.rs`).
 
 mod cache;
+pub mod command;
 mod invalidation;
 mod memory;
 mod redis_conn;

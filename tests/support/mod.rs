@@ -2,6 +2,8 @@
 //! the built binary), all on loopback with ephemeral ports and temp dirs, killed on drop.
 #![allow(dead_code)]
 
+pub mod nginx;
+pub mod redis_topology;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Read, Write};
