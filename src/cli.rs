@@ -1,5 +1,6 @@
-//! The command line: `serve`, `check-config`, `healthcheck`, `hash-password`, `totp`. Exit
-//! codes: 0 done, 1 runtime failure (and "unhealthy"), 64 bad usage or configuration (EX_USAGE).
+//! The command line: `serve`, `check-config`, `healthcheck`, `hash-password`, `totp`,
+//! `sessions`, `import`. Exit codes: 0 done, 1 runtime failure (and "unhealthy"), 64 bad usage
+//! or configuration (EX_USAGE).
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -44,6 +45,11 @@ pub enum Command {
     Totp {
         #[command(subcommand)]
         command: crate::totp::command::TotpCommand,
+    },
+    /// List or revoke a user's sessions in the configured Redis ("log out everywhere").
+    Sessions {
+        #[command(subcommand)]
+        command: crate::session::command::SessionsCommand,
     },
 }
 
@@ -129,6 +135,7 @@ pub fn run(cli: Cli) -> ExitCode {
             source: ImportSource::Rocketchat { file },
         } => crate::import::run_rocketchat(&file),
         Command::Totp { command } => crate::totp::command::run(command),
+        Command::Sessions { command } => crate::session::command::run(command),
     }
 }
 

@@ -207,8 +207,14 @@ impl Gateway {
                 match (session, creds) {
                     (Some(session), Some(creds)) => {
                         facts.user_id = Some(creds.user_id.clone());
-                        self.forward_authenticated(req, &route, facts, &creds, session)
-                            .await
+                        self.forward_authenticated(
+                            req,
+                            &route,
+                            facts,
+                            &creds,
+                            Session::clone(&session),
+                        )
+                        .await
                     }
                     // No usable credentials: the upstream may decide, if it authenticates by itself.
                     // Stale cookies are stripped like any client credential.
@@ -224,9 +230,19 @@ impl Gateway {
         }
     }
 
-    /// The live session the credentials name, if the token belongs to that user id.
-    async fn session_for(&self, creds: &Credentials) -> Result<Option<Session>, GatewayError> {
-        let Some(session) = self.store.get(&creds.token.hash()).await? else {
+    /// The live session the credentials name, if the token belongs to that user id. A hot
+    /// session comes from the store's memory without any I/O.
+    async fn session_for(&self, creds: &Credentials) -> Result<Option<Arc<Session>>, GatewayError> {
+        let found = if self.rocketchat_mode() {
+            // Sessions are stored under the directory's user id; clients present Rocket.Chat's.
+            self.store.find(&creds.token.hash()).await?
+        } else {
+            match self.store.cached(&creds.user_id, &creds.token.digest()) {
+                Some(s) => Some(s),
+                None => self.store.get(&creds.user_id, &creds.token.hash()).await?,
+            }
+        };
+        let Some(session) = found else {
             return Ok(None);
         };
         let expected = session.client_user_id();
@@ -381,11 +397,16 @@ impl Gateway {
             return Err(GatewayError::MethodNotAllowed);
         }
         let creds = creds.ok_or(GatewayError::NotLoggedIn)?;
-        self.session_for(&creds)
+        let session = self
+            .session_for(&creds)
             .await?
             .ok_or(GatewayError::NotLoggedIn)?;
         facts.user_id = Some(creds.user_id.clone());
-        if self.store.revoke(&creds.token.hash()).await? {
+        if self
+            .store
+            .revoke(&session.user.id, &creds.token.hash())
+            .await?
+        {
             self.metrics.sessions_revoked(1);
         }
         Ok(json_response(StatusCode::OK, LOGGED_OUT_BODY))

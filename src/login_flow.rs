@@ -101,11 +101,12 @@ impl Gateway {
         match request {
             LoginRequest::Resume(token) => {
                 let token = Token::from_client(&token);
-                let mut session = self
+                let found = self
                     .store
-                    .get(&token.hash())
+                    .find(&token.hash())
                     .await?
                     .ok_or(GatewayError::LoginFailed)?;
+                let mut session = Session::clone(&found);
                 *directory = Some(session.user.directory.clone());
                 let Some(profile) = self.directories.current_profile(&session.user).await? else {
                     // The user is gone or disabled: the session dies with them.

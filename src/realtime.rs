@@ -113,9 +113,10 @@ fn bad_login_error() -> Value {
 /// Per-socket state: who it is logged in as, and which answers to rewrite.
 #[derive(Default)]
 struct SocketState {
-    bound: Option<Token>,
-    /// Login method ids sent upstream as resumes, with the token to put back in the result.
-    pending_logins: HashMap<String, Token>,
+    /// authgate's token and the user id its session is stored under.
+    bound: Option<(Token, String)>,
+    /// Login method ids sent upstream as resumes, with the session to bind on success.
+    pending_logins: HashMap<String, (Token, String)>,
     pending_settings: Vec<String>,
 }
 
@@ -243,8 +244,8 @@ impl Gateway {
                     Some(Err(_)) | None => break,
                 },
                 _ = check.tick(), if state.bound.is_some() => {
-                    let token = state.bound.clone().expect("checked above");
-                    if let Ok(None) = self.store.get(&token.hash()).await {
+                    let (token, user_id) = state.bound.clone().expect("checked above");
+                    if let Ok(None) = self.store.get(&user_id, &token.hash()).await {
                         let close = CloseFrame { code: CloseCode::Library(4001), reason: "You've been logged out by the server.".into() };
                         let _ = client_tx.send(Message::Close(Some(close))).await;
                         break;
@@ -277,8 +278,8 @@ impl Gateway {
                     Err(reply) => routed.to_client.push(reply),
                 },
                 "logout" => {
-                    if let Some(token) = state.bound.take() {
-                        if let Err(e) = self.store.revoke(&token.hash()).await {
+                    if let Some((token, user_id)) = state.bound.take() {
+                        if let Err(e) = self.store.revoke(&user_id, &token.hash()).await {
                             tracing::warn!(error = %e, "could not revoke a session on realtime logout");
                         }
                     }
@@ -336,7 +337,7 @@ impl Gateway {
         if !self.rocketchat_mode() {
             // The upstream trusts authgate: a checked resume passes on as it is, a password
             // login is answered here with the session it opened.
-            state.bound = Some(opened.token.clone());
+            state.bound = Some((opened.token.clone(), opened.session.user.id.clone()));
             if is_resume {
                 return Ok(Some(
                     json!({"msg": "method", "id": call.id, "method": "login", "params": [{"resume": opened.token.as_str()}]}),
@@ -352,9 +353,10 @@ impl Gateway {
             Ok(t) => t,
             Err(_) => return Err(ddp::error_frame(&call.id, logged_out_error())),
         };
-        state
-            .pending_logins
-            .insert(call.id.to_string(), opened.token.clone());
+        state.pending_logins.insert(
+            call.id.to_string(),
+            (opened.token.clone(), opened.session.user.id.clone()),
+        );
         Ok(Some(
             json!({"msg": "method", "id": call.id, "method": "login", "params": [{"resume": rc_token}]}),
         ))
@@ -395,10 +397,10 @@ impl Gateway {
     fn rewrite_server_message(&self, state: &mut SocketState, m: &mut Value) -> bool {
         if m.get("msg") == Some(&json!("result")) {
             let id = m.get("id").map(Value::to_string).unwrap_or_default();
-            if let Some(token) = state.pending_logins.remove(&id) {
+            if let Some((token, user_id)) = state.pending_logins.remove(&id) {
                 if m.get("result").and_then(|r| r.get("token")).is_some() {
                     m["result"]["token"] = json!(token.as_str());
-                    state.bound = Some(token);
+                    state.bound = Some((token, user_id));
                 } else {
                     state.bound = None;
                 }

@@ -1,11 +1,14 @@
-//! One contract for every session store, run against the memory store and a real Redis.
+//! One contract for every session store, run against the memory store and real Redis
+//! deployments: one server (with and without the session cache), Sentinel and Cluster.
 
 mod support;
 
 use std::time::Duration;
 
+use authgate::config::{NodeAuth, RedisConfig, RedisTopology};
 use authgate::directory::UserProfile;
-use authgate::session::{MemoryStore, RedisStore, Session, SessionStore, Token};
+use authgate::session::{MemoryStore, RedisStore, Session, SessionCache, SessionStore, Token};
+use support::redis_topology::{Cluster, SentinelSet, MASTER_NAME};
 use support::*;
 
 fn profile(id: &str) -> UserProfile {
@@ -41,16 +44,33 @@ async fn store_contract(store: &dyn SessionStore) {
         .await
         .unwrap();
 
-    // Lookup is by hash; the raw token is not a key.
-    assert_eq!(store.get(&t1.hash()).await.unwrap(), Some(s1.clone()));
-    assert_eq!(store.get(&Token::generate().hash()).await.unwrap(), None);
+    // Lookup is by user and hash; the raw token is not a key, and another user's id finds
+    // nothing.
+    let get = |u: &'static str, t: &Token| {
+        let h = t.hash();
+        async move { store.get(u, &h).await.unwrap().map(|s| (*s).clone()) }
+    };
+    assert_eq!(get("u1", &t1).await, Some(s1.clone()));
+    assert_eq!(
+        get("u1", &t1).await,
+        Some(s1.clone()),
+        "a second (cached) read"
+    );
+    assert_eq!(get("u2", &t1).await, None);
+    assert_eq!(get("u1", &Token::generate()).await, None);
     assert_eq!(
         store
-            .get(&authgate::session::TokenHash(t1.as_str().to_string()))
+            .get("u1", &authgate::session::TokenHash(t1.as_str().to_string()))
             .await
             .unwrap(),
         None
     );
+    // Resume logins find a session by its token alone.
+    assert_eq!(
+        store.find(&t1.hash()).await.unwrap().map(|s| (*s).clone()),
+        Some(s1.clone())
+    );
+    assert_eq!(store.find(&Token::generate().hash()).await.unwrap(), None);
 
     // The per-user index.
     let mut listed: Vec<String> = store
@@ -66,16 +86,19 @@ async fn store_contract(store: &dyn SessionStore) {
     assert_eq!(listed, expected);
     assert_eq!(store.list_user("nobody").await.unwrap().len(), 0);
 
-    // Revoking one session.
-    assert!(store.revoke(&t1.hash()).await.unwrap());
-    assert!(!store.revoke(&t1.hash()).await.unwrap());
-    assert_eq!(store.get(&t1.hash()).await.unwrap(), None);
+    // Revoking one session (only its owner's id reaches it).
+    assert!(!store.revoke("u2", &t1.hash()).await.unwrap());
+    assert!(store.revoke("u1", &t1.hash()).await.unwrap());
+    assert!(!store.revoke("u1", &t1.hash()).await.unwrap());
+    assert_eq!(get("u1", &t1).await, None);
+    assert_eq!(store.find(&t1.hash()).await.unwrap(), None);
     assert_eq!(store.list_user("u1").await.unwrap().len(), 1);
 
     // Revoking every session of a user leaves others alone.
+    assert!(get("u1", &t2).await.is_some());
     assert_eq!(store.revoke_user("u1").await.unwrap(), 1);
-    assert_eq!(store.get(&t2.hash()).await.unwrap(), None);
-    assert!(store.get(&t3.hash()).await.unwrap().is_some());
+    assert_eq!(get("u1", &t2).await, None);
+    assert!(get("u2", &t3).await.is_some());
     assert_eq!(store.revoke_user("u1").await.unwrap(), 0);
 
     // Sessions die at their expiry, by themselves.
@@ -87,9 +110,9 @@ async fn store_contract(store: &dyn SessionStore) {
         )
         .await
         .unwrap();
-    assert!(store.get(&short.hash()).await.unwrap().is_some());
+    assert!(get("u3", &short).await.is_some());
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(store.get(&short.hash()).await.unwrap(), None);
+    assert_eq!(get("u3", &short).await, None, "served past its expiry");
     assert_eq!(store.list_user("u3").await.unwrap().len(), 0);
 }
 
@@ -103,6 +126,78 @@ async fn redis_store_meets_the_contract() {
     let redis = Redis::start();
     let store = RedisStore::new(&redis.url(), "test:", Duration::from_secs(1)).unwrap();
     store_contract(&store).await;
+}
+
+fn cached(redis: &RedisConfig) -> RedisStore {
+    let cache = SessionCache::new(1000, Duration::from_secs(30));
+    RedisStore::with_redis(redis, "test:", Duration::from_secs(1), Some(cache)).unwrap()
+}
+
+/// The cache starts trusted only once the revocation channel is confirmed alive.
+async fn until_cache_trusted(store: &RedisStore) {
+    let t = Token::generate();
+    let _ = store.get("warm-up", &t.hash()).await;
+    for _ in 0..100 {
+        if store.cache().unwrap().trusted() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the revocation channel never came up");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_redis_store_meets_the_contract() {
+    let redis = Redis::start();
+    let store = cached(&RedisConfig::single(&redis.url()));
+    until_cache_trusted(&store).await;
+    store_contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sentinel_store_meets_the_contract() {
+    let set = tokio::task::spawn_blocking(SentinelSet::start)
+        .await
+        .unwrap();
+    let sentinels = set
+        .sentinels
+        .iter()
+        .map(|s| ("127.0.0.1".to_string(), s.port))
+        .collect();
+    let config = RedisConfig {
+        topology: RedisTopology::Sentinel {
+            sentinels,
+            master_name: MASTER_NAME.into(),
+            db: 0,
+            auth: NodeAuth::default(),
+        },
+        wait_replicas: 1,
+        wait_timeout: Duration::from_millis(500),
+    };
+    let store = cached(&config);
+    until_cache_trusted(&store).await;
+    store_contract(&store).await;
+    drop(set);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_store_meets_the_contract() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let config = RedisConfig {
+        topology: RedisTopology::Cluster {
+            nodes: cluster.addrs(),
+            auth: NodeAuth::default(),
+        },
+        wait_replicas: 0,
+        wait_timeout: Duration::from_millis(500),
+    };
+    let store = cached(&config);
+    until_cache_trusted(&store).await;
+    store_contract(&store).await;
+    // Every user's keys share one slot (the `{u:<id>}` hash tag).
+    let keys = cluster.keys();
+    assert!(keys.contains("test:{u:u2}:session:"), "{keys}");
+    drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -122,16 +217,21 @@ async fn redis_holds_only_hashes_and_every_key_expires() {
         .filter(|l| l.starts_with("authgate:"))
         .map(str::to_string)
         .collect();
-    assert_eq!(dump.len(), 2, "a session key and the user's index: {keys}");
+    assert_eq!(
+        dump.len(),
+        3,
+        "a session key, the user's index and the resume pointer: {keys}"
+    );
     let hash = authgate::session::Token::from_client(&token).hash().0;
     assert!(
-        dump.contains(&format!("authgate:session:{hash}")),
+        dump.contains(&format!("authgate:{{u:{id}}}:session:{hash}")),
         "{dump:?}"
     );
     assert!(
-        dump.contains(&format!("authgate:user:{id}:sessions")),
+        dump.contains(&format!("authgate:{{u:{id}}}:sessions")),
         "{dump:?}"
     );
+    assert!(dump.contains(&format!("authgate:token:{hash}")), "{dump:?}");
     for key in &dump {
         let ttl: i64 = redis
             .command(&format!("PTTL {key}"))

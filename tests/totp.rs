@@ -100,7 +100,11 @@ async fn a_used_code_is_refused_on_every_instance() {
         let mut keys: Vec<String> = redis
             .keys()
             .lines()
-            .filter(|l| l.starts_with("authgate:session:") || l.contains(":sessions"))
+            .filter(|l| {
+                l.contains(":session:")
+                    || l.contains(":sessions")
+                    || l.starts_with("authgate:token:")
+            })
             .map(str::to_string)
             .collect();
         keys.sort();
@@ -146,7 +150,10 @@ async fn an_older_step_after_a_newer_one_is_refused() {
     .await;
     assert_eq!(status, 200, "{text}");
     // The record outlives every step that could still be accepted.
-    let ttl = p.redis.command(&format!("TTL authgate:totp:{id}")).unwrap();
+    let ttl = p
+        .redis
+        .command(&format!("TTL authgate:{{u:{id}}}:totp"))
+        .unwrap();
     let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
     assert!(ttl > 4 * 30, "{ttl}");
 }

@@ -36,7 +36,7 @@ async fn both_session_stores_record_totp_steps_atomically() {
     let redis = Redis::start();
     let store = RedisStore::new(&redis.url(), "authgate:", Duration::from_secs(1)).unwrap();
     step_contract(&store).await;
-    let pttl = redis.command("PTTL authgate:totp:u1").unwrap();
+    let pttl = redis.command("PTTL authgate:{u:u1}:totp").unwrap();
     let pttl: i64 = pttl.trim().trim_start_matches(':').parse().unwrap();
     assert!(pttl > 50_000 && pttl <= 60_000, "{pttl}");
 }

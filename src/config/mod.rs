@@ -8,12 +8,16 @@ mod ldap;
 mod ops;
 mod raw;
 mod regulation;
+mod session;
 mod upstream;
 
 pub use keys::accepted_keys;
 pub use ops::{MetricsConfig, TlsConfig};
 
 pub use regulation::RegulationConfig;
+pub use session::{
+    parse_sentinel_url, NodeAuth, RedisConfig, RedisTopology, SessionConfig, StoreKind,
+};
 pub use upstream::{UpstreamConfig, UpstreamMode};
 mod totp;
 
@@ -68,34 +72,6 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     pub password_hash_concurrency: usize,
     pub login_queue_timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreKind {
-    Memory,
-    Redis,
-}
-
-#[derive(Clone)]
-pub struct SessionConfig {
-    pub store: StoreKind,
-    pub redis_url: String,
-    pub redis_timeout: Duration,
-    pub key_prefix: String,
-    pub ttl: Duration,
-}
-
-impl fmt::Debug for SessionConfig {
-    // The Redis URL may carry a password.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionConfig")
-            .field("store", &self.store)
-            .field("redis_url", &"<redacted>")
-            .field("redis_timeout", &self.redis_timeout)
-            .field("key_prefix", &self.key_prefix)
-            .field("ttl", &self.ttl)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -244,7 +220,7 @@ pub(crate) fn problem(
 }
 
 /// Secrets may come from the environment instead of the file.
-fn env_secret(name: &str) -> Option<String> {
+pub(crate) fn env_secret(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
@@ -447,7 +423,7 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
     let base = source.base_dir.as_path();
     let server = validate_server(raw.server.unwrap_or_default(), base, problems);
     let upstream = upstream::validate(raw.upstream.unwrap_or_default(), base, problems);
-    let session = validate_session(raw.session.unwrap_or_default(), base, problems);
+    let session = session::validate_session(raw.session.unwrap_or_default(), base, problems);
     let directory = validate_directory(
         raw.directory.unwrap_or_default(),
         base,
@@ -621,69 +597,6 @@ fn validate_server(
             Duration::from_millis(1),
             problems,
         ),
-    }
-}
-
-fn validate_session(
-    raw: raw::RawSession,
-    base: &Path,
-    problems: &mut Vec<ConfigProblem>,
-) -> SessionConfig {
-    let store = match raw.store.as_deref().unwrap_or("memory") {
-        "memory" => StoreKind::Memory,
-        "redis" => StoreKind::Redis,
-        other => {
-            problems.push(problem(
-                "session.store",
-                format!("`{other}` is not a session store"),
-                "use \"memory\" (one instance) or \"redis\"",
-            ));
-            StoreKind::Memory
-        }
-    };
-    let mut redis_url = raw
-        .redis_url
-        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-    if let Some(file) = raw.redis_url_file {
-        let path = resolve_path(base, &file);
-        match std::fs::read_to_string(&path) {
-            Ok(s) => redis_url = s.trim().to_string(),
-            Err(e) => problems.push(problem(
-                "session.redis_url_file",
-                format!("cannot read {}: {e}", path.display()),
-                "point it at a readable file holding the Redis URL",
-            )),
-        }
-    }
-    if let Some(v) = env_secret("AUTHGATE_SESSION_REDIS_URL") {
-        redis_url = v;
-    }
-    if store == StoreKind::Redis && redis::Client::open(redis_url.as_str()).is_err() {
-        problems.push(problem(
-            "session.redis_url",
-            "not a valid Redis URL",
-            "write redis://[:password@]host:port/db or rediss://...",
-        ));
-    }
-    let ttl = duration_or(
-        "session.ttl",
-        raw.ttl.as_ref(),
-        Duration::from_secs(90 * 86400),
-        Duration::from_secs(1),
-        problems,
-    );
-    SessionConfig {
-        store,
-        redis_url,
-        redis_timeout: duration_or(
-            "session.redis_timeout",
-            raw.redis_timeout.as_ref(),
-            Duration::from_secs(2),
-            Duration::from_millis(1),
-            problems,
-        ),
-        key_prefix: raw.key_prefix.unwrap_or_else(|| "authgate:".into()),
-        ttl,
     }
 }
 

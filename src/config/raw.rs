@@ -7,7 +7,7 @@ use serde::Deserialize;
 pub struct RawConfig {
     pub server: Option<RawServer>,
     pub upstream: Option<RawUpstream>,
-    pub session: Option<RawSession>,
+    pub session: Option<super::session::RawSession>,
     pub directory: Option<RawDirectory>,
     pub routes: Option<RawRoutes>,
     pub regulation: Option<super::regulation::RawRegulation>,
@@ -64,16 +64,6 @@ pub struct RawUpstream {
     pub create_tokens_secret_file: Option<String>,
     pub token_lifetime: Option<String>,
     pub rewrite_public_settings: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct RawSession {
-    pub store: Option<String>,
-    pub redis_url: Option<String>,
-    pub redis_url_file: Option<String>,
-    pub redis_timeout: Option<String>,
-    pub key_prefix: Option<String>,
-    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

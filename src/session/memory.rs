@@ -1,5 +1,5 @@
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,7 +14,7 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Inner {
-    sessions: HashMap<TokenHash, Session>,
+    sessions: HashMap<TokenHash, Arc<Session>>,
     by_user: HashMap<String, HashSet<TokenHash>>,
     creates_since_sweep: usize,
     /// Failure times (unix ms) per regulation key, oldest first.
@@ -24,7 +24,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn remove(&mut self, hash: &TokenHash) -> Option<Session> {
+    fn remove(&mut self, hash: &TokenHash) -> Option<Arc<Session>> {
         let s = self.sessions.remove(hash)?;
         if let Some(set) = self.by_user.get_mut(&s.user.id) {
             set.remove(hash);
@@ -89,11 +89,21 @@ impl SessionStore for MemoryStore {
             .entry(session.user.id.clone())
             .or_default()
             .insert(hash.clone());
-        inner.sessions.insert(hash.clone(), session.clone());
+        inner
+            .sessions
+            .insert(hash.clone(), Arc::new(session.clone()));
         Ok(())
     }
 
-    async fn get(&self, hash: &TokenHash) -> Result<Option<Session>, StoreError> {
+    async fn get(
+        &self,
+        user_id: &str,
+        hash: &TokenHash,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        Ok(self.find(hash).await?.filter(|s| s.user.id == user_id))
+    }
+
+    async fn find(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
         let mut inner = self.lock();
         match inner.sessions.get(hash) {
             Some(s) if s.is_live(now_unix_ms()) => Ok(Some(s.clone())),
@@ -105,14 +115,19 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn revoke(&self, hash: &TokenHash) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .remove(hash)
-            .is_some_and(|s| s.is_live(now_unix_ms())))
+    async fn revoke(&self, user_id: &str, hash: &TokenHash) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner
+            .sessions
+            .get(hash)
+            .map_or(true, |s| s.user.id != user_id)
+        {
+            return Ok(false);
+        }
+        Ok(inner.remove(hash).is_some_and(|s| s.is_live(now_unix_ms())))
     }
 
-    async fn list_user(&self, user_id: &str) -> Result<Vec<(TokenHash, Session)>, StoreError> {
+    async fn list_user(&self, user_id: &str) -> Result<Vec<(TokenHash, Arc<Session>)>, StoreError> {
         let now = now_unix_ms();
         let inner = self.lock();
         let Some(set) = inner.by_user.get(user_id) else {

@@ -1,11 +1,17 @@
 //! Sessions: 43-character CSPRNG tokens whose SHA-256 hash is the only thing ever stored.
 //!
 //! Two stores implement [`SessionStore`]: `memory` (one instance) and `redis` (shared by every
-//! instance). Both pass the same contract tests (`tests/session_store.rs`).
+//! instance, on one server, Sentinel or Cluster, with an in-process cache of hot sessions). Both
+//! pass the same contract tests (`tests/session_store.rs`).
 
+mod cache;
+pub mod command;
+mod invalidation;
 mod memory;
+mod redis_conn;
 mod redis_store;
 
+pub use cache::SessionCache;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 
@@ -88,16 +94,39 @@ impl Token {
         String::from_utf8(plain).ok()
     }
 
+    /// sha256(token): what the in-process cache keys on.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.0.as_bytes()).into()
+    }
+
     /// What the store keys on: base64(sha256(token)), as Rocket.Chat stores `hashedToken`.
     pub fn hash(&self) -> TokenHash {
-        TokenHash(
-            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(self.0.as_bytes())),
-        )
+        TokenHash(base64::engine::general_purpose::STANDARD.encode(self.digest()))
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TokenHash(pub String);
+
+impl TokenHash {
+    /// The sha256 digest this hash encodes, if it is one.
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.0)
+            .ok()
+            .and_then(|d| d.try_into().ok())
+    }
+
+    /// What operators see and type: a prefix of the hash, useless as a credential (it is a
+    /// hash, and a partial one).
+    pub fn id(&self) -> String {
+        self.0
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect()
+    }
+}
 
 pub fn now_unix_ms() -> u64 {
     SystemTime::now()
@@ -173,14 +202,27 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait SessionStore: Send + Sync {
+    /// A session served from memory without any I/O, when the store can vouch for it (the
+    /// Redis store's cache while its revocation channel is alive). `None` means "ask `get`".
+    fn cached(&self, _user_id: &str, _digest: &[u8; 32]) -> Option<Arc<Session>> {
+        None
+    }
     /// Stores a new session under its token hash, with the session's expiry as the key's TTL.
     async fn create(&self, hash: &TokenHash, session: &Session) -> Result<(), StoreError>;
-    /// The live session for a token hash; expired sessions are never returned.
-    async fn get(&self, hash: &TokenHash) -> Result<Option<Session>, StoreError>;
-    /// Revokes one session; true when it existed.
-    async fn revoke(&self, hash: &TokenHash) -> Result<bool, StoreError>;
+    /// The live session of `user_id` for a token hash; expired sessions, and sessions of any
+    /// other user, are never returned.
+    async fn get(
+        &self,
+        user_id: &str,
+        hash: &TokenHash,
+    ) -> Result<Option<Arc<Session>>, StoreError>;
+    /// The live session for a token hash alone (`{"resume": token}` logins name no user).
+    async fn find(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError>;
+    /// Revokes one session of `user_id`; true when it existed. Every instance stops accepting
+    /// it at once.
+    async fn revoke(&self, user_id: &str, hash: &TokenHash) -> Result<bool, StoreError>;
     /// The live sessions of one user, by token hash.
-    async fn list_user(&self, user_id: &str) -> Result<Vec<(TokenHash, Session)>, StoreError>;
+    async fn list_user(&self, user_id: &str) -> Result<Vec<(TokenHash, Arc<Session>)>, StoreError>;
     /// Revokes every session of one user; returns how many were live.
     async fn revoke_user(&self, user_id: &str) -> Result<usize, StoreError>;
     /// Checks the store answers.
@@ -209,11 +251,7 @@ pub type DynSessionStore = Arc<dyn SessionStore>;
 pub fn build_store(config: &SessionConfig) -> Result<DynSessionStore, StoreError> {
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
-        StoreKind::Redis => Arc::new(RedisStore::new(
-            &config.redis_url,
-            &config.key_prefix,
-            config.redis_timeout,
-        )?),
+        StoreKind::Redis => Arc::new(RedisStore::from_config(config)?),
     })
 }
 

@@ -1,11 +1,28 @@
-use std::sync::Mutex;
+//! Sessions in Redis, shared by every instance, on one server, Sentinel or Cluster.
+//!
+//! Keys (`P` is `session.key_prefix`):
+//! - `P{u:<user id>}:session:<token hash>`: the session (JSON), expiring with it;
+//! - `P{u:<user id>}:sessions`: the set of the user's token hashes;
+//! - `P{u:<user id>}:totp`: the user's last accepted TOTP step;
+//! - `Ptoken:<token hash>`: the user id, so `{"resume": token}` logins, which carry no user id,
+//!   find the session;
+//! - `Pfail:<regulation key>`: failed-login times;
+//! - channel `Prevocations`: `t:<token hash>` / `u:<user id>` for every revocation.
+//!
+//! The braces are Redis Cluster hash tags: all of one user's keys live in one slot, so each Lua
+//! script touches a single slot. Protected requests always name the user (X-User-Id), so the
+//! session key can be built from the request alone.
+
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::{now_unix_ms, Session, SessionStore, StoreError, TokenHash};
+use super::cache::SessionCache;
+use super::redis_conn::{unavailable, Connector, Lease};
+use super::{invalidation, now_unix_ms, Session, SessionStore, StoreError, TokenHash};
+use crate::config::{RedisConfig, SessionConfig};
 
 const CREATE_SCRIPT: &str = r#"
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -15,12 +32,22 @@ if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
 return 1
 "#;
 
+/// Deletes and announces in one step, so no instance can miss a revocation that happened.
+const REVOKE_SCRIPT: &str = r#"
+local n = redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return n
+"#;
+
+// The session keys are built here from the index; they share the index's hash tag (slot).
 const REVOKE_USER_SCRIPT: &str = r#"
 local n = 0
 for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   n = n + redis.call('DEL', ARGV[1] .. h)
 end
 redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return n
 "#;
 
@@ -43,214 +70,347 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 "#;
 
-/// Sessions shared by every instance. Each command is bounded by `timeout`; a dead Redis gives
-/// `StoreError`, never a pass, and the connection is re-established on the next call.
+/// Each command is bounded by `timeout`; a dead Redis gives `StoreError`, never a pass, and the
+/// connection is re-established (with Sentinel: re-resolved) on the next call.
 pub struct RedisStore {
-    client: redis::Client,
+    connector: Arc<Connector>,
     prefix: String,
     timeout: Duration,
-    conn: Mutex<Option<ConnectionManager>>,
-    connecting: tokio::sync::Mutex<()>,
+    wait_replicas: usize,
+    wait_timeout: Duration,
+    cache: Option<Arc<SessionCache>>,
+    subscriber: Once,
     create_script: Script,
+    revoke_script: Script,
     revoke_user_script: Script,
     record_failure_script: Script,
     accept_totp_step_script: Script,
-}
-
-fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-impl RedisStore {
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        Ok(Self {
-            client,
-            prefix: prefix.to_string(),
-            timeout,
-            conn: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
-            create_script: Script::new(CREATE_SCRIPT),
-            revoke_user_script: Script::new(REVOKE_USER_SCRIPT),
-            record_failure_script: Script::new(RECORD_FAILURE_SCRIPT),
-            accept_totp_step_script: Script::new(ACCEPT_TOTP_STEP_SCRIPT),
-        })
-    }
-
-    fn session_key(&self, hash: &TokenHash) -> String {
-        format!("{}session:{}", self.prefix, hash.0)
-    }
-
-    fn failure_key(&self, key: &str) -> String {
-        format!("{}fail:{}", self.prefix, key)
-    }
-
-    fn user_key(&self, user_id: &str) -> String {
-        format!("{}user:{}:sessions", self.prefix, user_id)
-    }
-
-    fn totp_key(&self, user_id: &str) -> String {
-        format!("{}totp:{}", self.prefix, user_id)
-    }
-
-    fn cached(&self) -> Option<ConnectionManager> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The shared multiplexed connection, opened on first use so the gateway starts (and
-    /// answers 503) while Redis is down, and recovers by itself when Redis returns.
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(c) = self.cached() {
-            return Ok(c);
-        }
-        let _guard = tokio::time::timeout(self.timeout, self.connecting.lock())
-            .await
-            .map_err(|_| StoreError::Timeout)?;
-        if let Some(c) = self.cached() {
-            return Ok(c);
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout)?
-        .map_err(unavailable)?;
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-        Ok(conn)
-    }
-
-    async fn bounded<T>(
-        &self,
-        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| StoreError::Timeout)?
-            .map_err(unavailable)
-    }
 }
 
 fn decode(raw: &str) -> Result<Session, StoreError> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+impl RedisStore {
+    /// One server at `url`, without a cache: what tests and one-shot commands use.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        Self::with_redis(&RedisConfig::single(url), prefix, timeout, None)
+    }
+
+    pub fn from_config(config: &SessionConfig) -> Result<Self, StoreError> {
+        let cache = (!config.cache_ttl.is_zero() && config.cache_size > 0)
+            .then(|| SessionCache::new(config.cache_size, config.cache_ttl));
+        Self::with_redis(
+            &config.redis,
+            &config.key_prefix,
+            config.redis_timeout,
+            cache,
+        )
+    }
+
+    pub fn with_redis(
+        redis: &RedisConfig,
+        prefix: &str,
+        timeout: Duration,
+        cache: Option<SessionCache>,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            connector: Arc::new(Connector::new(redis, timeout)?),
+            prefix: prefix.to_string(),
+            timeout,
+            wait_replicas: redis.wait_replicas,
+            wait_timeout: redis.wait_timeout,
+            cache: cache.map(Arc::new),
+            subscriber: Once::new(),
+            create_script: Script::new(CREATE_SCRIPT),
+            revoke_script: Script::new(REVOKE_SCRIPT),
+            revoke_user_script: Script::new(REVOKE_USER_SCRIPT),
+            record_failure_script: Script::new(RECORD_FAILURE_SCRIPT),
+            accept_totp_step_script: Script::new(ACCEPT_TOTP_STEP_SCRIPT),
+        })
+    }
+
+    /// The session cache, when configured (for tests and metrics).
+    pub fn cache(&self) -> Option<&SessionCache> {
+        self.cache.as_deref()
+    }
+
+    fn user_tag(&self, user_id: &str) -> String {
+        format!("{}{{u:{user_id}}}", self.prefix)
+    }
+
+    fn session_key(&self, user_id: &str, hash: &TokenHash) -> String {
+        format!("{}:session:{}", self.user_tag(user_id), hash.0)
+    }
+
+    fn user_key(&self, user_id: &str) -> String {
+        format!("{}:sessions", self.user_tag(user_id))
+    }
+
+    fn totp_key(&self, user_id: &str) -> String {
+        format!("{}:totp", self.user_tag(user_id))
+    }
+
+    fn pointer_key(&self, hash: &TokenHash) -> String {
+        format!("{}token:{}", self.prefix, hash.0)
+    }
+
+    fn failure_key(&self, key: &str) -> String {
+        format!("{}fail:{}", self.prefix, key)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}revocations", self.prefix)
+    }
+
+    /// Starts listening for revocations the first time the cache is used, on the caller's
+    /// runtime; until the subscription is confirmed the cache stays out of the way.
+    fn ensure_subscribed(&self) {
+        if let Some(cache) = &self.cache {
+            self.subscriber.call_once(|| {
+                invalidation::spawn(
+                    self.connector.clone(),
+                    Arc::downgrade(cache),
+                    self.channel(),
+                )
+            });
+        }
+    }
+
+    /// Runs one command on the shared connection; a failure drops that connection.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let lease = self.connector.lease().await?;
+        match tokio::time::timeout(self.timeout, f(lease.clone())).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.connector.failed(&lease);
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                self.connector.failed(&lease);
+                Err(StoreError::Timeout)
+            }
+        }
+    }
+
+    /// Like `run`, then waits for `wait_replicas` replicas to hold the write (`WAIT`), so a
+    /// failover cannot undo it.
+    async fn run_durably<T, F, Fut>(&self, key: &str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let lease = self.connector.lease().await?;
+        let value = match tokio::time::timeout(self.timeout, f(lease.clone())).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                self.connector.failed(&lease);
+                return Err(unavailable(e));
+            }
+            Err(_) => {
+                self.connector.failed(&lease);
+                return Err(StoreError::Timeout);
+            }
+        };
+        tokio::time::timeout(
+            self.timeout,
+            self.connector
+                .wait(&lease, key, self.wait_replicas, self.wait_timeout),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout)??;
+        Ok(value)
+    }
+
+    async fn read_session(
+        &self,
+        user_id: &str,
+        hash: &TokenHash,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        self.ensure_subscribed();
+        let epoch = self.cache.as_ref().map(|c| c.epoch());
+        let key = self.session_key(user_id, hash);
+        let raw: Option<String> = self
+            .run(|mut l| async move { l.conn.get(key).await })
+            .await?;
+        let Some(raw) = raw else { return Ok(None) };
+        let session = decode(&raw)?;
+        // The key's TTL already bounds it; this guards against a clock-skewed writer.
+        if !session.is_live(now_unix_ms()) || session.user.id != user_id {
+            return Ok(None);
+        }
+        let session = Arc::new(session);
+        if let (Some(cache), Some(epoch), Some(digest)) = (&self.cache, epoch, hash.digest()) {
+            cache.insert(digest, session.clone(), epoch);
+        }
+        Ok(Some(session))
+    }
+}
+
 #[async_trait]
 impl SessionStore for RedisStore {
+    fn cached(&self, user_id: &str, digest: &[u8; 32]) -> Option<Arc<Session>> {
+        self.cache.as_ref()?.get(user_id, digest)
+    }
+
     async fn create(&self, hash: &TokenHash, session: &Session) -> Result<(), StoreError> {
         let ttl_ms = session.expires_ms.saturating_sub(now_unix_ms()).max(1);
         let json =
             serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut conn = self.connection().await?;
-        let mut inv = self.create_script.key(self.session_key(hash));
-        inv.key(self.user_key(&session.user.id))
+        let user_id = &session.user.id;
+        // The resume pointer lives in another slot; it is written first, so a session never
+        // exists without it (a pointer without a session leads nowhere).
+        let pointer = self.pointer_key(hash);
+        self.run(|mut l| async move {
+            l.conn
+                .pset_ex::<_, _, ()>(pointer, user_id.as_str(), ttl_ms)
+                .await
+        })
+        .await?;
+        let mut inv = self.create_script.key(self.session_key(user_id, hash));
+        inv.key(self.user_key(user_id))
             .arg(json)
             .arg(ttl_ms)
             .arg(&hash.0);
-        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let _: i64 = self
+            .run(|mut l| async move { inv.invoke_async(&mut l.conn).await })
+            .await?;
         Ok(())
     }
 
-    async fn get(&self, hash: &TokenHash) -> Result<Option<Session>, StoreError> {
-        let mut conn = self.connection().await?;
-        let raw: Option<String> = self.bounded(conn.get(self.session_key(hash))).await?;
-        match raw {
-            Some(raw) => {
-                let s = decode(&raw)?;
-                // The key's TTL already bounds it; this guards against a clock-skewed writer.
-                Ok(s.is_live(now_unix_ms()).then_some(s))
-            }
+    async fn get(
+        &self,
+        user_id: &str,
+        hash: &TokenHash,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        if let Some(s) = hash.digest().and_then(|d| self.cached(user_id, &d)) {
+            return Ok(Some(s));
+        }
+        self.read_session(user_id, hash).await
+    }
+
+    async fn find(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
+        let pointer = self.pointer_key(hash);
+        let user_id: Option<String> = self
+            .run(|mut l| async move { l.conn.get(pointer).await })
+            .await?;
+        match user_id {
+            Some(u) => self.read_session(&u, hash).await,
             None => Ok(None),
         }
     }
 
-    async fn revoke(&self, hash: &TokenHash) -> Result<bool, StoreError> {
-        let mut conn = self.connection().await?;
-        let key = self.session_key(hash);
-        let raw: Option<String> = self.bounded(conn.get(&key)).await?;
-        let deleted: i64 = self.bounded(conn.del(&key)).await?;
-        if let Some(Ok(s)) = raw.as_deref().map(decode) {
-            let _: i64 = self
-                .bounded(conn.srem(self.user_key(&s.user.id), &hash.0))
-                .await?;
+    async fn revoke(&self, user_id: &str, hash: &TokenHash) -> Result<bool, StoreError> {
+        let key = self.session_key(user_id, hash);
+        let mut inv = self.revoke_script.key(&key);
+        inv.key(self.user_key(user_id))
+            .arg(&hash.0)
+            .arg(self.channel())
+            .arg(invalidation::token_message(&hash.0));
+        let deleted: i64 = self
+            .run_durably(
+                &key,
+                |mut l| async move { inv.invoke_async(&mut l.conn).await },
+            )
+            .await?;
+        // Our own cache hears the message too, but this answer may reach the client first.
+        if let (Some(cache), Some(d)) = (&self.cache, hash.digest()) {
+            cache.invalidate_token(&d);
         }
         Ok(deleted > 0)
     }
 
-    async fn list_user(&self, user_id: &str) -> Result<Vec<(TokenHash, Session)>, StoreError> {
-        let mut conn = self.connection().await?;
-        let hashes: Vec<String> = self.bounded(conn.smembers(self.user_key(user_id))).await?;
+    async fn list_user(&self, user_id: &str) -> Result<Vec<(TokenHash, Arc<Session>)>, StoreError> {
+        let index = self.user_key(user_id);
+        let hashes: Vec<String> = self
+            .run(|mut l| {
+                let index = index.clone();
+                async move { l.conn.smembers(index).await }
+            })
+            .await?;
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = hashes
             .iter()
-            .map(|h| self.session_key(&TokenHash(h.clone())))
+            .map(|h| self.session_key(user_id, &TokenHash(h.clone())))
             .collect();
         let values: Vec<Option<String>> = self
-            .bounded(redis::cmd("MGET").arg(&keys).query_async(&mut conn))
+            .run(
+                |mut l| async move { redis::cmd("MGET").arg(&keys).query_async(&mut l.conn).await },
+            )
             .await?;
         let now = now_unix_ms();
         let mut live = Vec::new();
         let mut stale = Vec::new();
         for (h, v) in hashes.into_iter().zip(values) {
             match v.as_deref().map(decode) {
-                Some(Ok(s)) if s.is_live(now) => live.push((TokenHash(h), s)),
+                Some(Ok(s)) if s.is_live(now) => live.push((TokenHash(h), Arc::new(s))),
                 _ => stale.push(h),
             }
         }
         if !stale.is_empty() {
             let _: i64 = self
-                .bounded(conn.srem(self.user_key(user_id), stale))
+                .run(|mut l| async move { l.conn.srem(index, stale).await })
                 .await?;
         }
         Ok(live)
     }
 
     async fn revoke_user(&self, user_id: &str) -> Result<usize, StoreError> {
-        let mut conn = self.connection().await?;
-        let mut inv = self.revoke_user_script.key(self.user_key(user_id));
-        inv.arg(format!("{}session:", self.prefix));
-        let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(n as usize)
+        let index = self.user_key(user_id);
+        let mut inv = self.revoke_user_script.key(&index);
+        inv.arg(format!("{}:session:", self.user_tag(user_id)))
+            .arg(self.channel())
+            .arg(invalidation::user_message(user_id));
+        let n: i64 = self
+            .run_durably(&index, |mut l| async move {
+                inv.invoke_async(&mut l.conn).await
+            })
+            .await?;
+        if let Some(cache) = &self.cache {
+            cache.invalidate_user(user_id);
+        }
+        Ok(n.max(0) as usize)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
         let _: String = self
-            .bounded(redis::cmd("PING").query_async(&mut conn))
+            .run(|mut l| async move { redis::cmd("PING").query_async(&mut l.conn).await })
             .await?;
         Ok(())
     }
 
     async fn record_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
-        let mut conn = self.connection().await?;
         let member = format!("{}-{}", now_unix_ms(), rand::random::<u64>());
         let mut inv = self.record_failure_script.key(self.failure_key(key));
         inv.arg(now_unix_ms())
             .arg(window.as_millis() as u64)
             .arg(member);
-        let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let n: i64 = self
+            .run(|mut l| async move { inv.invoke_async(&mut l.conn).await })
+            .await?;
         Ok(n.max(0) as u64)
     }
 
     async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
-        let mut conn = self.connection().await?;
         let since = now_unix_ms().saturating_sub(window.as_millis() as u64);
+        let key = self.failure_key(key);
         let n: i64 = self
-            .bounded(conn.zcount(self.failure_key(key), format!("({since}"), "+inf"))
+            .run(|mut l| async move { l.conn.zcount(key, format!("({since}"), "+inf").await })
             .await?;
         Ok(n.max(0) as u64)
     }
 
     async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let _: i64 = self.bounded(conn.del(self.failure_key(key))).await?;
+        let key = self.failure_key(key);
+        let _: i64 = self
+            .run(|mut l| async move { l.conn.del(key).await })
+            .await?;
         Ok(())
     }
 
@@ -260,10 +420,16 @@ impl SessionStore for RedisStore {
         step: u64,
         keep_for: Duration,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.connection().await?;
-        let mut inv = self.accept_totp_step_script.key(self.totp_key(user_id));
+        let key = self.totp_key(user_id);
+        let mut inv = self.accept_totp_step_script.key(&key);
         inv.arg(step).arg(keep_for.as_millis().max(1) as u64);
-        let accepted: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        // A used step lost in a failover would let the same code in twice.
+        let accepted: i64 = self
+            .run_durably(
+                &key,
+                |mut l| async move { inv.invoke_async(&mut l.conn).await },
+            )
+            .await?;
         Ok(accepted == 1)
     }
 }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod nginx;
+pub mod redis_topology;
 pub mod rocketchat;
 pub mod slapd;
 pub mod totp;

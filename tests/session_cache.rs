@@ -1,0 +1,129 @@
+//! The in-process session cache in front of Redis: hot sessions cost no Redis round trip,
+//! revocations from another instance evict at once, and a broken revocation channel sends every
+//! lookup back to Redis.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// Calls of one command Redis has served so far (`INFO commandstats`).
+fn calls(redis: &Redis, command: &str) -> u64 {
+    let stats = redis.command("INFO commandstats").unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map(|n| n.parse().unwrap())
+        .unwrap_or(0)
+}
+
+async fn me(gw: &Gateway, id: &str, token: &str) -> u16 {
+    client()
+        .get(gw.url("/api/v1/me"))
+        .header("x-user-id", id)
+        .header("x-auth-token", token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Requests until the session is served from memory (the channel needs a moment to come up).
+async fn until_cached(redis: &Redis, gw: &Gateway, id: &str, token: &str) {
+    for _ in 0..100 {
+        let before = calls(redis, "get");
+        assert_eq!(me(gw, id, token).await, 200);
+        if calls(redis, "get") == before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the session never came from the cache");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_sessions_cost_no_redis_round_trip() {
+    let redis = Redis::start();
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(
+        &config_text(up.addr, Some(&redis.url()), ""),
+        &users_toml(&standard_users()),
+    )
+    .await;
+    let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    until_cached(&redis, &gw, &id, &token).await;
+    let before = calls(&redis, "get");
+    for _ in 0..50 {
+        assert_eq!(me(&gw, &id, &token).await, 200);
+    }
+    assert_eq!(calls(&redis, "get"), before, "a hot session went to Redis");
+    // Another user's id with this token is still refused, from memory or not.
+    assert_eq!(me(&gw, "someone-else", &token).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_elsewhere_evicts_the_cached_session_at_once() {
+    let redis = Redis::start();
+    let up = RecordingUpstream::start().await;
+    let users = users_toml(&standard_users());
+    let config = config_text(up.addr, Some(&redis.url()), "");
+    let a = Gateway::start(&config, &users).await;
+    let b = Gateway::start(&config, &users).await;
+    let (id, t1) = login(&a.url(""), "bob", "bob-password-2").await;
+    let (_, t2) = login(&a.url(""), "bob", "bob-password-2").await;
+    until_cached(&redis, &a, &id, &t1).await;
+    until_cached(&redis, &a, &id, &t2).await;
+    let r = client()
+        .post(b.url("/api/v1/logout"))
+        .header("x-user-id", &id)
+        .header("x-auth-token", &t1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(me(&a, &id, &t1).await, 401);
+    assert_eq!(me(&a, &id, &t2).await, 200);
+
+    // "Log out everywhere" from an operator's store handle reaches the cache too.
+    let store =
+        authgate::session::RedisStore::new(&redis.url(), "authgate:", Duration::from_secs(1))
+            .unwrap();
+    use authgate::session::SessionStore;
+    assert_eq!(store.revoke_user(&id).await.unwrap(), 1);
+    assert_eq!(me(&a, &id, &t2).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_revocation_channel_sends_lookups_back_to_redis() {
+    let redis = Redis::start();
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(
+        &config_text(up.addr, Some(&redis.url()), ""),
+        &users_toml(&standard_users()),
+    )
+    .await;
+    let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    until_cached(&redis, &gw, &id, &token).await;
+    // Cut the subscriber off, then delete the session behind the gateway's back, as a
+    // revocation whose message never arrived.
+    let killed = redis.command("CLIENT KILL TYPE pubsub").unwrap();
+    assert!(killed.starts_with(":1"), "{killed}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let keys = redis.keys();
+    let key = keys
+        .lines()
+        .find(|k| k.contains(":session:"))
+        .unwrap_or_else(|| panic!("no session key in {keys}"));
+    assert!(redis
+        .command(&format!("DEL {key}"))
+        .unwrap()
+        .starts_with(":1"));
+    assert_eq!(
+        me(&gw, &id, &token).await,
+        401,
+        "a stale cached session was served"
+    );
+}
