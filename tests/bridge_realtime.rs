@@ -40,6 +40,34 @@ async fn next_text<
     }
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Logs the socket in with a DDP resume and checks authgate's token comes back.
+async fn resume_on_socket(ws: &mut Socket, token: &str) {
+    let frame =
+        json!({"msg": "method", "id": "1", "method": "login", "params": [{"resume": token}]});
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+    let result: Value = serde_json::from_str(&next_text(ws).await).unwrap();
+    assert_eq!(result["result"]["token"], token, "{result}");
+}
+
+/// Ok when the socket closes (or dies) within `limit`.
+async fn socket_closes(
+    ws: &mut Socket,
+    limit: Duration,
+) -> Result<(), tokio::time::error::Elapsed> {
+    tokio::time::timeout(limit, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_logins_are_checked_and_swapped() {
     let (rc, gw) = start().await;
@@ -162,14 +190,7 @@ async fn logout_on_one_instance_closes_sockets_on_another_within_a_second() {
     let b = Gateway::start(&bridge_config(&rc, Some(&redis.url()), ""), &bridge_users()).await;
     let (uid, token) = login(&a.url(""), "alice", "alice-password-1").await;
     let mut ws = ws_connect(&b, "/websocket").await;
-    ws.send(Message::text(
-        json!({"msg": "method", "id": "1", "method": "login", "params": [{"resume": token}]})
-            .to_string(),
-    ))
-    .await
-    .unwrap();
-    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
-    assert_eq!(result["result"]["token"], token);
+    resume_on_socket(&mut ws, &token).await;
     let r = client()
         .post(a.url("/api/v1/logout"))
         .header("x-auth-token", &token)
@@ -179,15 +200,7 @@ async fn logout_on_one_instance_closes_sockets_on_another_within_a_second() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let revoked = Instant::now();
-    let closed = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
+    let closed = socket_closes(&mut ws, Duration::from_secs(3)).await;
     assert!(closed.is_ok(), "the socket stayed open");
     assert!(
         revoked.elapsed() < Duration::from_secs(1),
@@ -254,14 +267,7 @@ async fn disabling_a_user_in_the_users_file_closes_their_sockets() {
     let gw = Gateway::start(&bridge_config(&rc, None, ""), &users).await;
     let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
     let mut ws = ws_connect(&gw, "/websocket").await;
-    ws.send(Message::text(
-        json!({"msg": "method", "id": "1", "method": "login", "params": [{"resume": token}]})
-            .to_string(),
-    ))
-    .await
-    .unwrap();
-    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
-    assert_eq!(result["result"]["token"], token);
+    resume_on_socket(&mut ws, &token).await;
     // The operator disables alice and reloads (SIGHUP does the same).
     let disabled = users.replacen(
         "username = \"alice\"",
@@ -275,15 +281,7 @@ async fn disabling_a_user_in_the_users_file_closes_their_sockets() {
     .unwrap();
     gw.running().reload(config).await.unwrap();
     let reloaded = Instant::now();
-    let closed = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
+    let closed = socket_closes(&mut ws, Duration::from_secs(3)).await;
     assert!(
         closed.is_ok() && reloaded.elapsed() < Duration::from_secs(1),
         "socket of a disabled user stayed open"

@@ -70,25 +70,7 @@ impl Redis {
     fn spawn_on(&mut self, port: u16) {
         for attempt in 0..5 {
             let port = if attempt == 0 { port } else { free_port() };
-            let child = Command::new(which("redis-server"))
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--protected-mode",
-                    "yes",
-                ])
-                .arg("--dir")
-                .arg(self.dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start redis-server");
+            let child = self.spawn_process(port);
             self.child = Some(child);
             self.port = port;
             if self.wait_ready(Duration::from_secs(10)) {
@@ -154,10 +136,8 @@ impl Redis {
         assert!(ok, "kill -{sig} {pid} failed");
     }
 
-    /// Starts again on the same port (after `kill`).
-    pub fn restart(&mut self) {
-        let port = self.port;
-        let child = Command::new(which("redis-server"))
+    fn spawn_process(&self, port: u16) -> Child {
+        Command::new(which("redis-server"))
             .args([
                 "--port",
                 &port.to_string(),
@@ -167,13 +147,21 @@ impl Redis {
                 "",
                 "--appendonly",
                 "no",
+                "--protected-mode",
+                "yes",
             ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("restart redis-server");
+            .expect("start redis-server")
+    }
+
+    /// Starts again on the same port (after `kill`).
+    pub fn restart(&mut self) {
+        let port = self.port;
+        let child = self.spawn_process(port);
         self.child = Some(child);
         assert!(
             self.wait_ready(Duration::from_secs(10)),
