@@ -120,7 +120,7 @@ impl SessionStore for MemoryStore {
         if inner
             .sessions
             .get(hash)
-            .map_or(true, |s| s.user.id != user_id)
+            .is_none_or(|s| s.user.id != user_id)
         {
             return Ok(false);
         }
