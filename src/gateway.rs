@@ -134,6 +134,23 @@ async fn answer_locally(
     answer
 }
 
+/// The most of an oversized login body read (and dropped) before the 413 is sent.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// Reads and drops what is left of a body, up to `max` bytes and one second.
+async fn drain(mut body: Incoming, max: usize) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > max {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Requests whose framing could be read two ways are refused before anything else.
 fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
     let te = headers.contains_key(header::TRANSFER_ENCODING);
@@ -412,6 +429,9 @@ impl Gateway {
         Ok(json_response(StatusCode::OK, LOGGED_OUT_BODY))
     }
 
+    /// The whole login body, at most `server.login_body_limit`. A larger one is answered 413
+    /// without being parsed; up to `DRAIN_LIMIT` of it is read and dropped first, so the client
+    /// (still sending) gets the answer instead of a reset connection.
     pub(crate) async fn read_login_body(
         &self,
         req: Request<Incoming>,
@@ -422,18 +442,26 @@ impl Gateway {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let (parts, mut body) = req.into_parts();
         if declared.is_some_and(|n| n > limit as u64) {
+            if declared.is_some_and(|n| n <= DRAIN_LIMIT as u64) {
+                drain(body, DRAIN_LIMIT).await;
+            }
             return Err(GatewayError::LoginBodyTooLarge);
         }
-        let (parts, body) = req.into_parts();
-        let bytes = Limited::new(body, limit).collect().await.map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                GatewayError::LoginBodyTooLarge
-            } else {
-                GatewayError::BadRequest("The request body could not be read.")
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|_| GatewayError::BadRequest("The request body could not be read."))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    drain(body, DRAIN_LIMIT).await;
+                    return Err(GatewayError::LoginBodyTooLarge);
+                }
+                buf.extend_from_slice(&data);
             }
-        })?;
-        Ok((parts.headers, bytes.to_bytes()))
+        }
+        Ok((parts.headers, buf.freeze()))
     }
 
     async fn login(
