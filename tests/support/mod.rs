@@ -164,7 +164,7 @@ impl Redis {
         let child = self.spawn_process(port);
         self.child = Some(child);
         assert!(
-            self.wait_ready(Duration::from_secs(10)),
+            self.wait_ready(Duration::from_secs(30)),
             "redis-server did not come back on port {port}"
         );
     }

@@ -48,7 +48,7 @@ impl NginxBalancer {
             .expect("start nginx (installed by ./scripts/test)");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut n = NginxBalancer { addr, child, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(addr).is_err() {
             if let Ok(Some(status)) = n.child.try_wait() {
                 panic!("nginx exited with {status}: {}", n.error_log());

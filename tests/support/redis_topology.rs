@@ -67,10 +67,19 @@ impl Node {
             .unwrap_or_else(|e| panic!("start {}: {e}", self.binary.display()));
         self.child = Some(child);
         let port = self.port;
+        let binary = self.binary.display().to_string();
+        let child = self.child.as_mut().expect("just started");
         wait_for(
             &format!("port {port} to answer PING"),
-            Duration::from_secs(10),
-            || cli(port, &["PING"]) == "PONG",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "{binary} on port {port} exited at start ({status}); is the port taken?"
+                    );
+                }
+                cli(port, &["PING"]) == "PONG"
+            },
         );
     }
 
@@ -134,7 +143,7 @@ impl SentinelSet {
             master.port.to_string(),
         ]);
         let replica = Node::start("redis-server", ports[1], replica_args);
-        wait_for("the replica to sync", Duration::from_secs(10), || {
+        wait_for("the replica to sync", Duration::from_secs(30), || {
             replica
                 .cli(&["INFO", "replication"])
                 .contains("master_link_status:up")
@@ -221,7 +230,7 @@ impl SentinelSet {
         );
         wait_for(
             "the replica to act as master",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || self.replica.cli(&["ROLE"]).starts_with("master"),
         );
         assert_ne!(old, replica);

@@ -370,7 +370,7 @@ impl Slapd {
             .spawn()
             .expect("start slapd");
         self.child = Some(child);
-        if self.wait_ready(Duration::from_secs(10)) {
+        if self.wait_ready(Duration::from_secs(30)) {
             return true;
         }
         self.kill();
