@@ -8,6 +8,8 @@ mod ldap;
 mod ops;
 mod raw;
 mod regulation;
+mod routes;
+mod server;
 mod session;
 mod upstream;
 
@@ -15,6 +17,8 @@ pub use keys::accepted_keys;
 pub use ops::{MetricsConfig, TlsConfig};
 
 pub use regulation::RegulationConfig;
+pub use routes::RoutesConfig;
+pub use server::ServerConfig;
 pub use session::{
     parse_sentinel_url, NodeAuth, RedisConfig, RedisTopology, SessionConfig, StoreKind,
 };
@@ -24,13 +28,10 @@ mod totp;
 pub use totp::{TotpAlgorithm, TotpConfig};
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::IpNet;
-
-use raw::{OneOrMany, RawConfig};
+use raw::RawConfig;
 
 pub use ldap::{
     fill as fill_placeholders, DirectoryKind, LdapAttributes, LdapDirectoryConfig, LdapPreset,
@@ -55,26 +56,6 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub listen: Vec<SocketAddr>,
-    /// Base for `avatarUrl`; when absent the request's Host is used.
-    pub public_url: Option<String>,
-    pub trusted_proxies: Vec<IpNet>,
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub max_connections: usize,
-    pub login_body_limit: usize,
-    pub shutdown_grace: Duration,
-    /// Between the stop signal and closing the listeners, while `/readyz` already says 503.
-    pub shutdown_delay: Duration,
-    pub tls: Option<TlsConfig>,
-    pub worker_threads: usize,
-    pub password_hash_concurrency: usize,
-    pub login_queue_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
 pub struct DirectoryConfig {
     pub local: Option<LocalDirectoryConfig>,
     pub ldap: Option<LdapDirectoryConfig>,
@@ -87,17 +68,6 @@ pub struct LocalDirectoryConfig {
     pub users_file: PathBuf,
     /// Only the embedded default may run without a users file (it then has no users).
     pub missing_is_empty: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct RoutesConfig {
-    /// Exact canonical paths served without a session.
-    pub public_exact: Vec<String>,
-    /// Path prefixes (written `"/prefix/*"`) served without a session.
-    pub public_prefixes: Vec<String>,
-    /// Forward requests that carry no credentials at all, without identity (the upstream then
-    /// decides). Only sensible when the upstream authenticates by itself (`rocketchat` mode).
-    pub anonymous_forward: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -413,15 +383,9 @@ pub(crate) fn resolve_path(base: &Path, value: &str) -> PathBuf {
     }
 }
 
-fn default_parallelism() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProblem>) -> Config {
     let base = source.base_dir.as_path();
-    let server = validate_server(raw.server.unwrap_or_default(), base, problems);
+    let server = server::validate_server(raw.server.unwrap_or_default(), base, problems);
     let upstream = upstream::validate(raw.upstream.unwrap_or_default(), base, problems);
     let session = session::validate_session(raw.session.unwrap_or_default(), base, problems);
     let directory = validate_directory(
@@ -441,7 +405,7 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
             problems,
         ),
     };
-    let routes = validate_routes(raw.routes.unwrap_or_default(), upstream.mode, problems);
+    let routes = routes::validate_routes(raw.routes.unwrap_or_default(), upstream.mode, problems);
     let regulation = regulation::validate(raw.regulation.unwrap_or_default(), problems);
     let log = validate_log(raw.log.unwrap_or_default(), problems);
     let totp = totp::validate_totp(raw.totp.unwrap_or_default(), base, problems);
@@ -457,146 +421,6 @@ fn validate(raw: RawConfig, source: &ConfigSource, problems: &mut Vec<ConfigProb
         log,
         totp,
         metrics,
-    }
-}
-
-fn validate_server(
-    raw: raw::RawServer,
-    base: &Path,
-    problems: &mut Vec<ConfigProblem>,
-) -> ServerConfig {
-    let listen_raw = match raw.listen {
-        None => vec!["127.0.0.1:8080".to_string()],
-        Some(OneOrMany::One(s)) => vec![s],
-        Some(OneOrMany::Many(v)) => v,
-    };
-    if listen_raw.is_empty() {
-        problems.push(problem(
-            "server.listen",
-            "no address given",
-            "give at least one \"host:port\", e.g. \"127.0.0.1:8080\"",
-        ));
-    }
-    let mut listen = Vec::new();
-    for a in &listen_raw {
-        match a.parse::<SocketAddr>() {
-            Ok(addr) => listen.push(addr),
-            Err(_) => problems.push(problem(
-                "server.listen",
-                format!("`{a}` is not an IP:port address"),
-                "write an address such as \"127.0.0.1:8080\", \"0.0.0.0:8080\" or \"[::]:8080\"",
-            )),
-        }
-    }
-    let public_url = raw
-        .public_url
-        .map(|u| u.trim_end_matches('/').to_string())
-        .filter(|u| !u.is_empty());
-    if let Some(u) = &public_url {
-        if !(u.starts_with("http://") || u.starts_with("https://")) {
-            problems.push(problem(
-                "server.public_url",
-                format!("`{u}` is not an http(s) URL"),
-                "write the URL clients use, e.g. \"https://chat.example.org\"",
-            ));
-        }
-    }
-    let mut trusted_proxies = Vec::new();
-    for (i, p) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
-        let parsed = p
-            .parse::<IpNet>()
-            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from));
-        match parsed {
-            Ok(net) => trusted_proxies.push(net),
-            Err(_) => problems.push(problem(
-                &format!("server.trusted_proxies[{i}]"),
-                format!("`{p}` is not an IP address or CIDR"),
-                "write entries like \"10.0.0.0/8\" or \"192.0.2.7\"",
-            )),
-        }
-    }
-    let cores = default_parallelism();
-    let tls = ops::validate_tls(raw.tls, base, problems);
-    ServerConfig {
-        listen,
-        public_url,
-        trusted_proxies,
-        tls,
-        shutdown_delay: duration_or(
-            "server.shutdown_delay",
-            raw.shutdown_delay.as_ref(),
-            Duration::ZERO,
-            Duration::ZERO,
-            problems,
-        ),
-        header_read_timeout: duration_or(
-            "server.header_read_timeout",
-            raw.header_read_timeout.as_ref(),
-            Duration::from_secs(10),
-            Duration::from_millis(100),
-            problems,
-        ),
-        idle_timeout: duration_or(
-            "server.idle_timeout",
-            raw.idle_timeout.as_ref(),
-            Duration::from_secs(60),
-            Duration::from_millis(100),
-            problems,
-        ),
-        max_header_bytes: count_or(
-            "server.max_header_bytes",
-            raw.max_header_bytes,
-            16 * 1024,
-            8192,
-            1 << 20,
-            problems,
-        ),
-        max_connections: count_or(
-            "server.max_connections",
-            raw.max_connections,
-            10_000,
-            1,
-            1_000_000,
-            problems,
-        ),
-        login_body_limit: count_or(
-            "server.login_body_limit",
-            raw.login_body_limit,
-            64 * 1024,
-            256,
-            1 << 20,
-            problems,
-        ),
-        shutdown_grace: duration_or(
-            "server.shutdown_grace",
-            raw.shutdown_grace.as_ref(),
-            Duration::from_secs(10),
-            Duration::ZERO,
-            problems,
-        ),
-        worker_threads: count_or(
-            "server.worker_threads",
-            raw.worker_threads,
-            cores,
-            1,
-            1024,
-            problems,
-        ),
-        password_hash_concurrency: count_or(
-            "server.password_hash_concurrency",
-            raw.password_hash_concurrency,
-            cores.saturating_sub(1).max(1),
-            1,
-            1024,
-            problems,
-        ),
-        login_queue_timeout: duration_or(
-            "server.login_queue_timeout",
-            raw.login_queue_timeout.as_ref(),
-            Duration::from_secs(5),
-            Duration::from_millis(1),
-            problems,
-        ),
     }
 }
 
@@ -633,65 +457,6 @@ fn validate_directory(
     }
     let order = ldap::directory_order(raw.order, local.is_some(), ldap.is_some(), problems);
     DirectoryConfig { local, ldap, order }
-}
-
-fn validate_routes(
-    raw: raw::RawRoutes,
-    mode: UpstreamMode,
-    problems: &mut Vec<ConfigProblem>,
-) -> RoutesConfig {
-    let mut public_exact = Vec::new();
-    let mut public_prefixes = Vec::new();
-    for (i, entry) in raw
-        .public
-        .unwrap_or_else(|| vec!["/api/info".into()])
-        .into_iter()
-        .enumerate()
-    {
-        let key = format!("routes.public[{i}]");
-        let (path, is_prefix) = match entry.strip_suffix('*') {
-            Some(p) => (p.to_string(), true),
-            None => (entry.clone(), false),
-        };
-        match crate::route::canonical_path(&path) {
-            Ok(c) if !path.contains('*') && !path.contains('?') => {
-                if crate::route::covers_gateway_path(&c, is_prefix) {
-                    problems.push(problem(&key, format!("`{entry}` covers a login, logout or realtime path"), "public routes cannot include the gateway's own endpoints; use a narrower path"));
-                } else if is_prefix {
-                    if c.ends_with('/') {
-                        public_prefixes.push(c);
-                    } else {
-                        problems.push(problem(&key, format!("`{entry}`: a prefix must end in \"/*\""), "write prefixes like \"/assets/*\""));
-                    }
-                } else {
-                    public_exact.push(c);
-                }
-            }
-            _ => problems.push(problem(&key, format!("`{entry}` is not a plain absolute path"), "write \"/exact/path\" or \"/prefix/*\" (no query, no dot segments, no encoded characters)")),
-        }
-    }
-    let anonymous_forward = match raw.anonymous.as_deref() {
-        None => mode == UpstreamMode::RocketChat,
-        Some("deny") => false,
-        Some("forward") if mode == UpstreamMode::RocketChat => true,
-        Some("forward") => {
-            problems.push(problem("routes.anonymous", "\"forward\" needs an upstream that authenticates by itself", "use it only with upstream.mode = \"rocketchat\", or list public paths in routes.public"));
-            false
-        }
-        Some(other) => {
-            problems.push(problem(
-                "routes.anonymous",
-                format!("`{other}` is not a policy"),
-                "use \"deny\" or \"forward\"",
-            ));
-            false
-        }
-    };
-    RoutesConfig {
-        public_exact,
-        public_prefixes,
-        anonymous_forward,
-    }
 }
 
 fn validate_log(raw: raw::RawLog, problems: &mut Vec<ConfigProblem>) -> LogConfig {
