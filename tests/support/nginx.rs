@@ -1,5 +1,6 @@
 //! nginx as a round-robin load balancer in front of several gateways, as operators run authgate:
-//! a real `nginx` process with a temp prefix on a free loopback port, killed on drop.
+//! a real `nginx` process (one process: no master to leave workers behind) with a temp prefix on a
+//! free loopback port, killed on drop.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -23,7 +24,7 @@ impl NginxBalancer {
             .map(|b| format!("    server {b} max_fails=0;\n"))
             .collect();
         let conf = format!(
-            "user root;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
+            "user root;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
                fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
