@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -344,15 +343,10 @@ async fn serve_connection<I>(
 {
     let (io, flags) = GuardedIo::new(io, setup.max_header_bytes, setup.header_read_timeout);
     let (service, peer) = (setup.service, setup.peer);
-    let handler = service_fn(move |req| {
-        let service = service.clone();
-        let flags = flags.clone();
-        async move {
-            let ambiguous = flags.ambiguous_framing();
-            Ok::<_, std::convert::Infallible>(
-                rescue_panics(service.handle(req, peer, ambiguous)).await,
-            )
-        }
+    let handler = hyper_util::service::TowerToHyperService::new(PerRequest {
+        service,
+        peer,
+        flags,
     });
     let conn = setup
         .builder
@@ -362,6 +356,46 @@ async fn serve_connection<I>(
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
+
+/// The tower service one connection's requests go through: each is decided by the current
+/// configuration's gateway, and a panic anywhere inside answers 500 (the connection and the
+/// process carry on).
+#[derive(Clone)]
+struct PerRequest {
+    service: Arc<Service>,
+    peer: SocketAddr,
+    flags: Arc<crate::conn_guard::ConnFlags>,
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Decided;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let (service, peer, ambiguous) = (
+            self.service.clone(),
+            self.peer,
+            self.flags.ambiguous_framing(),
+        );
+        Box::pin(async move { Ok(rescue_panics(service.handle(req, peer, ambiguous)).await) })
+    }
+}
+
+/// One request's answer on its way out of the tower stack.
+type Decided = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<http::Response<Body>, std::convert::Infallible>>
+            + Send,
+    >,
+>;
 
 /// A panic in one request answers 500 and leaves the process and other requests alone.
 pub async fn rescue_panics(
