@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
-use http_body_util::BodyExt;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
 
 use crate::config::UpstreamConfig;
 use crate::error::{Body, GatewayError};
+use crate::upstream_pool::{Pool, UpstreamBody};
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the legacy ones proxies still meet.
 const HOP_BY_HOP: [&str; 9] = [
@@ -223,58 +223,38 @@ pub fn rewrite_response_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// One pooled keep-alive client to the chat backend.
+/// The chat backend: where requests go, and the keep-alive connections they go on.
 pub struct Upstream {
     config: UpstreamConfig,
-    client: Client<HttpConnector, Incoming>,
-    /// For requests whose body authgate holds whole (a replay after a token renewal, a checked
-    /// DDP method call) and for WebSocket upgrades.
-    replay_client: Client<HttpConnector, http_body_util::Full<bytes::Bytes>>,
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
+    pool: Arc<Pool>,
     host_header: HeaderValue,
     preserve_host: bool,
     timeout: Duration,
-    connect_timeout: Duration,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.enforce_http(true);
-        let connector_for_replay = connector.clone();
-        let client = Client::builder(TokioExecutor::new())
-            // Without a timer the idle timeout silently does nothing (hyper#3640).
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(connector);
-        let replay_client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .build(connector_for_replay);
+    /// `workers` is the number of worker runtimes, each of which keeps its own connections.
+    pub fn new(config: &UpstreamConfig, workers: usize) -> Self {
         let authority = config
             .url
             .authority()
             .expect("validated upstream URL has an authority")
             .clone();
+        let pool = Pool::new(
+            authority.host(),
+            authority.port_u16().unwrap_or(80),
+            config.connect_timeout,
+            config.pool_idle_timeout,
+            config.pool_max_idle_per_host,
+            workers,
+        );
         Self {
             config: config.clone(),
-            client,
-            replay_client,
-            scheme: config
-                .url
-                .scheme()
-                .cloned()
-                .unwrap_or(http::uri::Scheme::HTTP),
+            pool: Arc::new(pool),
             host_header: HeaderValue::from_str(authority.as_str())
                 .expect("authority is a valid header value"),
-            authority,
             preserve_host: config.preserve_host,
             timeout: config.timeout,
-            connect_timeout: config.connect_timeout,
         }
     }
 
@@ -285,31 +265,13 @@ impl Upstream {
 
     /// Whether a TCP connection to the upstream opens within the connect timeout (`/readyz`).
     pub async fn probe(&self) -> Result<(), String> {
-        let port = self.authority.port_u16().unwrap_or(80);
-        let target = (self.authority.host().trim_matches(['[', ']']), port);
-        match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(target))
-            .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.authority)),
-            Err(_) => Err(format!(
-                "no connection to {} within {:?}",
-                self.authority, self.connect_timeout
-            )),
-        }
-    }
-
-    fn target(&self, forward: &str) -> Result<Uri, GatewayError> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(forward)
-            .build()
-            .map_err(|_| GatewayError::BadRequest("The request target cannot be forwarded."))
+        self.pool.probe().await.map_err(|e| e.to_string())
     }
 
     fn prepare<B>(&self, req: &mut Request<B>, forward: &str) -> Result<(), GatewayError> {
-        *req.uri_mut() = self.target(forward)?;
+        // Origin form on the wire, as an HTTP/1.1 origin server expects it from a proxy.
+        *req.uri_mut() = Uri::try_from(forward)
+            .map_err(|_| GatewayError::BadRequest("The request target cannot be forwarded."))?;
         *req.version_mut() = http::Version::HTTP_11;
         if !self.preserve_host || !req.headers().contains_key(header::HOST) {
             req.headers_mut()
@@ -318,13 +280,8 @@ impl Upstream {
         Ok(())
     }
 
-    async fn finish(
-        &self,
-        sent: impl std::future::Future<
-            Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>,
-        >,
-    ) -> Result<Response<Body>, GatewayError> {
-        let resp = match tokio::time::timeout(self.timeout, sent).await {
+    async fn exchange(&self, req: Request<UpstreamBody>) -> Result<Response<Body>, GatewayError> {
+        let resp = match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => return Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
             Ok(Ok(resp)) => resp,
@@ -340,11 +297,12 @@ impl Upstream {
     /// Sends a request whose headers were already rewritten to `forward` (canonical path+query).
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         forward: &str,
     ) -> Result<Response<Body>, GatewayError> {
+        let mut req = req.map(Either::Left);
         self.prepare(&mut req, forward)?;
-        self.finish(self.client.request(req)).await
+        self.exchange(req).await
     }
 
     /// Sends a WebSocket upgrade request; the answer comes back untouched, so its 101 and the
@@ -354,10 +312,10 @@ impl Upstream {
         headers: HeaderMap,
         forward: &str,
     ) -> Result<Response<Incoming>, GatewayError> {
-        let mut req = Request::new(http_body_util::Full::default());
+        let mut req = Request::new(Either::Right(Full::default()));
         *req.headers_mut() = headers;
         self.prepare(&mut req, forward)?;
-        match tokio::time::timeout(self.timeout, self.replay_client.request(req)).await {
+        match tokio::time::timeout(self.timeout, self.pool.send_upgrade(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
             Ok(Ok(resp)) => Ok(resp),
@@ -373,11 +331,11 @@ impl Upstream {
         body: bytes::Bytes,
         forward: &str,
     ) -> Result<Response<Body>, GatewayError> {
-        let mut req = Request::new(http_body_util::Full::new(body));
+        let mut req = Request::new(Either::Right(Full::new(body)));
         *req.method_mut() = method;
         *req.headers_mut() = headers;
         self.prepare(&mut req, forward)?;
-        self.finish(self.replay_client.request(req)).await
+        self.exchange(req).await
     }
 }
 

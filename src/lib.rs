@@ -28,3 +28,4 @@ pub mod session;
 pub mod telemetry;
 pub mod tls;
 pub mod totp;
+pub mod upstream_pool;

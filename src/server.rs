@@ -126,7 +126,10 @@ pub fn build_snapshot(
     }
     let upstream = match running_upstream {
         Some(u) if u.config() == &config.upstream => u.clone(),
-        _ => Arc::new(Upstream::new(&config.upstream)),
+        _ => Arc::new(Upstream::new(
+            &config.upstream,
+            config.server.worker_threads,
+        )),
     };
     let bridge = (config.upstream.mode == crate::config::UpstreamMode::RocketChat)
         .then(|| crate::rocketchat::Bridge::new(&config.upstream));

@@ -1,0 +1,251 @@
+//! Keep-alive connections to the upstream, on hyper's own HTTP/1 client connections.
+//!
+//! hyper-util's legacy `Client` spawns an extra task per streamed response to hand the
+//! connection back, and shares one mutex-guarded pool across threads (PERFORMANCE.md §3.7, §5.4).
+//! Here each worker runtime keeps its own idle list, a connection's driver task lives on the
+//! worker that opened it, and a connection goes back to its list the moment the response body
+//! has been read to the end, from inside the body itself.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// What goes up: the client's streamed body, or one authgate holds whole.
+pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
+
+thread_local! {
+    /// Which worker runtime this thread drives (0 for the main one, and for every thread of a
+    /// multi-threaded runtime).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `index`, so it uses its own idle connections.
+pub fn set_worker_index(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("no connection to {0} within {1:?}")]
+    ConnectTimeout(String, Duration),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+pub struct Pool {
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    /// One idle list per worker runtime; a worker only ever touches its own, so the locks are
+    /// uncontended.
+    idle: Box<[Mutex<VecDeque<Idle>>]>,
+}
+
+impl Pool {
+    pub fn new(
+        host: &str,
+        port: u16,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+        workers: usize,
+    ) -> Self {
+        Self {
+            host: host.trim_matches(['[', ']']).to_string(),
+            port,
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            idle: (0..workers.max(1))
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
+        }
+    }
+
+    fn slot(&self) -> usize {
+        WORKER.with(Cell::get) % self.idle.len()
+    }
+
+    /// Sends `req` on an idle connection of this worker, or a new one. A request the connection
+    /// turned down before writing anything (the upstream closed it while idle) goes out again
+    /// once on a fresh connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let slot = self.slot();
+        let mut req = req;
+        loop {
+            let (mut sender, fresh) = match self.checkout(slot).await {
+                Some(sender) => (sender, false),
+                None => (self.connect(false).await?, true),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = PooledBody::new(body, sender, self.clone(), slot);
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// Sends a WebSocket upgrade on a connection of its own: it never comes back to the pool.
+    pub async fn send_upgrade(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, PoolError> {
+        let mut sender = self.connect(true).await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// Whether a TCP connection to the upstream opens within the connect timeout.
+    pub async fn probe(&self) -> Result<(), PoolError> {
+        self.tcp().await.map(drop)
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    async fn checkout(&self, slot: usize) -> Option<SendRequest<UpstreamBody>> {
+        loop {
+            let idle = self.idle[slot].lock().expect("pool lock").pop_back()?;
+            if idle.since.elapsed() >= self.idle_timeout || idle.sender.is_closed() {
+                continue;
+            }
+            let mut sender = idle.sender;
+            // Ready at once, unless the connection task has not yet noticed the last response
+            // ended; an error means the upstream closed it meanwhile.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn check_in(&self, slot: usize, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle[slot].lock().expect("pool lock");
+        // The oldest sit at the front; those past the idle timeout are closed here.
+        while idle
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < self.max_idle {
+            idle.push_back(Idle { sender, since: now });
+        }
+    }
+
+    async fn tcp(&self) -> Result<TcpStream, PoolError> {
+        let authority = || format!("{}:{}", self.host, self.port);
+        let connect = TcpStream::connect((self.host.as_str(), self.port));
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(PoolError::Connect(authority(), e)),
+            Err(_) => Err(PoolError::ConnectTimeout(authority(), self.connect_timeout)),
+        }
+    }
+
+    async fn connect(&self, upgrades: bool) -> Result<SendRequest<UpstreamBody>, PoolError> {
+        let stream = self.tcp().await?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, UpstreamBody>(TokioIo::new(stream))
+            .await?;
+        if upgrades {
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+        }
+        Ok(sender)
+    }
+}
+
+/// An upstream response body that hands its connection back to the pool once read to the end.
+/// Dropped earlier, it takes the connection with it: a half-read response cannot be reused.
+pub struct PooledBody {
+    inner: Incoming,
+    owner: Option<(SendRequest<UpstreamBody>, Arc<Pool>, usize)>,
+}
+
+impl PooledBody {
+    fn new(inner: Incoming, sender: SendRequest<UpstreamBody>, pool: Arc<Pool>, slot: usize) -> Self {
+        let mut body = Self {
+            inner,
+            owner: Some((sender, pool, slot)),
+        };
+        // An empty body is never polled: the connection is free already.
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some((sender, pool, slot)) = self.owner.take() {
+            pool.check_in(slot, sender);
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            // A body of known length is over with its last byte: hyper stops polling then.
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Err(_))) => self.owner = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
