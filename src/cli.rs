@@ -148,8 +148,8 @@ fn serve(arg: &ConfigArg) -> ExitCode {
         }
     };
     crate::logging::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.server.worker_threads)
+    // This thread is worker 0; `server::start` adds a thread per further worker.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -29,3 +29,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod totp;
 pub mod upstream_pool;
+pub mod workers;

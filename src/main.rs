@@ -2,6 +2,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// Small, short-lived allocations (heads, header values, futures) dominate the proxy path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match authgate::cli::Cli::try_parse() {
         Ok(cli) => cli,

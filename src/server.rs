@@ -166,11 +166,34 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
-    let mut listeners = Vec::new();
+/// The listening sockets, per worker: `by_worker[w]` holds one socket for every listen address.
+fn bind_workers(config: &Config) -> Result<Vec<Vec<std::net::TcpListener>>, StartError> {
+    let workers = config.server.worker_threads;
+    let mut by_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     for addr in &config.server.listen {
-        listeners.push(bind(*addr).await?);
+        let sockets = crate::workers::bind(*addr, workers).map_err(|source| StartError::Bind {
+            addr: *addr,
+            source,
+        })?;
+        for (w, socket) in sockets.into_iter().enumerate() {
+            by_worker[w].push(socket);
+        }
     }
+    Ok(by_worker)
+}
+
+pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
+    let by_worker = bind_workers(&config)?;
+    let addrs = by_worker[0]
+        .iter()
+        .zip(&config.server.listen)
+        .map(|(l, addr)| {
+            l.local_addr().map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let admin_listener = match config.metrics.listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
@@ -196,20 +219,29 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(max_connections));
     let mut tasks = JoinSet::new();
-    let mut addrs = Vec::new();
-    for listener in listeners {
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: service.current().config.server.listen[0],
-            source,
-        })?;
-        addrs.push(addr);
-        tasks.spawn(accept_loop(
-            listener,
-            service.clone(),
-            shutdown_rx.clone(),
-            connections.clone(),
-            acceptor.clone(),
-        ));
+    for (index, listeners) in by_worker.into_iter().enumerate() {
+        let worker = Worker {
+            listeners,
+            service: service.clone(),
+            shutdown: shutdown_rx.clone(),
+            connections: connections.clone(),
+            tls: acceptor.clone(),
+        };
+        if index == 0 {
+            // The first worker is the runtime this is called on.
+            tasks.spawn(worker.run());
+        } else {
+            let (done, finished) = tokio::sync::oneshot::channel();
+            crate::workers::spawn(index, move || worker.run(), done).map_err(|source| {
+                StartError::Bind {
+                    addr: addrs[0],
+                    source,
+                }
+            })?;
+            tasks.spawn(async move {
+                let _ = finished.await;
+            });
+        }
     }
     if let Some(resolver) = watched {
         tasks.spawn(crate::tls::watch_files(
@@ -259,6 +291,40 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// One worker's share of the listeners, and what its accept loops need.
+struct Worker {
+    listeners: Vec<std::net::TcpListener>,
+    service: Arc<Service>,
+    shutdown: watch::Receiver<bool>,
+    connections: Arc<Semaphore>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Worker {
+    /// Accepts on every listener until the stop, then waits for the connections to drain.
+    async fn run(self) {
+        let mut loops = JoinSet::new();
+        for listener in self.listeners {
+            // Registered with the runtime of the thread that runs this worker.
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot register a listener");
+                    continue;
+                }
+            };
+            loops.spawn(accept_loop(
+                listener,
+                self.service.clone(),
+                self.shutdown.clone(),
+                self.connections.clone(),
+                self.tls.clone(),
+            ));
+        }
+        while loops.join_next().await.is_some() {}
+    }
+}
+
 /// What one accepted connection needs, taken from the configuration current at accept time.
 struct ConnSetup {
     service: Arc<Service>,
@@ -280,10 +346,6 @@ async fn accept_loop(
     let mut built_for = service.current().config.clone();
     let mut builder = Arc::new(connection_builder(&built_for));
     loop {
-        let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -293,6 +355,13 @@ async fn accept_loop(
                     continue;
                 }
             },
+            _ = shutdown.changed() => break,
+        };
+        // The permit is taken after the accept: workers share the limit, and a permit held by
+        // a worker whose socket gets no connection would strand one queued on another's. So at
+        // most one accepted connection per worker waits here, unserved, for a slot.
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);

@@ -203,7 +203,12 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, sender: SendRequest<UpstreamBody>, pool: Arc<Pool>, slot: usize) -> Self {
+    fn new(
+        inner: Incoming,
+        sender: SendRequest<UpstreamBody>,
+        pool: Arc<Pool>,
+        slot: usize,
+    ) -> Self {
         let mut body = Self {
             inner,
             owner: Some((sender, pool, slot)),
@@ -247,5 +252,148 @@ impl HttpBody for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An upstream that counts the connections it accepted. `/empty` answers 204, `/big` 256 KiB,
+    /// anything else a short body.
+    async fn counting_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let body = match req.uri().path() {
+                            "/empty" => Bytes::new(),
+                            "/big" => Bytes::from(vec![b'x'; 256 * 1024]),
+                            _ => Bytes::from_static(b"{\"ok\":true}"),
+                        };
+                        let mut resp = Response::new(Full::new(body));
+                        if req.uri().path() == "/empty" {
+                            *resp.status_mut() = http::StatusCode::NO_CONTENT;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn pool(addr: std::net::SocketAddr, idle_timeout: Duration) -> Arc<Pool> {
+        Arc::new(Pool::new(
+            "127.0.0.1",
+            addr.port(),
+            Duration::from_secs(2),
+            idle_timeout,
+            8,
+            1,
+        ))
+    }
+
+    fn get(path: &str) -> Request<UpstreamBody> {
+        let mut req = Request::new(http_body_util::Either::Right(Full::default()));
+        *req.uri_mut() = path.parse().unwrap();
+        req.headers_mut()
+            .insert(http::header::HOST, "upstream".parse().unwrap());
+        req
+    }
+
+    async fn read_all(pool: &Arc<Pool>, path: &str) -> Bytes {
+        let resp = pool.send(get(path)).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn requests_read_to_the_end_reuse_one_connection() {
+        let (addr, accepted) = counting_upstream().await;
+        let pool = pool(addr, Duration::from_secs(30));
+        for path in ["/", "/big", "/empty", "/", "/big"] {
+            read_all(&pool, path).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_half_read_takes_its_connection_along() {
+        let (addr, accepted) = counting_upstream().await;
+        let pool = pool(addr, Duration::from_secs(30));
+        let mut body = pool.send(get("/big")).await.unwrap().into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert_eq!(read_all(&pool, "/").await.as_ref(), b"{\"ok\":true}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_past_the_timeout_are_not_reused() {
+        let (addr, accepted) = counting_upstream().await;
+        let pool = pool(addr, Duration::from_millis(100));
+        read_all(&pool, "/").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        read_all(&pool, "/").await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // The stale one was closed when the fresh one came back.
+        assert_eq!(pool.idle[0].lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_closed_an_idle_connection_costs_the_client_nothing() {
+        // Answers one request per connection, then closes without saying so.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                });
+            }
+        });
+        let pool = pool(addr, Duration::from_secs(30));
+        for _ in 0..5 {
+            assert_eq!(read_all(&pool, "/").await.as_ref(), b"ok");
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_a_connect_error() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let pool = Arc::new(Pool::new(
+            "127.0.0.1",
+            port,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            8,
+            1,
+        ));
+        assert!(matches!(
+            pool.send(get("/")).await,
+            Err(PoolError::Connect(..))
+        ));
     }
 }
