@@ -23,12 +23,25 @@ pub struct RequestFacts {
     pub peer: IpAddr,
     /// The TCP peer is a trusted proxy (its forwarding headers count).
     pub peer_trusted: bool,
+    /// `client_ip` and `peer` as header values, for the forwarding headers.
+    pub client_value: HeaderValue,
+    pub peer_value: HeaderValue,
     /// The canonical path, once the request was routed.
     pub path: Option<String>,
     /// The user the request acted as: a live session's, or the one who just logged in.
     pub user_id: Option<String>,
     /// Time until the upstream's response head, when the request was forwarded.
     pub upstream: Option<Duration>,
+}
+
+impl RequestFacts {
+    pub fn origin(&self) -> crate::forward::Origin<'_> {
+        crate::forward::Origin {
+            client: &self.client_value,
+            peer: &self.peer_value,
+            peer_trusted: self.peer_trusted,
+        }
+    }
 }
 
 fn acceptable_id(v: &HeaderValue) -> bool {
@@ -43,15 +56,20 @@ fn acceptable_id(v: &HeaderValue) -> bool {
 /// fresh random one (a client could otherwise forge ids to muddle the logs).
 pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> HeaderValue {
     if peer_trusted {
-        let mut given = headers.get_all("x-request-id").iter();
+        let mut given = headers.get_all(&crate::forward::X_REQUEST_ID).iter();
         if let (Some(v), None) = (given.next(), given.next()) {
             if acceptable_id(v) {
                 return v.clone();
             }
         }
     }
-    let id = format!("{:032x}", rand::random::<u128>());
-    HeaderValue::from_str(&id).expect("hex is a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = rand::random::<u128>();
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((random >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 
 /// Emits the access line and the request metrics once, on `finish` or on drop.

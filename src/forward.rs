@@ -1,6 +1,7 @@
 //! What the upstream receives: client identity, forwarding and hop-by-hop headers stripped, our
 //! own identity and forwarding headers injected once each, bodies streamed both ways.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -17,17 +18,26 @@ use crate::error::{Body, GatewayError};
 use crate::upstream_pool::{Pool, UpstreamBody};
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the legacy ones proxies still meet.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+fn is_hop_by_hop(norm: &str) -> bool {
+    matches!(
+        norm,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+pub const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Identity the gateway injects to the upstream.
 pub struct Identity<'a> {
@@ -37,9 +47,52 @@ pub struct Identity<'a> {
     pub as_cookies: bool,
 }
 
-/// Header names compared as the backends may normalise them: lower case, `_` read as `-`.
-fn normalised(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
+/// Where a request came from, as the forwarding headers write it.
+pub struct Origin<'a> {
+    /// The client's address (`X-Real-IP`).
+    pub client: &'a HeaderValue,
+    /// The TCP peer's address, appended to `X-Forwarded-For`.
+    pub peer: &'a HeaderValue,
+    /// Whether the peer is a trusted proxy, whose `X-Forwarded-For` is kept and extended.
+    pub peer_trusted: bool,
+}
+
+/// An address as a header value. Per connection, not per request: formatting shows in profiles.
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP is a valid header value")
+}
+
+/// Header names compared as the backends may normalise them: lower case (as `HeaderName`
+/// already is), `_` read as `-`.
+fn normalised(name: &str) -> Cow<'_, str> {
+    if name.contains('_') {
+        Cow::Owned(name.replace('_', "-"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// The header names a `Connection` header lists, normalised.
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase().replace('_', "-"))
+        .collect()
+}
+
+/// Removes every header `doomed` picks (by normalised name).
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| doomed(&normalised(name.as_str())))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(&name);
+    }
 }
 
 /// Headers a client may never set, because the upstream (or a framework in front of it) could
@@ -103,7 +156,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let mut chain: Vec<IpAddr> = Vec::new();
-    for v in headers.get_all("x-forwarded-for") {
+    for v in headers.get_all(&X_FORWARDED_FOR) {
         let Ok(s) = v.to_str() else { return peer };
         for part in s.split(',') {
             match part.trim().parse::<IpAddr>() {
@@ -127,49 +180,28 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 pub fn rewrite_request_headers(
     headers: &mut HeaderMap,
     identity: Option<&Identity<'_>>,
-    client: IpAddr,
-    peer: IpAddr,
-    peer_trusted: bool,
+    origin: &Origin<'_>,
 ) {
     // Names listed in Connection go first, before anything is injected (Traefik CVE-2024-45410).
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| {
-            v.split(',')
-                .map(|t| normalised(t.trim()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let prior_xff: Vec<String> = if peer_trusted {
-        headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect()
+    let listed = connection_listed(headers);
+    let prior_xff: Vec<HeaderValue> = if origin.peer_trusted {
+        headers.get_all(&X_FORWARDED_FOR).iter().cloned().collect()
     } else {
         Vec::new()
     };
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let n = normalised(name.as_str());
-            HOP_BY_HOP.contains(&n.as_str()) || listed.contains(&n) || is_client_forbidden(&n)
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(&name);
+    remove_where(headers, |n| {
+        is_hop_by_hop(n) || is_client_forbidden(n) || listed.iter().any(|l| l == n)
+    });
+    if headers.contains_key(header::COOKIE) {
+        strip_credential_cookies(headers);
     }
-    strip_credential_cookies(headers);
     if let Some(id) = identity {
         if let (Ok(uid), Ok(tok)) = (
             HeaderValue::from_str(id.user_id),
             HeaderValue::from_str(id.token),
         ) {
-            headers.insert("x-user-id", uid);
-            headers.insert("x-auth-token", tok);
+            headers.insert(X_USER_ID, uid);
+            headers.insert(X_AUTH_TOKEN, tok);
         }
         if id.as_cookies {
             // One Cookie header, as user agents send it (RFC 6265 section 5.4).
@@ -184,43 +216,29 @@ pub fn rewrite_request_headers(
             }
         }
     }
-    let mut xff = prior_xff.join(", ");
-    if !xff.is_empty() {
-        xff.push_str(", ");
-    }
-    xff.push_str(&peer.to_string());
-    headers.insert(
-        "x-real-ip",
-        HeaderValue::from_str(&client.to_string()).expect("an IP is a valid header value"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    headers.insert(X_REAL_IP, origin.client.clone());
+    let xff = if prior_xff.is_empty() {
+        Some(origin.peer.clone())
+    } else {
+        let mut chain = Vec::new();
+        for prior in &prior_xff {
+            chain.extend_from_slice(prior.as_bytes());
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(origin.peer.as_bytes());
+        HeaderValue::from_bytes(&chain).ok()
+    };
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 
 /// Removes hop-by-hop headers from an upstream response.
 pub fn rewrite_response_headers(headers: &mut HeaderMap) {
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| {
-            v.split(',')
-                .map(|t| normalised(t.trim()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| {
-            let n = normalised(n.as_str());
-            HOP_BY_HOP.contains(&n.as_str()) || listed.contains(&n)
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(&name);
-    }
+    let listed = connection_listed(headers);
+    remove_where(headers, |n| {
+        is_hop_by_hop(n) || listed.iter().any(|l| l == n)
+    });
 }
 
 /// The chat backend: where requests go, and the keep-alive connections they go on.
@@ -358,6 +376,22 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn rewrite(
+        h: &mut HeaderMap,
+        id: Option<&Identity<'_>>,
+        client: &str,
+        peer: &str,
+        peer_trusted: bool,
+    ) {
+        let (client, peer) = (ip_header_value(ip(client)), ip_header_value(ip(peer)));
+        let origin = Origin {
+            client: &client,
+            peer: &peer,
+            peer_trusted,
+        };
+        rewrite_request_headers(h, id, &origin);
+    }
+
     #[test]
     fn client_identity_and_forwarding_headers_are_replaced() {
         let mut h = HeaderMap::new();
@@ -388,7 +422,7 @@ mod tests {
             token: "T1",
             as_cookies: false,
         };
-        rewrite_request_headers(&mut h, Some(&id), ip("10.0.0.9"), ip("10.0.0.9"), false);
+        rewrite(&mut h, Some(&id), "10.0.0.9", "10.0.0.9", false);
         assert_eq!(
             h.get_all("x-user-id").iter().collect::<Vec<_>>(),
             vec!["U1"]
@@ -429,15 +463,15 @@ mod tests {
             "connection",
             HeaderValue::from_static("x-user-id, x-auth-token, x-real-ip, x-forwarded-for"),
         );
-        rewrite_request_headers(
+        rewrite(
             &mut h,
             Some(&Identity {
                 user_id: "U1",
                 token: "T1",
                 as_cookies: false,
             }),
-            ip("192.0.2.1"),
-            ip("192.0.2.1"),
+            "192.0.2.1",
+            "192.0.2.1",
             false,
         );
         assert_eq!(h.get("x-user-id").unwrap(), "U1");

@@ -95,7 +95,10 @@ fn cookie_credentials(headers: &HeaderMap, query: Option<&str>) -> Option<Creden
     }
 }
 
-fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, GatewayError> {
+fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &http::HeaderName,
+) -> Result<Option<&'a str>, GatewayError> {
     let mut values = headers.get_all(name).iter();
     let first = values.next();
     if values.next().is_some() {
@@ -107,8 +110,8 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a st
 }
 
 fn credentials(headers: &HeaderMap) -> Result<Option<Credentials>, GatewayError> {
-    let token = single_header(headers, "x-auth-token")?;
-    let user_id = single_header(headers, "x-user-id")?;
+    let token = single_header(headers, &forward::X_AUTH_TOKEN)?;
+    let user_id = single_header(headers, &forward::X_USER_ID)?;
     Ok(match (token, user_id) {
         (Some(t), Some(u)) if !t.is_empty() && !u.is_empty() => Some(Credentials {
             token: Token::from_client(t),
@@ -275,13 +278,7 @@ impl Gateway {
         facts: &mut RequestFacts,
         identity: Option<forward::Identity<'_>>,
     ) -> Result<Response<Body>, GatewayError> {
-        forward::rewrite_request_headers(
-            req.headers_mut(),
-            identity.as_ref(),
-            facts.client_ip,
-            facts.peer,
-            facts.peer_trusted,
-        );
+        forward::rewrite_request_headers(req.headers_mut(), identity.as_ref(), &facts.origin());
         let settings = match self.config.upstream.rewrite_public_settings {
             true => settings::answer_kind(&route.path),
             false => None,
@@ -292,7 +289,7 @@ impl Gateway {
         }
         // Replaces whatever the client sent: the upstream logs the same id as the gateway.
         req.headers_mut()
-            .insert("x-request-id", facts.request_id.clone());
+            .insert(forward::X_REQUEST_ID, facts.request_id.clone());
         let resp = match crate::ddp::rest_method_name(&route.path) {
             // A DDP call over REST: the method that runs is the one in the body, so the body is
             // read and checked against the URL before anything is sent.
@@ -394,11 +391,9 @@ impl Gateway {
                 token: &fresh,
                 as_cookies: creds.from_cookies,
             }),
-            facts.client_ip,
-            facts.peer,
-            facts.peer_trusted,
+            &facts.origin(),
         );
-        headers.insert("x-request-id", facts.request_id.clone());
+        headers.insert(forward::X_REQUEST_ID, facts.request_id.clone());
         self.upstream
             .send_buffered(method, headers, Bytes::new(), &route.forward)
             .await

@@ -146,14 +146,8 @@ impl Gateway {
         let client_upgrade = hyper::upgrade::on(&mut req);
         let client_ip = facts.client_ip;
         let mut headers = req.headers().clone();
-        crate::forward::rewrite_request_headers(
-            &mut headers,
-            None,
-            client_ip,
-            facts.peer,
-            facts.peer_trusted,
-        );
-        headers.insert("x-request-id", facts.request_id.clone());
+        crate::forward::rewrite_request_headers(&mut headers, None, &facts.origin());
+        headers.insert(crate::forward::X_REQUEST_ID, facts.request_id.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         // No compression: authgate must read every frame.

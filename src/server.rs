@@ -418,6 +418,7 @@ async fn serve_connection<I>(
     let handler = hyper_util::service::TowerToHyperService::new(PerRequest {
         service,
         peer,
+        peer_value: crate::forward::ip_header_value(peer.ip()),
         flags,
     });
     let conn = setup
@@ -436,6 +437,7 @@ async fn serve_connection<I>(
 struct PerRequest {
     service: Arc<Service>,
     peer: SocketAddr,
+    peer_value: http::HeaderValue,
     flags: Arc<crate::conn_guard::ConnFlags>,
 }
 
@@ -452,12 +454,15 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
     }
 
     fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        let (service, peer, ambiguous) = (
+        let (service, peer, peer_value, ambiguous) = (
             self.service.clone(),
             self.peer,
+            self.peer_value.clone(),
             self.flags.ambiguous_framing(),
         );
-        Box::pin(async move { Ok(rescue_panics(service.handle(req, peer, ambiguous)).await) })
+        Box::pin(async move {
+            Ok(rescue_panics(service.handle(req, peer, peer_value, ambiguous)).await)
+        })
     }
 }
 

@@ -63,21 +63,30 @@ impl Service {
         self.current.load_full()
     }
 
-    /// `ambiguous_framing`: the connection guard saw a request framed two ways.
+    /// `peer_value` is the peer's address as a header value; `ambiguous_framing`: the
+    /// connection guard saw a request framed two ways.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        peer_value: http::HeaderValue,
         ambiguous_framing: bool,
     ) -> Response<Body> {
         let gw = self.current();
         let trusted = &gw.config.server.trusted_proxies;
         let peer_trusted = trusted.iter().any(|n| n.contains(&peer.ip()));
+        let client_ip = forward::client_ip(peer.ip(), req.headers(), trusted);
         let facts = RequestFacts {
             request_id: request_id(req.headers(), peer_trusted),
-            client_ip: forward::client_ip(peer.ip(), req.headers(), trusted),
+            client_ip,
             peer: peer.ip(),
             peer_trusted,
+            client_value: if client_ip == peer.ip() {
+                peer_value.clone()
+            } else {
+                forward::ip_header_value(client_ip)
+            },
+            peer_value,
             path: None,
             user_id: None,
             upstream: None,
@@ -118,7 +127,7 @@ impl Service {
             }
         };
         resp.headers_mut()
-            .insert("x-request-id", scope.facts.request_id.clone());
+            .insert(forward::X_REQUEST_ID, scope.facts.request_id.clone());
         scope.finish(resp.status().as_u16());
         resp
     }

@@ -2,7 +2,7 @@
 //! panic, and no input yields a forwarded request carrying a client-chosen identity.
 
 use authgate::config::RoutesConfig;
-use authgate::forward::{rewrite_request_headers, Identity};
+use authgate::forward::{ip_header_value, rewrite_request_headers, Identity, Origin};
 use authgate::login::{parse, BodyKind, LoginRequest};
 use authgate::route::{route, RouteKind};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -117,8 +117,9 @@ proptest! {
             }
         }
         let id = Identity { user_id: "GatewayUser", token: "GatewayToken", as_cookies: false };
-        let ip = "192.0.2.1".parse().unwrap();
-        rewrite_request_headers(&mut map, with_identity.then_some(&id), ip, ip, false);
+        let ip = ip_header_value("192.0.2.1".parse().unwrap());
+        let origin = Origin { client: &ip, peer: &ip, peer_trusted: false };
+        rewrite_request_headers(&mut map, with_identity.then_some(&id), &origin);
         let users: Vec<_> = map.get_all("x-user-id").iter().collect();
         let tokens: Vec<_> = map.get_all("x-auth-token").iter().collect();
         if with_identity {
