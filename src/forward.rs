@@ -9,6 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use std::sync::Arc;
 
+use futures_util::{future, FutureExt};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use ipnet::IpNet;
@@ -65,21 +66,24 @@ pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
 /// Header names compared as the backends may normalise them: lower case (as `HeaderName`
 /// already is), `_` read as `-`.
 fn normalised(name: &str) -> Cow<'_, str> {
-    if name.contains('_') {
+    if name.as_bytes().contains(&b'_') {
         Cow::Owned(name.replace('_', "-"))
     } else {
         Cow::Borrowed(name)
     }
 }
 
-/// The header names a `Connection` header lists, normalised.
+/// The header names a `Connection` header lists, normalised; `keep-alive` and `close` (the
+/// usual contents, removed anyway) are left out, so the common case allocates nothing.
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase().replace('_', "-"))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .map(|t| t.to_ascii_lowercase().replace('_', "-"))
         .collect()
 }
 
@@ -298,29 +302,41 @@ impl Upstream {
         Ok(())
     }
 
-    async fn exchange(&self, req: Request<UpstreamBody>) -> Result<Response<Body>, GatewayError> {
-        let resp = match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
-            Err(_) => return Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) => return Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
-            Ok(Ok(resp)) => resp,
+    /// Combinators, not `async`: an async fn or block keeps its arguments beside the futures it
+    /// builds from them, and the request is large; this future holds it once.
+    fn exchange(
+        &self,
+        req: Result<Request<UpstreamBody>, GatewayError>,
+    ) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send + '_ {
+        let req = match req {
+            Ok(req) => req,
+            Err(e) => return future::Either::Left(future::ready(Err(e))),
         };
-        let (mut parts, body) = resp.into_parts();
-        rewrite_response_headers(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed_unsync(),
-        ))
+        let sent = tokio::time::timeout(self.timeout, self.pool.send(req));
+        future::Either::Right(sent.map(|answer| {
+            let resp = match answer {
+                Err(_) => return Err(GatewayError::UpstreamTimeout),
+                Ok(Err(e)) => return Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
+                Ok(Ok(resp)) => resp,
+            };
+            let (mut parts, body) = resp.into_parts();
+            rewrite_response_headers(&mut parts.headers);
+            Ok(Response::from_parts(
+                parts,
+                http_body_util::BodyExt::map_err(body, Into::into).boxed_unsync(),
+            ))
+        }))
     }
 
     /// Sends a request whose headers were already rewritten to `forward` (canonical path+query).
-    pub async fn send(
+    pub fn send(
         &self,
         req: Request<Incoming>,
         forward: &str,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send + '_ {
         let mut req = req.map(Either::Left);
-        self.prepare(&mut req, forward)?;
-        self.exchange(req).await
+        let prepared = self.prepare(&mut req, forward).map(|()| req);
+        self.exchange(prepared)
     }
 
     /// Sends a WebSocket upgrade request; the answer comes back untouched, so its 101 and the
@@ -352,8 +368,8 @@ impl Upstream {
         let mut req = Request::new(Either::Right(Full::new(body)));
         *req.method_mut() = method;
         *req.headers_mut() = headers;
-        self.prepare(&mut req, forward)?;
-        self.exchange(req).await
+        let prepared = self.prepare(&mut req, forward).map(|()| req);
+        self.exchange(prepared).await
     }
 }
 

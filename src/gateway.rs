@@ -198,27 +198,33 @@ impl Gateway {
             other => other,
         };
         facts.path = Some(route.path.clone());
-        match route.kind {
-            RouteKind::Login => self.login(req, facts).await,
+        // Every path but the proxied one is boxed, and the proxied one is awaited at one place:
+        // a request's future is as large as its largest path, and it is moved (copied) whole
+        // when the request starts.
+        let authenticated = match route.kind {
+            RouteKind::Login => return Box::pin(self.login(req, facts)).await,
             RouteKind::Logout => {
-                let answer = self.logout(req.method(), creds, facts).await;
-                answer_locally(req, answer).await
+                let answer = Box::pin(self.logout(req.method(), creds, facts)).await;
+                return Box::pin(answer_locally(req, answer)).await;
             }
             RouteKind::LoginMethod => {
                 let anonymous = route.path.to_ascii_lowercase().contains("method.callanon");
-                self.login_method(req, facts, anonymous).await
+                return Box::pin(self.login_method(req, facts, anonymous)).await;
             }
             RouteKind::Realtime if self.config.realtime.enabled => {
-                self.realtime(req, &route, facts).await
+                return Box::pin(self.realtime(req, &route, facts)).await;
             }
             RouteKind::Realtime => {
-                answer_locally(req, Err(GatewayError::RealtimeUnavailable)).await
+                return Box::pin(answer_locally(req, Err(GatewayError::RealtimeUnavailable))).await
             }
-            RouteKind::Public => self.forward(req, &route, facts, None).await,
-            RouteKind::Refused => answer_locally(req, Err(GatewayError::NotThroughGateway)).await,
+            RouteKind::Refused => {
+                return Box::pin(answer_locally(req, Err(GatewayError::NotThroughGateway))).await
+            }
+            RouteKind::Public => None,
             RouteKind::Protected => {
                 if req.method() == Method::CONNECT {
-                    return answer_locally(req, Err(GatewayError::MethodNotAllowed)).await;
+                    return Box::pin(answer_locally(req, Err(GatewayError::MethodNotAllowed)))
+                        .await;
                 }
                 let session = match &creds {
                     Some(c) => self.session_for(c).await?,
@@ -227,27 +233,34 @@ impl Gateway {
                 match (session, creds) {
                     (Some(session), Some(creds)) => {
                         facts.user_id = Some(creds.user_id.clone());
-                        self.forward_authenticated(
-                            req,
-                            &route,
-                            facts,
-                            &creds,
-                            Session::clone(&session),
-                        )
-                        .await
+                        Some((creds, session))
                     }
                     // No usable credentials: the upstream may decide, if it authenticates by itself.
                     // Stale cookies are stripped like any client credential.
-                    (None, None) if self.config.routes.anonymous_forward => {
-                        self.forward(req, &route, facts, None).await
-                    }
+                    (None, None) if self.config.routes.anonymous_forward => None,
                     (None, Some(c)) if c.from_cookies && self.config.routes.anonymous_forward => {
-                        self.forward(req, &route, facts, None).await
+                        None
                     }
-                    _ => answer_locally(req, Err(GatewayError::NotLoggedIn)).await,
+                    _ => {
+                        return Box::pin(answer_locally(req, Err(GatewayError::NotLoggedIn))).await
+                    }
                 }
             }
+        };
+        if let (Some((creds, session)), true) = (&authenticated, self.rocketchat_mode()) {
+            let session = Session::clone(session);
+            return Box::pin(
+                self.forward_with_rocketchat_token(req, &route, facts, creds, session),
+            )
+            .await;
         }
+        // `trusted-headers` mode: the client's own credentials, checked, go up.
+        let identity = authenticated.as_ref().map(|(creds, _)| forward::Identity {
+            user_id: &creds.user_id,
+            token: creds.token.as_str(),
+            as_cookies: false,
+        });
+        self.forward(req, &route, facts, identity).await
     }
 
     /// The live session the credentials name, if the token belongs to that user id. A hot
@@ -295,12 +308,15 @@ impl Gateway {
             // read and checked against the URL before anything is sent.
             Some(url_method) => {
                 let (parts, body) = req.into_parts();
-                let bytes = crate::ddp::checked_method_call(body, &url_method).await?;
+                let bytes = Box::pin(crate::ddp::checked_method_call(body, &url_method)).await?;
                 let started = Instant::now();
-                let resp = self
-                    .upstream
-                    .send_buffered(parts.method, parts.headers, bytes, &route.forward)
-                    .await;
+                let resp = Box::pin(self.upstream.send_buffered(
+                    parts.method,
+                    parts.headers,
+                    bytes,
+                    &route.forward,
+                ))
+                .await;
                 facts.upstream = Some(started.elapsed());
                 resp
             }
@@ -313,7 +329,7 @@ impl Gateway {
         };
         let resp = resp?;
         match settings {
-            Some(kind) => settings::rewrite_response(resp, kind).await,
+            Some(kind) => Box::pin(settings::rewrite_response(resp, kind)).await,
             None => Ok(resp),
         }
     }
@@ -328,10 +344,9 @@ impl Gateway {
         self.forward(req, route, facts, None).await
     }
 
-    /// Forwards with the session's identity: the client's own token in `trusted-headers` mode,
-    /// the session's Rocket.Chat token in `rocketchat` mode (renewed once, transparently, when
-    /// Rocket.Chat refuses it on a request that can be sent again).
-    async fn forward_authenticated(
+    /// `rocketchat` mode: the session's own Rocket.Chat token goes up, renewed once when
+    /// Rocket.Chat refuses it on a request that can be sent again.
+    async fn forward_with_rocketchat_token(
         &self,
         req: Request<Incoming>,
         route: &Route,
@@ -339,20 +354,6 @@ impl Gateway {
         creds: &Credentials,
         mut session: Session,
     ) -> Result<Response<Body>, GatewayError> {
-        if !self.rocketchat_mode() {
-            return self
-                .forward(
-                    req,
-                    route,
-                    facts,
-                    Some(forward::Identity {
-                        user_id: &creds.user_id,
-                        token: creds.token.as_str(),
-                        as_cookies: false,
-                    }),
-                )
-                .await;
-        }
         let rc_token = self
             .upstream_token(&creds.token, &mut session, false)
             .await?;

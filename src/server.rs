@@ -454,15 +454,13 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
     }
 
     fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        let (service, peer, peer_value, ambiguous) = (
-            self.service.clone(),
+        let handled = self.service.clone().handle(
+            req,
             self.peer,
             self.peer_value.clone(),
             self.flags.ambiguous_framing(),
         );
-        Box::pin(async move {
-            Ok(rescue_panics(service.handle(req, peer, peer_value, ambiguous)).await)
-        })
+        Box::pin(rescue_panics(handled).map(Ok))
     }
 }
 
@@ -475,15 +473,19 @@ type Decided = std::pin::Pin<
 >;
 
 /// A panic in one request answers 500 and leaves the process and other requests alone.
-pub async fn rescue_panics(
+///
+/// A plain function, not an `async fn`: an async fn would keep its argument and the future
+/// built from it side by side, doubling the request future it wraps.
+pub fn rescue_panics(
     handler: impl std::future::Future<Output = http::Response<Body>>,
-) -> http::Response<Body> {
+) -> impl std::future::Future<Output = http::Response<Body>> {
     std::panic::AssertUnwindSafe(handler)
         .catch_unwind()
-        .await
-        .unwrap_or_else(|_| {
-            tracing::error!("request handler panicked");
-            GatewayError::Internal("handler panicked".into()).into_response()
+        .map(|answer| {
+            answer.unwrap_or_else(|_| {
+                tracing::error!("request handler panicked");
+                GatewayError::Internal("handler panicked".into()).into_response()
+            })
         })
 }
 

@@ -66,7 +66,7 @@ impl Service {
     /// `peer_value` is the peer's address as a header value; `ambiguous_framing`: the
     /// connection guard saw a request framed two ways.
     pub async fn handle(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
         peer_value: http::HeaderValue,

@@ -98,7 +98,8 @@ impl Pool {
         loop {
             let (mut sender, fresh) = match self.checkout(slot).await {
                 Some(sender) => (sender, false),
-                None => (self.connect(false).await?, true),
+                // Boxed: opening a connection is rare, and its future would weigh on every send.
+                None => (Box::pin(self.connect(false)).await?, true),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
