@@ -1,6 +1,6 @@
 //! Password hashing and verification. Verification is CPU-heavy (argon2id ≈ 25 ms, 19 MiB), so it
-//! runs on the blocking pool behind a semaphore: a burst of logins waits its turn (or gets a fast
-//! 503) instead of starving proxied traffic on the async workers.
+//! runs on threads of its own, at a lower CPU priority, behind a semaphore: a burst of logins
+//! waits its turn (or gets a fast 503) instead of starving proxied traffic on the workers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,20 +117,100 @@ pub fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The CPU priority of hashing threads: below the workers', so that while a burst of logins
+/// hashes passwords the proxied requests keep their core (see bench/NOTES.md).
+const HASHING_NICE: i32 = 10;
+
+/// Threads that run verifications. They end when the last `Verifier` holding them is dropped.
+struct HashingThreads {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl HashingThreads {
+    fn start(count: usize) -> Option<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        let mut started = 0;
+        for i in 0..count {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("authgate-hash-{i}"))
+                .spawn(move || {
+                    lower_thread_priority();
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let next = match queue.lock() {
+                            Ok(q) => q.recv(),
+                            Err(_) => return,
+                        };
+                        match next {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => tracing::warn!(error = %e, "cannot start a password hashing thread"),
+            }
+        }
+        (started > 0).then_some(Self { jobs })
+    }
+}
+
+fn lower_thread_priority() {
+    // On Linux a nice value belongs to the thread: no pid (`who = 0`) is the calling thread.
+    if let Err(e) = rustix::process::setpriority_process(None, HASHING_NICE) {
+        tracing::debug!(error = %e, "hashing thread keeps the default priority");
+    }
+}
+
 /// Runs verifications off the async workers, a bounded number at a time.
 #[derive(Clone)]
 pub struct Verifier {
     permits: Arc<Semaphore>,
     queue_timeout: Duration,
     dummy_hash: Arc<str>,
+    /// `None` when no thread could be started: then tokio's blocking pool does the work.
+    threads: Option<Arc<HashingThreads>>,
 }
 
 impl Verifier {
     pub fn new(concurrency: usize, queue_timeout: Duration) -> Self {
+        let concurrency = concurrency.max(1);
         Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency)),
             queue_timeout,
             dummy_hash: hash_password("authgate dummy password for unknown users").into(),
+            threads: HashingThreads::start(concurrency).map(Arc::new),
+        }
+    }
+
+    /// Runs `work` on a hashing thread (a panic inside is an internal error, and the thread
+    /// survives it).
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, GatewayError> {
+        let panicked = |_| GatewayError::Internal("password verification panicked".into());
+        let Some(threads) = &self.threads else {
+            return tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| panicked(e.to_string()));
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = answer.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+        });
+        threads
+            .jobs
+            .send(job)
+            .map_err(|_| GatewayError::Internal("password hashing threads are gone".into()))?;
+        match answered.await {
+            Ok(Ok(value)) => Ok(value),
+            _ => Err(panicked(String::new())),
         }
     }
 
@@ -156,12 +236,12 @@ impl Verifier {
             })?
             .map_err(|_| GatewayError::Internal("verifier closed".into()))?;
         let password = password.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            verify_blocking(&password, &hash, prehash)
-        })
-        .await
-        .map_err(|e| GatewayError::Internal(format!("password verification panicked: {e}")))?;
+        let ok = self
+            .run(move || {
+                let _permit = permit;
+                verify_blocking(&password, &hash, prehash)
+            })
+            .await?;
         Ok(ok && known)
     }
 }
@@ -169,6 +249,22 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn verifications_run_below_the_workers_priority_and_survive_panics() {
+        let verifier = Verifier::new(1, Duration::from_secs(5));
+        let nice = || rustix::process::getpriority_process(None).unwrap();
+        assert_eq!(verifier.run(nice).await.unwrap(), HASHING_NICE);
+        assert!(
+            nice() < HASHING_NICE,
+            "the test itself runs at nice {}",
+            nice()
+        );
+        let failed = verifier.run(|| -> bool { panic!("boom") }).await;
+        assert!(matches!(failed, Err(GatewayError::Internal(_))));
+        // The one thread is still there.
+        assert_eq!(verifier.run(|| 7).await.unwrap(), 7);
+    }
 
     fn plain(s: &str) -> Password {
         Password::Plain(s.into())
