@@ -119,9 +119,46 @@ pub fn sha256_hex(s: &str) -> String {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The CPU priority of hashing threads: below the workers', so that while a burst of logins
-/// hashes passwords the proxied requests keep their core (see bench/NOTES.md).
-const HASHING_NICE: i32 = 10;
+/// The CPU priority of the hashing threads (`server.password_hash_priority`). Below the
+/// workers', a burst of logins does not take the proxied requests' core (see bench/NOTES.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashPriority {
+    /// As the workers.
+    Normal,
+    /// nice 10: about a tenth of a core the workers also want.
+    Low,
+    /// SCHED_IDLE: only cores nothing else wants. Logins wait (then get a 503) while the
+    /// machine is busy, so only for hosts that run nothing but authgate.
+    Idle,
+}
+
+const LOW_NICE: i32 = 10;
+
+impl HashPriority {
+    /// Applies to the calling thread (on Linux nice values and policies are per thread).
+    fn apply(self) {
+        use thread_priority::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+            ThreadPriority, ThreadSchedulePolicy,
+        };
+        let outcome = match self {
+            HashPriority::Normal => return,
+            // No pid (`who = 0`) is the calling thread.
+            HashPriority::Low => {
+                rustix::process::setpriority_process(None, LOW_NICE).map_err(|e| e.to_string())
+            }
+            HashPriority::Idle => set_thread_priority_and_policy(
+                thread_native_id(),
+                ThreadPriority::Min,
+                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+            )
+            .map_err(|e| format!("{e:?}")),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, priority = ?self, "hashing thread keeps the default priority");
+        }
+    }
+}
 
 /// Threads that run verifications. They end when the last `Verifier` holding them is dropped.
 struct HashingThreads {
@@ -129,7 +166,7 @@ struct HashingThreads {
 }
 
 impl HashingThreads {
-    fn start(count: usize) -> Option<Self> {
+    fn start(count: usize, priority: HashPriority) -> Option<Self> {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let queue = Arc::new(std::sync::Mutex::new(queue));
         let mut started = 0;
@@ -138,7 +175,7 @@ impl HashingThreads {
             let spawned = std::thread::Builder::new()
                 .name(format!("authgate-hash-{i}"))
                 .spawn(move || {
-                    lower_thread_priority();
+                    priority.apply();
                     loop {
                         // The lock is held only while waiting for the next job.
                         let next = match queue.lock() {
@@ -160,13 +197,6 @@ impl HashingThreads {
     }
 }
 
-fn lower_thread_priority() {
-    // On Linux a nice value belongs to the thread: no pid (`who = 0`) is the calling thread.
-    if let Err(e) = rustix::process::setpriority_process(None, HASHING_NICE) {
-        tracing::debug!(error = %e, "hashing thread keeps the default priority");
-    }
-}
-
 /// Runs verifications off the async workers, a bounded number at a time.
 #[derive(Clone)]
 pub struct Verifier {
@@ -178,13 +208,13 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(concurrency: usize, queue_timeout: Duration) -> Self {
+    pub fn new(concurrency: usize, queue_timeout: Duration, priority: HashPriority) -> Self {
         let concurrency = concurrency.max(1);
         Self {
             permits: Arc::new(Semaphore::new(concurrency)),
             queue_timeout,
             dummy_hash: hash_password("authgate dummy password for unknown users").into(),
-            threads: HashingThreads::start(concurrency).map(Arc::new),
+            threads: HashingThreads::start(concurrency, priority).map(Arc::new),
         }
     }
 
@@ -250,20 +280,36 @@ impl Verifier {
 mod tests {
     use super::*;
 
+    /// The calling thread's nice value and scheduling policy (5 is SCHED_IDLE).
+    fn thread_priority() -> (i32, u32) {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // After the command: state is field 3, nice field 19, policy field 41.
+        (
+            fields[19 - 3].parse().unwrap(),
+            fields[41 - 3].parse().unwrap(),
+        )
+    }
+
     #[tokio::test]
     async fn verifications_run_below_the_workers_priority_and_survive_panics() {
-        let verifier = Verifier::new(1, Duration::from_secs(5));
-        let nice = || rustix::process::getpriority_process(None).unwrap();
-        assert_eq!(verifier.run(nice).await.unwrap(), HASHING_NICE);
-        assert!(
-            nice() < HASHING_NICE,
-            "the test itself runs at nice {}",
-            nice()
-        );
-        let failed = verifier.run(|| -> bool { panic!("boom") }).await;
+        let low = Verifier::new(1, Duration::from_secs(5), HashPriority::Low);
+        assert_eq!(low.run(thread_priority).await.unwrap(), (LOW_NICE, 0));
+        let ours = thread_priority();
+        assert!(ours.0 < LOW_NICE, "the test itself runs at {ours:?}");
+        let idle = Verifier::new(1, Duration::from_secs(5), HashPriority::Idle);
+        assert_eq!(idle.run(thread_priority).await.unwrap().1, 5);
+        let normal = Verifier::new(1, Duration::from_secs(5), HashPriority::Normal);
+        assert_eq!(normal.run(thread_priority).await.unwrap(), ours);
+        let failed = low.run(|| -> bool { panic!("boom") }).await;
         assert!(matches!(failed, Err(GatewayError::Internal(_))));
         // The one thread is still there.
-        assert_eq!(verifier.run(|| 7).await.unwrap(), 7);
+        assert_eq!(low.run(|| 7).await.unwrap(), 7);
     }
 
     fn plain(s: &str) -> Password {
@@ -349,7 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_users_never_verify() {
-        let v = Verifier::new(1, Duration::from_secs(5));
+        let v = Verifier::new(1, Duration::from_secs(5), HashPriority::Normal);
         assert!(!v
             .verify(&plain("authgate dummy password for unknown users"), None)
             .await

@@ -103,6 +103,7 @@ pub fn build_snapshot(
     let verifier = Verifier::new(
         config.server.password_hash_concurrency,
         config.server.login_queue_timeout,
+        config.server.password_hash_priority,
     );
     let mut directories: Vec<DynDirectory> = Vec::new();
     for kind in &config.directory.order {

@@ -64,7 +64,7 @@ fn checked_in_config_is_valid() {
 #[test]
 fn bad_config_lists_every_problem_with_key_and_fix() {
     let files = write_files(
-        "[server]\nlisten = \"nowhere\"\nheader_read_timeout = \"soon\"\nlisten_backlog = 5\n\n[upstream]\nurl = \"ftp://x\"\n\n\
+        "[server]\nlisten = \"nowhere\"\nheader_read_timeout = \"soon\"\nlisten_backlog = 5\npassword_hash_priority = \"urgent\"\n\n[upstream]\nurl = \"ftp://x\"\n\n\
          [session]\nstore = \"postgres\"\nttl = \"-1\"\n\n[directory.local]\nusers_file = \"users.toml\"\nbogus = 1\n\n[routes]\npublic = [\"/api/v1/*\"]\n\n[nonsense]\nx = 1\n",
         "",
     );
@@ -82,6 +82,7 @@ fn bad_config_lists_every_problem_with_key_and_fix() {
         "`server.listen`",
         "`server.header_read_timeout`",
         "`server.listen_backlog`",
+        "`server.password_hash_priority`",
         "`upstream.url`",
         "`session.store`",
         "`session.ttl`",

@@ -44,6 +44,7 @@ pub struct RawServer {
     pub worker_threads: Option<i64>,
     pub password_hash_concurrency: Option<i64>,
     pub login_queue_timeout: Option<String>,
+    pub password_hash_priority: Option<String>,
     pub shutdown_delay: Option<String>,
     pub tls: Option<super::ops::RawTls>,
 }

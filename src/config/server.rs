@@ -7,6 +7,7 @@ use ipnet::IpNet;
 
 use super::raw::{self, OneOrMany};
 use super::*;
+pub use crate::password::HashPriority;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -26,6 +27,7 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     pub password_hash_concurrency: usize,
     pub login_queue_timeout: Duration,
+    pub password_hash_priority: HashPriority,
 }
 
 fn default_parallelism() -> usize {
@@ -171,5 +173,18 @@ pub(super) fn validate_server(
             Duration::from_millis(1),
             problems,
         ),
+        password_hash_priority: match raw.password_hash_priority.as_deref().unwrap_or("low") {
+            "normal" => HashPriority::Normal,
+            "low" => HashPriority::Low,
+            "idle" => HashPriority::Idle,
+            other => {
+                problems.push(problem(
+                    "server.password_hash_priority",
+                    format!("`{other}` is not a hashing priority"),
+                    "use \"low\" (nice 10, the default), \"idle\" (only spare CPU) or \"normal\"",
+                ));
+                HashPriority::Low
+            }
+        },
     }
 }
