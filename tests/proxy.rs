@@ -384,3 +384,61 @@ async fn locally_answered_requests_keep_the_connection_usable() {
     assert_eq!(statuses, ["401", "401", "200", "200"], "{answer}");
     assert_eq!(up.count(), 1);
 }
+
+/// The names of a process's threads (as the kernel keeps them: 15 characters at most).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_workers_serve_one_port_and_stop_together() {
+    let up = RecordingUpstream::start().await;
+    let config =
+        config_text(up.addr, None, "").replace("[server]\n", "[server]\nworker_threads = 3\n");
+    let files = write_files(&config, &users_toml(&standard_users()));
+    let mut gw = GatewayProcess::spawn(&files.config_path);
+    let workers = thread_names(gw.child.id())
+        .iter()
+        .filter(|name| name.starts_with("authgate-worke"))
+        .count();
+    assert_eq!(workers, 2, "the main thread is the first of the 3 workers");
+
+    let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    // A client each, so a connection each: the kernel spreads them over the workers' sockets.
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let (url, id, token) = (gw.url(""), id.clone(), token.clone());
+        clients.spawn(async move {
+            let http = client();
+            for j in 0..4 {
+                let resp = http
+                    .get(format!("{url}/api/v1/me?n={i}-{j}"))
+                    .header("X-User-Id", &id)
+                    .header("X-Auth-Token", &token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    let forwarded: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.starts_with("/api/v1/me?n="))
+        .collect();
+    assert_eq!(forwarded.len(), 96);
+    for r in &forwarded {
+        assert_eq!(r.header("x-user-id").as_deref(), Some(id.as_str()));
+        assert_eq!(r.header("x-auth-token").as_deref(), Some(token.as_str()));
+    }
+    let stopped = gw.signal_and_wait("TERM", Duration::from_secs(10));
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+}
