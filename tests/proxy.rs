@@ -401,11 +401,22 @@ async fn several_workers_serve_one_port_and_stop_together() {
         config_text(up.addr, None, "").replace("[server]\n", "[server]\nworker_threads = 3\n");
     let files = write_files(&config, &users_toml(&standard_users()));
     let mut gw = GatewayProcess::spawn(&files.config_path);
-    let workers = thread_names(gw.child.id())
-        .iter()
-        .filter(|name| name.starts_with("authgate-worke"))
-        .count();
-    assert_eq!(workers, 2, "the main thread is the first of the 3 workers");
+    let workers = || {
+        thread_names(gw.child.id())
+            .iter()
+            .filter(|name| name.starts_with("authgate-worke"))
+            .count()
+    };
+    // A thread names itself once it runs, which may be just after the port is announced.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while workers() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        workers(),
+        2,
+        "the main thread is the first of the 3 workers"
+    );
 
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
     // A client each, so a connection each: the kernel spreads them over the workers' sockets.
