@@ -267,7 +267,8 @@ impl Gateway {
     /// session comes from the store's memory without any I/O.
     async fn session_for(&self, creds: &Credentials) -> Result<Option<Arc<Session>>, GatewayError> {
         let found = if self.rocketchat_mode() {
-            // Sessions are stored under the directory's user id; clients present Rocket.Chat's.
+            // Sessions are stored under the directory's user id; clients present Rocket.Chat's,
+            // so the token alone finds the session (hot ones from memory, like `cached`).
             self.store.find(&creds.token.hash()).await?
         } else {
             match self.store.cached(&creds.user_id, &creds.token.digest()) {

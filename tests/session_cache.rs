@@ -8,17 +8,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// Calls of one command Redis has served so far (`INFO commandstats`).
-fn calls(redis: &Redis, command: &str) -> u64 {
-    let stats = redis.command("INFO commandstats").unwrap();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .map(|n| n.parse().unwrap())
-        .unwrap_or(0)
-}
-
 async fn me(gw: &Gateway, id: &str, token: &str) -> u16 {
     client()
         .get(gw.url("/api/v1/me"))
@@ -34,9 +23,9 @@ async fn me(gw: &Gateway, id: &str, token: &str) -> u16 {
 /// Requests until the session is served from memory (the channel needs a moment to come up).
 async fn until_cached(redis: &Redis, gw: &Gateway, id: &str, token: &str) {
     for _ in 0..100 {
-        let before = calls(redis, "get");
+        let before = redis.calls("get");
         assert_eq!(me(gw, id, token).await, 200);
-        if calls(redis, "get") == before {
+        if redis.calls("get") == before {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -55,11 +44,11 @@ async fn hot_sessions_cost_no_redis_round_trip() {
     .await;
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
     until_cached(&redis, &gw, &id, &token).await;
-    let before = calls(&redis, "get");
+    let before = redis.calls("get");
     for _ in 0..50 {
         assert_eq!(me(&gw, &id, &token).await, 200);
     }
-    assert_eq!(calls(&redis, "get"), before, "a hot session went to Redis");
+    assert_eq!(redis.calls("get"), before, "a hot session went to Redis");
     // Another user's id with this token is still refused, from memory or not.
     assert_eq!(me(&gw, "someone-else", &token).await, 401);
 }

@@ -155,6 +155,35 @@ async fn cached_redis_store_meets_the_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sessions_found_by_token_alone_come_from_memory_until_revoked() {
+    // How `rocketchat` mode looks sessions up: clients name their user by Rocket.Chat's id.
+    let redis = Redis::start();
+    let store = cached(&RedisConfig::single(&redis.url()));
+    let other = RedisStore::new(&redis.url(), "test:", Duration::from_secs(1)).unwrap();
+    until_cache_trusted(&store).await;
+    let token = Token::generate();
+    let session = Session::new(profile("u1"), Duration::from_secs(3600));
+    store.create(&token.hash(), &session).await.unwrap();
+    assert!(store.find(&token.hash()).await.unwrap().is_some());
+    let before = redis.calls("get");
+    for _ in 0..20 {
+        let found = store.find(&token.hash()).await.unwrap();
+        assert_eq!(found.map(|s| (*s).clone()), Some(session.clone()));
+    }
+    assert_eq!(redis.calls("get"), before, "a hot session went to Redis");
+    // Revoked through another instance: gone from memory as soon as the message arrives.
+    assert!(other.revoke("u1", &token.hash()).await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_millis(100);
+    while store.find(&token.hash()).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still served 100 ms after the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sentinel_store_meets_the_contract() {
     let set = tokio::task::spawn_blocking(SentinelSet::start)
         .await

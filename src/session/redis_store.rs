@@ -294,6 +294,12 @@ impl SessionStore for RedisStore {
     }
 
     async fn find(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
+        let hot = hash
+            .digest()
+            .and_then(|d| self.cache.as_ref()?.get_by_token(&d));
+        if let Some(session) = hot {
+            return Ok(Some(session));
+        }
         let pointer = self.pointer_key(hash);
         let user_id: Option<String> = self
             .run(|mut l| async move { l.conn.get(pointer).await })

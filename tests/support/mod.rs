@@ -114,6 +114,17 @@ impl Redis {
     }
 
     /// Every key in the database, raw reply of `KEYS *`.
+    /// Calls of one command Redis has served so far (`INFO commandstats`).
+    pub fn calls(&self, command: &str) -> u64 {
+        let stats = self.command("INFO commandstats").unwrap();
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map(|n| n.parse().unwrap())
+            .unwrap_or(0)
+    }
+
     pub fn keys(&self) -> String {
         self.command("KEYS *").unwrap()
     }
