@@ -40,6 +40,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start worker thread {index}: {source}")]
+    Worker {
+        index: usize,
+        source: std::io::Error,
+    },
 }
 
 /// A gateway that is accepting connections.
@@ -233,12 +238,8 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
             tasks.spawn(worker.run());
         } else {
             let (done, finished) = tokio::sync::oneshot::channel();
-            crate::workers::spawn(index, move || worker.run(), done).map_err(|source| {
-                StartError::Bind {
-                    addr: addrs[0],
-                    source,
-                }
-            })?;
+            crate::workers::spawn(index, move || worker.run(), done)
+                .map_err(|source| StartError::Worker { index, source })?;
             tasks.spawn(async move {
                 let _ = finished.await;
             });
