@@ -15,6 +15,26 @@ use crate::telemetry::{InFlight, Metrics};
 /// The longest `X-Request-Id` taken from a trusted proxy; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
+/// The connection a request came on, as the gateway needs it per request.
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    /// The address as a header value, formatted once per connection.
+    pub addr_value: HeaderValue,
+    /// The connection is TLS to authgate itself.
+    pub tls: bool,
+}
+
+impl Peer {
+    pub fn new(addr: std::net::SocketAddr, tls: bool) -> Self {
+        Self {
+            addr,
+            addr_value: crate::forward::ip_header_value(addr.ip()),
+            tls,
+        }
+    }
+}
+
 /// What the gateway learned about a request while deciding it.
 pub struct RequestFacts {
     pub request_id: HeaderValue,
@@ -26,6 +46,8 @@ pub struct RequestFacts {
     /// `client_ip` and `peer` as header values, for the forwarding headers.
     pub client_value: HeaderValue,
     pub peer_value: HeaderValue,
+    /// The client spoke TLS to authgate.
+    pub tls: bool,
     /// The canonical path, once the request was routed.
     pub path: Option<String>,
     /// The user the request acted as: a live session's, or the one who just logged in.
@@ -40,6 +62,7 @@ impl RequestFacts {
             client: &self.client_value,
             peer: &self.peer_value,
             peer_trusted: self.peer_trusted,
+            https: self.tls,
         }
     }
 }

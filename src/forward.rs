@@ -39,6 +39,23 @@ pub const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The scheme the client used: what a trusted proxy in front reports (one plain `http` or
+/// `https`), else `https` when the client spoke TLS to authgate. Otherwise nothing is said.
+fn forwarded_proto(headers: &HeaderMap, origin: &Origin<'_>) -> Option<HeaderValue> {
+    if origin.peer_trusted {
+        let mut given = headers.get_all(&X_FORWARDED_PROTO).iter();
+        if let (Some(v), None) = (given.next(), given.next()) {
+            for scheme in ["http", "https"] {
+                if v.as_bytes().eq_ignore_ascii_case(scheme.as_bytes()) {
+                    return Some(HeaderValue::from_static(scheme));
+                }
+            }
+        }
+    }
+    origin.https.then(|| HeaderValue::from_static("https"))
+}
 
 /// Identity the gateway injects to the upstream.
 pub struct Identity<'a> {
@@ -56,6 +73,8 @@ pub struct Origin<'a> {
     pub peer: &'a HeaderValue,
     /// Whether the peer is a trusted proxy, whose `X-Forwarded-For` is kept and extended.
     pub peer_trusted: bool,
+    /// The client spoke TLS to authgate.
+    pub https: bool,
 }
 
 /// An address as a header value. Per connection, not per request: formatting shows in profiles.
@@ -188,6 +207,7 @@ pub fn rewrite_request_headers(
 ) {
     // Names listed in Connection go first, before anything is injected (Traefik CVE-2024-45410).
     let listed = connection_listed(headers);
+    let proto = forwarded_proto(headers, origin);
     let prior_xff: Vec<HeaderValue> = if origin.peer_trusted {
         headers.get_all(&X_FORWARDED_FOR).iter().cloned().collect()
     } else {
@@ -234,6 +254,9 @@ pub fn rewrite_request_headers(
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
+    }
+    if let Some(v) = proto {
+        headers.insert(X_FORWARDED_PROTO, v);
     }
 }
 
@@ -404,6 +427,7 @@ mod tests {
             client: &client,
             peer: &peer,
             peer_trusted,
+            https: false,
         };
         rewrite_request_headers(h, id, &origin);
     }
@@ -470,6 +494,36 @@ mod tests {
         }
         assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
         assert_eq!(h.get("accept").unwrap(), "application/json");
+    }
+
+    #[test]
+    fn the_scheme_comes_from_authgates_own_tls_or_a_trusted_proxy() {
+        let proto = |given: &[&str], trusted: bool, https: bool| {
+            let mut h = HeaderMap::new();
+            for v in given {
+                h.append("x-forwarded-proto", HeaderValue::from_str(v).unwrap());
+            }
+            let addr = ip_header_value(ip("10.0.0.1"));
+            let origin = Origin {
+                client: &addr,
+                peer: &addr,
+                peer_trusted: trusted,
+                https,
+            };
+            rewrite_request_headers(&mut h, None, &origin);
+            h.get_all("x-forwarded-proto")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        // A client's own claim is dropped; authgate's TLS speaks for itself.
+        assert_eq!(proto(&["https"], false, false), Vec::<String>::new());
+        assert_eq!(proto(&["http"], false, true), vec!["https"]);
+        // A trusted proxy's single plain value is kept (normalised); anything else is not.
+        assert_eq!(proto(&["HTTPS"], true, false), vec!["https"]);
+        assert_eq!(proto(&["http"], true, true), vec!["http"]);
+        assert_eq!(proto(&["https", "http"], true, false), Vec::<String>::new());
+        assert_eq!(proto(&["gopher"], true, true), vec!["https"]);
     }
 
     #[test]

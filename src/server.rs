@@ -15,6 +15,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::access::Peer;
 use crate::config::{Config, DirectoryKind};
 use crate::conn_guard::GuardedIo;
 use crate::directory::ldap::LdapDirectory;
@@ -334,6 +335,7 @@ struct ConnSetup {
     max_header_bytes: usize,
     header_read_timeout: std::time::Duration,
     peer: SocketAddr,
+    tls: bool,
 }
 
 async fn accept_loop(
@@ -378,6 +380,7 @@ async fn accept_loop(
             max_header_bytes: config.server.max_header_bytes,
             header_read_timeout: config.server.header_read_timeout,
             peer,
+            tls: tls.is_some(),
         };
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -416,11 +419,9 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, flags) = GuardedIo::new(io, setup.max_header_bytes, setup.header_read_timeout);
-    let (service, peer) = (setup.service, setup.peer);
     let handler = hyper_util::service::TowerToHyperService::new(PerRequest {
-        service,
-        peer,
-        peer_value: crate::forward::ip_header_value(peer.ip()),
+        service: setup.service,
+        peer: Peer::new(setup.peer, setup.tls),
         flags,
     });
     let conn = setup
@@ -438,8 +439,7 @@ async fn serve_connection<I>(
 #[derive(Clone)]
 struct PerRequest {
     service: Arc<Service>,
-    peer: SocketAddr,
-    peer_value: http::HeaderValue,
+    peer: Peer,
     flags: Arc<crate::conn_guard::ConnFlags>,
 }
 
@@ -456,12 +456,10 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
     }
 
     fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        let handled = self.service.clone().handle(
-            req,
-            self.peer,
-            self.peer_value.clone(),
-            self.flags.ambiguous_framing(),
-        );
+        let handled =
+            self.service
+                .clone()
+                .handle(req, self.peer.clone(), self.flags.ambiguous_framing());
         Box::pin(rescue_panics(handled).map(Ok))
     }
 }

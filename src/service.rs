@@ -2,7 +2,6 @@
 //! (so a reload never blocks or drops a request), the per-request wrapper that produces the
 //! request id, the access line and the metrics, readiness, and reload.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +11,7 @@ use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::access::{request_id, AccessScope, RequestFacts};
+use crate::access::{request_id, AccessScope, Peer, RequestFacts};
 use crate::config::Config;
 use crate::error::{Body, GatewayError};
 use crate::forward;
@@ -63,15 +62,18 @@ impl Service {
         self.current.load_full()
     }
 
-    /// `peer_value` is the peer's address as a header value; `ambiguous_framing`: the
-    /// connection guard saw a request framed two ways.
+    /// `ambiguous_framing`: the connection guard saw a request framed two ways.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
-        peer_value: http::HeaderValue,
+        from: Peer,
         ambiguous_framing: bool,
     ) -> Response<Body> {
+        let Peer {
+            addr: peer,
+            addr_value: peer_value,
+            tls,
+        } = from;
         let gw = self.current();
         let trusted = &gw.config.server.trusted_proxies;
         let peer_trusted = trusted.iter().any(|n| n.contains(&peer.ip()));
@@ -87,6 +89,7 @@ impl Service {
                 forward::ip_header_value(client_ip)
             },
             peer_value,
+            tls,
             path: None,
             user_id: None,
             upstream: None,

@@ -222,12 +222,15 @@ async fn trusted_proxies_name_the_client_and_others_cannot() {
         .header("x-auth-token", &token)
         .header("x-user-id", &id)
         .header("x-forwarded-for", "198.51.100.4")
+        .header("x-forwarded-proto", "https")
         .header("x-real-ip", "6.6.6.6")
         .send()
         .await
         .unwrap();
     let seen = up.last();
     assert_eq!(seen.header("x-real-ip").as_deref(), Some("198.51.100.4"));
+    // The proxy in front terminated TLS: its word on the scheme is passed on.
+    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("https"));
     assert_eq!(
         seen.header("x-forwarded-for").as_deref(),
         Some("198.51.100.4, 127.0.0.1")

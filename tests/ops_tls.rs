@@ -168,8 +168,12 @@ async fn tls_serves_h2_and_http1_by_alpn_with_the_configured_certificate() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), http::Version::HTTP_11);
-    // The upstream is spoken to over HTTP/1.1 whatever the client used.
+    // The upstream is spoken to over HTTP/1.1 whatever the client used, and told the client
+    // used TLS.
     assert_eq!(up.count(), 2);
+    for seen in up.requests() {
+        assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("https"));
+    }
 
     let h2 = handshake(&ca, gw.addr, &[b"h2", b"http/1.1"]).await;
     assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));

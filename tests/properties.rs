@@ -118,7 +118,7 @@ proptest! {
         }
         let id = Identity { user_id: "GatewayUser", token: "GatewayToken", as_cookies: false };
         let ip = ip_header_value("192.0.2.1".parse().unwrap());
-        let origin = Origin { client: &ip, peer: &ip, peer_trusted: false };
+        let origin = Origin { client: &ip, peer: &ip, peer_trusted: false, https: false };
         rewrite_request_headers(&mut map, with_identity.then_some(&id), &origin);
         let users: Vec<_> = map.get_all("x-user-id").iter().collect();
         let tokens: Vec<_> = map.get_all("x-auth-token").iter().collect();
