@@ -224,11 +224,11 @@ impl Verifier {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, GatewayError> {
-        let panicked = |_| GatewayError::Internal("password verification panicked".into());
+        let panicked = || GatewayError::Internal("password verification panicked".into());
         let Some(threads) = &self.threads else {
             return tokio::task::spawn_blocking(work)
                 .await
-                .map_err(|e| panicked(e.to_string()));
+                .map_err(|_| panicked());
         };
         let (answer, answered) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
@@ -240,7 +240,7 @@ impl Verifier {
             .map_err(|_| GatewayError::Internal("password hashing threads are gone".into()))?;
         match answered.await {
             Ok(Ok(value)) => Ok(value),
-            _ => Err(panicked(String::new())),
+            _ => Err(panicked()),
         }
     }
 
