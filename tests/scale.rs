@@ -88,27 +88,11 @@ fn session_of(body: &Value) -> (String, String) {
 }
 
 async fn me(url: String, id: &str, token: &str) -> u16 {
-    client()
-        .get(url)
-        .header("x-user-id", id)
-        .header("x-auth-token", token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    status_as(reqwest::Method::GET, &url, id, token).await
 }
 
 async fn logout(url: String, id: &str, token: &str) -> u16 {
-    client()
-        .post(url)
-        .header("x-user-id", id)
-        .header("x-auth-token", token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    status_as(reqwest::Method::POST, &url, id, token).await
 }
 
 fn totp_code(step: u64) -> String {

@@ -8,23 +8,11 @@ use std::time::Duration;
 
 use support::*;
 
-async fn me(gw: &Gateway, id: &str, token: &str) -> u16 {
-    client()
-        .get(gw.url("/api/v1/me"))
-        .header("x-user-id", id)
-        .header("x-auth-token", token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// Requests until the session is served from memory (the channel needs a moment to come up).
 async fn until_cached(redis: &Redis, gw: &Gateway, id: &str, token: &str) {
     for _ in 0..100 {
         let before = redis.calls("get");
-        assert_eq!(me(gw, id, token).await, 200);
+        assert_eq!(protected_status(gw, id, token).await, 200);
         if redis.calls("get") == before {
             return;
         }
@@ -33,9 +21,8 @@ async fn until_cached(redis: &Redis, gw: &Gateway, id: &str, token: &str) {
     panic!("the session never came from the cache");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hot_sessions_cost_no_redis_round_trip() {
-    let redis = Redis::start();
+/// A gateway on `redis` with alice logged in and her session already served from memory.
+async fn alice_cached(redis: &Redis) -> (RecordingUpstream, Gateway, String, String) {
     let up = RecordingUpstream::start().await;
     let gw = Gateway::start(
         &config_text(up.addr, Some(&redis.url()), ""),
@@ -43,14 +30,21 @@ async fn hot_sessions_cost_no_redis_round_trip() {
     )
     .await;
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    until_cached(&redis, &gw, &id, &token).await;
+    until_cached(redis, &gw, &id, &token).await;
+    (up, gw, id, token)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_sessions_cost_no_redis_round_trip() {
+    let redis = Redis::start();
+    let (_up, gw, id, token) = alice_cached(&redis).await;
     let before = redis.calls("get");
     for _ in 0..50 {
-        assert_eq!(me(&gw, &id, &token).await, 200);
+        assert_eq!(protected_status(&gw, &id, &token).await, 200);
     }
     assert_eq!(redis.calls("get"), before, "a hot session went to Redis");
     // Another user's id with this token is still refused, from memory or not.
-    assert_eq!(me(&gw, "someone-else", &token).await, 401);
+    assert_eq!(protected_status(&gw, "someone-else", &token).await, 401);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,16 +59,12 @@ async fn a_revocation_elsewhere_evicts_the_cached_session_at_once() {
     let (_, t2) = login(&a.url(""), "bob", "bob-password-2").await;
     until_cached(&redis, &a, &id, &t1).await;
     until_cached(&redis, &a, &id, &t2).await;
-    let r = client()
-        .post(b.url("/api/v1/logout"))
-        .header("x-user-id", &id)
-        .header("x-auth-token", &t1)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(me(&a, &id, &t1).await, 401);
-    assert_eq!(me(&a, &id, &t2).await, 200);
+    assert_eq!(
+        status_as(reqwest::Method::POST, &b.url("/api/v1/logout"), &id, &t1).await,
+        200
+    );
+    assert_eq!(protected_status(&a, &id, &t1).await, 401);
+    assert_eq!(protected_status(&a, &id, &t2).await, 200);
 
     // "Log out everywhere" from an operator's store handle reaches the cache too.
     let store =
@@ -82,20 +72,13 @@ async fn a_revocation_elsewhere_evicts_the_cached_session_at_once() {
             .unwrap();
     use authgate::session::SessionStore;
     assert_eq!(store.revoke_user(&id).await.unwrap(), 1);
-    assert_eq!(me(&a, &id, &t2).await, 401);
+    assert_eq!(protected_status(&a, &id, &t2).await, 401);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_revocation_channel_sends_lookups_back_to_redis() {
     let redis = Redis::start();
-    let up = RecordingUpstream::start().await;
-    let gw = Gateway::start(
-        &config_text(up.addr, Some(&redis.url()), ""),
-        &users_toml(&standard_users()),
-    )
-    .await;
-    let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    until_cached(&redis, &gw, &id, &token).await;
+    let (_up, gw, id, token) = alice_cached(&redis).await;
     // Cut the subscriber off, then delete the session behind the gateway's back, as a
     // revocation whose message never arrived.
     let killed = redis.command("CLIENT KILL TYPE pubsub").unwrap();
@@ -111,7 +94,7 @@ async fn a_broken_revocation_channel_sends_lookups_back_to_redis() {
         .unwrap()
         .starts_with(":1"));
     assert_eq!(
-        me(&gw, &id, &token).await,
+        protected_status(&gw, &id, &token).await,
         401,
         "a stale cached session was served"
     );

@@ -472,6 +472,24 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// Status of a request carrying a session's credential headers.
+pub async fn status_as(method: reqwest::Method, url: &str, id: &str, token: &str) -> u16 {
+    client()
+        .request(method, url)
+        .header("x-user-id", id)
+        .header("x-auth-token", token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Status of a protected request made with a session.
+pub async fn protected_status(gw: &Gateway, id: &str, token: &str) -> u16 {
+    status_as(reqwest::Method::GET, &gw.url("/api/v1/me"), id, token).await
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(15))

@@ -77,19 +77,6 @@ pub fn with_code(user: &str, password: &str, code: &str) -> Value {
     json!({"user": user, "password": password, "code": code})
 }
 
-/// Status of a protected request made with a session.
-pub async fn protected_status(gw: &Gateway, id: &str, token: &str) -> u16 {
-    client()
-        .get(gw.url("/api/v1/me"))
-        .header("x-user-id", id)
-        .header("x-auth-token", token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 pub fn session_of(body: &str) -> (String, String) {
     let v: Value = serde_json::from_str(body).unwrap();
     (
