@@ -66,6 +66,18 @@ pub(super) struct Lease {
     pub conn: Conn,
 }
 
+/// A client for the master the sentinels name now.
+async fn current_master(
+    sentinel: &tokio::sync::Mutex<SentinelClient>,
+) -> Result<Client, StoreError> {
+    sentinel
+        .lock()
+        .await
+        .async_get_client()
+        .await
+        .map_err(unavailable)
+}
+
 enum Target {
     Single(Client),
     Sentinel(tokio::sync::Mutex<SentinelClient>),
@@ -216,12 +228,7 @@ impl Connector {
                 .map(Conn::Plain)
                 .map_err(unavailable),
             Target::Sentinel(sentinel) => {
-                let client = sentinel
-                    .lock()
-                    .await
-                    .async_get_client()
-                    .await
-                    .map_err(unavailable)?;
+                let client = current_master(sentinel).await?;
                 client
                     .get_multiplexed_async_connection_with_config(&self.plain_config())
                     .await
@@ -260,15 +267,11 @@ impl Connector {
         let fut = async {
             match &self.target {
                 Target::Single(client) => client.get_async_pubsub().await.map_err(unavailable),
-                Target::Sentinel(sentinel) => {
-                    let client = sentinel
-                        .lock()
-                        .await
-                        .async_get_client()
-                        .await
-                        .map_err(unavailable)?;
-                    client.get_async_pubsub().await.map_err(unavailable)
-                }
+                Target::Sentinel(sentinel) => current_master(sentinel)
+                    .await?
+                    .get_async_pubsub()
+                    .await
+                    .map_err(unavailable),
                 Target::Cluster { nodes, auth } => {
                     let mut last = StoreError::Unavailable("no cluster node configured".into());
                     for node in nodes {
