@@ -191,14 +191,16 @@ async fn logout_on_one_instance_closes_sockets_on_another_within_a_second() {
     let (uid, token) = login(&a.url(""), "alice", "alice-password-1").await;
     let mut ws = ws_connect(&b, "/websocket").await;
     resume_on_socket(&mut ws, &token).await;
-    let r = client()
-        .post(a.url("/api/v1/logout"))
-        .header("x-auth-token", &token)
-        .header("x-user-id", &uid)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status_as(
+            reqwest::Method::POST,
+            &a.url("/api/v1/logout"),
+            &uid,
+            &token
+        )
+        .await,
+        200
+    );
     let revoked = Instant::now();
     let closed = socket_closes(&mut ws, Duration::from_secs(3)).await;
     assert!(closed.is_ok(), "the socket stayed open");
@@ -249,14 +251,10 @@ async fn realtime_in_trusted_headers_mode_and_logout_over_the_socket() {
     .await
     .unwrap();
     let _ = next_text(&mut ws).await;
-    let r = client()
-        .get(gw.url("/api/v1/me"))
-        .header("x-auth-token", &token)
-        .header("x-user-id", &uid)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(
+        status_as(reqwest::Method::GET, &gw.url("/api/v1/me"), &uid, &token).await,
+        401
+    );
     assert_never_reached_upstream(&rc, &["bob-password-2", "alice-password-1"]);
 }
 
@@ -286,12 +284,8 @@ async fn disabling_a_user_in_the_users_file_closes_their_sockets() {
         closed.is_ok() && reloaded.elapsed() < Duration::from_secs(1),
         "socket of a disabled user stayed open"
     );
-    let r = client()
-        .get(gw.url("/api/v1/me"))
-        .header("x-auth-token", &token)
-        .header("x-user-id", &uid)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(
+        status_as(reqwest::Method::GET, &gw.url("/api/v1/me"), &uid, &token).await,
+        401
+    );
 }

@@ -228,14 +228,16 @@ fn a_hashed_user_logs_in_through_the_binary_and_logs_stay_clean() {
         )
         .await;
         assert_eq!(status, 401);
-        let r = client()
-            .get(format!("{base}/api/v1/me"))
-            .header("x-auth-token", &token)
-            .header("x-user-id", &id)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(
+            status_as(
+                reqwest::Method::GET,
+                &format!("{base}/api/v1/me"),
+                &id,
+                &token
+            )
+            .await,
+            200
+        );
         let r = client()
             .post(format!("{base}/api/v1/logout"))
             .header("x-auth-token", &token)

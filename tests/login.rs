@@ -236,14 +236,16 @@ async fn resume_returns_the_same_token_while_the_session_lives() {
     assert_eq!(v["data"]["authToken"], token);
     assert_eq!(v["data"]["userId"], id);
     assert_eq!(v["data"]["me"]["username"], "bob");
-    let r = client()
-        .post(gw.url("/api/v1/logout"))
-        .header("x-auth-token", &token)
-        .header("x-user-id", &id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status_as(
+            reqwest::Method::POST,
+            &gw.url("/api/v1/logout"),
+            &id,
+            &token
+        )
+        .await,
+        200
+    );
     let (status, v) = login_json(&base, json!({"resume": token})).await;
     assert_eq!(status, 401);
     assert_eq!(v.to_string(), UNAUTHORIZED);
@@ -289,14 +291,10 @@ async fn logout_revokes_the_presented_token_only() {
     assert_eq!(me(t1.clone()).await, 401);
     assert_eq!(me(t2.clone()).await, 200);
     // GET works too, as Rocket.Chat allows.
-    let r = client()
-        .get(gw.url("/api/v1/logout"))
-        .header("x-auth-token", &t2)
-        .header("x-user-id", &id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status_as(reqwest::Method::GET, &gw.url("/api/v1/logout"), &id, &t2).await,
+        200
+    );
     assert_eq!(me(t2.clone()).await, 401);
     // Logging out again, or without credentials, is the generic not-logged-in answer.
     for req in [

@@ -200,24 +200,23 @@ async fn login_surfaces_are_answered_here_and_never_forwarded() {
         ("/sockjs/123/abc/xhr_send", 404),
         ("/sockjs/123/abc/xhr", 404),
     ] {
-        let r = client()
-            .post(gw.url(path))
-            .header("x-auth-token", &token)
-            .header("x-user-id", &id)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(
+            status_as(reqwest::Method::POST, &gw.url(path), &id, &token).await,
+            status,
+            "{path}"
+        );
     }
     assert_eq!(up.count(), 0);
-    let r = client()
-        .post(gw.url("/api/v1/users.createToken"))
-        .header("x-auth-token", &token)
-        .header("x-user-id", &id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status_as(
+            reqwest::Method::POST,
+            &gw.url("/api/v1/users.createToken"),
+            &id,
+            &token
+        )
+        .await,
+        200
+    );
     assert_eq!(up.count(), 1);
 }
 
