@@ -4,7 +4,6 @@
 //! SockJS). It records every request, so tests can prove what reached it.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -89,24 +88,8 @@ impl FakeRocketChat {
             addr,
             state: Arc::default(),
         };
-        let server = fake.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.answer(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
-                });
-            }
+        super::upstream::serve_http1(listener, fake.clone(), |fake, req| async move {
+            fake.answer(req).await
         });
         fake
     }

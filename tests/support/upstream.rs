@@ -12,6 +12,34 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 
+/// Serves HTTP/1.1 (upgrades included) on `listener` for as long as the test runs; every request
+/// is answered by `answer` with its own clone of `state`.
+pub fn serve_http1<S, F, Fut, B>(listener: tokio::net::TcpListener, state: S, answer: F)
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let answered = answer(state.clone(), req);
+                    async move { Ok::<_, Infallible>(answered.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+}
+
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: String,
@@ -61,24 +89,8 @@ impl RecordingUpstream {
             requests: Arc::default(),
             first_chunk: Arc::new(Notify::new()),
         };
-        let state = up.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(state.answer(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
-                });
-            }
+        serve_http1(listener, up.clone(), |up, req| async move {
+            up.answer(req).await
         });
         up
     }
