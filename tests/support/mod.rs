@@ -49,6 +49,25 @@ fn which(bin: &str) -> PathBuf {
 }
 
 /// A real redis-server on a free loopback port, in its own temp dir.
+/// A throwaway redis-server on loopback: no persistence, its files in `dir`.
+pub fn redis_server_args(port: u16, dir: &Path) -> Vec<String> {
+    [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
@@ -149,20 +168,8 @@ impl Redis {
 
     fn spawn_process(&self, port: u16) -> Child {
         Command::new(which("redis-server"))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
+            .args(redis_server_args(port, self.dir.path()))
+            .args(["--protected-mode", "yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

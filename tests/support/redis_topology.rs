@@ -2,11 +2,11 @@
 //! drop: Sentinel (a master, a replica, three sentinels) and Cluster (three masters made with
 //! `redis-cli --cluster create`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::which;
+use super::{redis_server_args, which};
 
 /// Runs one command through `redis-cli` and returns its trimmed output.
 pub fn cli(port: u16, args: &[&str]) -> String {
@@ -94,24 +94,6 @@ impl Drop for Node {
     }
 }
 
-fn server_args(port: u16, dir: &Path) -> Vec<String> {
-    [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        dir.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 pub const MASTER_NAME: &str = "authgate-test";
 
 /// A master, one replica and three sentinels with quick failure detection.
@@ -134,9 +116,9 @@ impl SentinelSet {
         let master = Node::start(
             "redis-server",
             ports[0],
-            server_args(ports[0], &mk("master")),
+            redis_server_args(ports[0], &mk("master")),
         );
-        let mut replica_args = server_args(ports[1], &mk("replica"));
+        let mut replica_args = redis_server_args(ports[1], &mk("replica"));
         replica_args.extend([
             "--replicaof".into(),
             "127.0.0.1".into(),
@@ -262,7 +244,7 @@ impl Cluster {
             let ndir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&ndir).unwrap();
             let port = ports[i];
-            let mut args = server_args(port, &ndir);
+            let mut args = redis_server_args(port, &ndir);
             args.extend(
                 [
                     "--cluster-enabled",
