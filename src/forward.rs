@@ -95,24 +95,30 @@ fn normalised(name: &str) -> Cow<'_, str> {
 /// The header names a `Connection` header lists, normalised; `keep-alive` and `close` (the
 /// usual contents, removed anyway) are left out, so the common case allocates nothing.
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-        .map(|t| t.to_ascii_lowercase().replace('_', "-"))
-        .collect()
+    let mut listed = Vec::new();
+    for value in &headers.get_all(header::CONNECTION) {
+        let bytes = value.as_bytes();
+        if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
+            continue;
+        }
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            if !token.eq_ignore_ascii_case("keep-alive") && !token.eq_ignore_ascii_case("close") {
+                listed.push(token.to_ascii_lowercase().replace('_', "-"));
+            }
+        }
+    }
+    listed
 }
 
-/// Removes every header `doomed` picks (by normalised name).
-fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| doomed(&normalised(name.as_str())))
-        .cloned()
-        .collect();
+/// Removes every header `doomed` picks (by name as sent, and normalised).
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName, &str) -> bool) {
+    let doomed = |name: &HeaderName| doomed(name, &normalised(name.as_str()));
+    // Most messages have nothing to remove: look before collecting.
+    if !headers.keys().any(doomed) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
     for name in names {
         headers.remove(&name);
     }
@@ -213,20 +219,26 @@ pub fn rewrite_request_headers(
     } else {
         Vec::new()
     };
-    remove_where(headers, |n| {
-        is_hop_by_hop(n) || is_client_forbidden(n) || listed.iter().any(|l| l == n)
+    // Exactly these names are set below whatever the client sent (`insert` replaces every
+    // value), so they need no removal first; their other spellings (`X_User_Id`) do.
+    headers.remove(header::CONNECTION);
+    let replaced = |name: &HeaderName| {
+        name == X_REAL_IP
+            || name == X_FORWARDED_FOR
+            || identity.is_some() && (name == X_USER_ID || name == X_AUTH_TOKEN)
+    };
+    remove_where(headers, |name, norm| {
+        !replaced(name)
+            && (is_hop_by_hop(norm)
+                || is_client_forbidden(norm)
+                || listed.iter().any(|l| l == norm))
     });
     if headers.contains_key(header::COOKIE) {
         strip_credential_cookies(headers);
     }
     if let Some(id) = identity {
-        if let (Ok(uid), Ok(tok)) = (
-            HeaderValue::from_str(id.user_id),
-            HeaderValue::from_str(id.token),
-        ) {
-            headers.insert(X_USER_ID, uid);
-            headers.insert(X_AUTH_TOKEN, tok);
-        }
+        set_unless_equal(headers, X_USER_ID, id.user_id);
+        set_unless_equal(headers, X_AUTH_TOKEN, id.token);
         if id.as_cookies {
             // One Cookie header, as user agents send it (RFC 6265 section 5.4).
             let mut cookie = headers
@@ -242,7 +254,7 @@ pub fn rewrite_request_headers(
     }
     headers.insert(X_REAL_IP, origin.client.clone());
     let xff = if prior_xff.is_empty() {
-        Some(origin.peer.clone())
+        origin.peer.clone()
     } else {
         let mut chain = Vec::new();
         for prior in &prior_xff {
@@ -250,21 +262,42 @@ pub fn rewrite_request_headers(
             chain.extend_from_slice(b", ");
         }
         chain.extend_from_slice(origin.peer.as_bytes());
-        HeaderValue::from_bytes(&chain).ok()
+        // Joined header values with ", " are a header value; the fallback is never taken.
+        HeaderValue::from_bytes(&chain).unwrap_or_else(|_| origin.peer.clone())
     };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    headers.insert(X_FORWARDED_FOR, xff);
     if let Some(v) = proto {
         headers.insert(X_FORWARDED_PROTO, v);
+    }
+}
+
+/// `name: value` as the only value of `name`. The client's own credential headers usually
+/// hold exactly what is injected: then they stay as they are, with no new value built.
+fn set_unless_equal(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let mut present = headers.get_all(&name).iter();
+    if let (Some(only), None) = (present.next(), present.next()) {
+        if only.as_bytes() == value.as_bytes() {
+            return;
+        }
+    }
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        // Never forward what the client sent in place of an identity that cannot be written.
+        Err(_) => {
+            headers.remove(name);
+        }
     }
 }
 
 /// Removes hop-by-hop headers from an upstream response.
 pub fn rewrite_response_headers(headers: &mut HeaderMap) {
     let listed = connection_listed(headers);
-    remove_where(headers, |n| {
-        is_hop_by_hop(n) || listed.iter().any(|l| l == n)
+    // Nearly every response has one; the scan below then usually finds nothing to collect.
+    headers.remove(header::CONNECTION);
+    remove_where(headers, |_, norm| {
+        is_hop_by_hop(norm) || listed.iter().any(|l| l == norm)
     });
 }
 
@@ -314,9 +347,14 @@ impl Upstream {
     }
 
     fn prepare<B>(&self, req: &mut Request<B>, forward: &str) -> Result<(), GatewayError> {
-        // Origin form on the wire, as an HTTP/1.1 origin server expects it from a proxy.
-        *req.uri_mut() = Uri::try_from(forward)
-            .map_err(|_| GatewayError::BadRequest("The request target cannot be forwarded."))?;
+        // Origin form on the wire, as an HTTP/1.1 origin server expects it from a proxy. Most
+        // requests arrive in exactly that form already.
+        let as_received = req.uri().scheme().is_none()
+            && req.uri().path_and_query().map(|pq| pq.as_str()) == Some(forward);
+        if !as_received {
+            *req.uri_mut() = Uri::try_from(forward)
+                .map_err(|_| GatewayError::BadRequest("The request target cannot be forwarded."))?;
+        }
         *req.version_mut() = http::Version::HTTP_11;
         if !self.preserve_host || !req.headers().contains_key(header::HOST) {
             req.headers_mut()
@@ -494,6 +532,66 @@ mod tests {
         }
         assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
         assert_eq!(h.get("accept").unwrap(), "application/json");
+    }
+
+    #[test]
+    fn identity_headers_end_up_exactly_once_whatever_the_client_repeated() {
+        let id = Identity {
+            user_id: "U1",
+            token: "T1",
+            as_cookies: false,
+        };
+        let upstream_sees = |sent: &[(&str, &str)], id: Option<&Identity<'_>>| {
+            let mut h = HeaderMap::new();
+            for (k, v) in sent {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            rewrite(&mut h, id, "10.0.0.9", "10.0.0.9", false);
+            ["x-user-id", "x-auth-token", "x-real-ip"].map(|name| {
+                h.get_all(name)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let injected = [vec!["U1"], vec!["T1"], vec!["10.0.0.9"]];
+        // As the client authenticated: kept as they are.
+        assert_eq!(
+            upstream_sees(&[("x-user-id", "U1"), ("x-auth-token", "T1")], Some(&id)),
+            injected
+        );
+        for repeated in [
+            &[
+                ("x-user-id", "U1"),
+                ("x-user-id", "U1"),
+                ("x-auth-token", "T1"),
+            ][..],
+            &[
+                ("x-user-id", "U1"),
+                ("x-auth-token", "T1"),
+                ("x-auth-token", "evil"),
+            ],
+            &[
+                ("x-auth-token", "evil"),
+                ("x-auth-token", "T1"),
+                ("x-real-ip", "1.2.3.4"),
+            ],
+            &[
+                ("x-user-id", "admin"),
+                ("x-real-ip", "1.2.3.4"),
+                ("x-real-ip", "10.0.0.9"),
+            ],
+        ] {
+            assert_eq!(upstream_sees(repeated, Some(&id)), injected, "{repeated:?}");
+        }
+        // With no identity to inject (public routes), the client's own never pass.
+        assert_eq!(
+            upstream_sees(&[("x-user-id", "U1"), ("x-auth-token", "T1")], None),
+            [vec![], vec![], vec!["10.0.0.9"]]
+        );
     }
 
     #[test]

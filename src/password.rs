@@ -2,13 +2,12 @@
 //! runs on threads of its own, at a lower CPU priority, behind a semaphore: a burst of logins
 //! waits its turn (or gets a fast 503) instead of starving proxied traffic on the workers.
 
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{rand_core::OsRng, Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
@@ -91,6 +90,11 @@ pub enum Prehash {
 /// Never truncates: bcrypt inputs over 72 bytes fail instead of matching a prefix. A digest
 /// login verifies only against a hash made over the digest; elsewhere it costs the same and fails.
 pub fn verify_blocking(password: &Password, hash: &str, prehash: Prehash) -> bool {
+    verify_in(password, hash, prehash, &mut Vec::new())
+}
+
+/// [`verify_blocking`] with argon2's working memory supplied, so a hashing thread reuses it.
+fn verify_in(password: &Password, hash: &str, prehash: Prehash, memory: &mut Vec<Block>) -> bool {
     let (input, usable) = match (password, prehash) {
         (Password::Plain(p), Prehash::None) => (p.clone(), true),
         (Password::Plain(p), Prehash::Sha256) => (sha256_hex(p), true),
@@ -100,14 +104,39 @@ pub fn verify_blocking(password: &Password, hash: &str, prehash: Prehash) -> boo
     let matched = if is_bcrypt(hash) {
         bcrypt::non_truncating_verify(&input, hash).unwrap_or(false)
     } else {
-        // Argon2::default() takes algorithm, version and parameters from the PHC string itself.
-        PasswordHash::new(hash).is_ok_and(|parsed| {
-            Argon2::default()
-                .verify_password(input.as_bytes(), &parsed)
-                .is_ok()
-        })
+        PasswordHash::new(hash)
+            .is_ok_and(|parsed| argon2_matches(input.as_bytes(), &parsed, memory))
     };
     matched && usable
+}
+
+/// What argon2's `verify_password` does (algorithm, version and parameters from the PHC string,
+/// a constant-time comparison), but in `memory` instead of a fresh allocation.
+fn argon2_matches(input: &[u8], hash: &PasswordHash, memory: &mut Vec<Block>) -> bool {
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(version), Ok(params)) = (
+        Algorithm::try_from(hash.algorithm),
+        hash.version
+            .map_or(Ok(Version::default()), Version::try_from),
+        Params::try_from(hash),
+    ) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    if memory.len() < params.block_count() {
+        memory.resize(params.block_count(), Block::default());
+    }
+    let mut computed = [0u8; Output::MAX_LENGTH];
+    let computed = &mut computed[..expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(input, salt, &mut *computed, &mut memory[..])
+        .is_ok()
+        && Output::new(computed).is_ok_and(|computed| computed == expected)
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -117,7 +146,38 @@ pub fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce(&SpareMemory) + Send>;
+
+/// How long the hashing threads keep argon2's working memory after the last verification.
+/// Within a burst each login reuses it: allocating, faulting in and unmapping 19 MiB per login
+/// cost the hashing threads time and the workers TLB-shootdown interrupts (bench/NOTES.md).
+const MEMORY_KEPT_WHILE_IDLE: Duration = Duration::from_secs(2);
+
+/// argon2 working memory not in use by a verification right now.
+#[derive(Default)]
+struct SpareMemory(std::sync::Mutex<Vec<Vec<Block>>>);
+
+impl SpareMemory {
+    fn take(&self) -> Vec<Block> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut spare| spare.pop())
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, memory: Vec<Block>) {
+        if let Ok(mut spare) = self.0.lock() {
+            spare.push(memory);
+        }
+    }
+
+    fn release(&self) {
+        if let Ok(mut spare) = self.0.lock() {
+            spare.clear();
+        }
+    }
+}
 
 /// The CPU priority of the hashing threads (`server.password_hash_priority`). Below the
 /// workers', a burst of logins does not take the proxied requests' core (see bench/NOTES.md).
@@ -163,28 +223,34 @@ impl HashPriority {
 /// Threads that run verifications. They end when the last `Verifier` holding them is dropped.
 struct HashingThreads {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// The threads' own; here for the tests to look at.
+    #[cfg_attr(not(test), allow(dead_code))]
+    spare: Arc<SpareMemory>,
 }
 
 impl HashingThreads {
-    fn start(count: usize, priority: HashPriority) -> Option<Self> {
+    fn start(count: usize, priority: HashPriority, keep_memory: Duration) -> Option<Self> {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let queue = Arc::new(std::sync::Mutex::new(queue));
+        let spare = Arc::new(SpareMemory::default());
         let mut started = 0;
         for i in 0..count {
-            let queue = queue.clone();
+            let (queue, spare) = (queue.clone(), spare.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("authgate-hash-{i}"))
                 .spawn(move || {
                     priority.apply();
                     loop {
-                        // The lock is held only while waiting for the next job.
+                        // The lock is held only while waiting for the next job; whoever waits
+                        // holds no memory, so the one that waited long enough frees it all.
                         let next = match queue.lock() {
-                            Ok(q) => q.recv(),
+                            Ok(q) => q.recv_timeout(keep_memory),
                             Err(_) => return,
                         };
                         match next {
-                            Ok(job) => job(),
-                            Err(_) => return,
+                            Ok(job) => job(&spare),
+                            Err(RecvTimeoutError::Timeout) => spare.release(),
+                            Err(RecvTimeoutError::Disconnected) => return,
                         }
                     }
                 });
@@ -193,7 +259,7 @@ impl HashingThreads {
                 Err(e) => tracing::warn!(error = %e, "cannot start a password hashing thread"),
             }
         }
-        (started > 0).then_some(Self { jobs })
+        (started > 0).then_some(Self { jobs, spare })
     }
 }
 
@@ -209,12 +275,21 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(concurrency: usize, queue_timeout: Duration, priority: HashPriority) -> Self {
+        Self::keeping_memory(concurrency, queue_timeout, priority, MEMORY_KEPT_WHILE_IDLE)
+    }
+
+    fn keeping_memory(
+        concurrency: usize,
+        queue_timeout: Duration,
+        priority: HashPriority,
+        keep_memory: Duration,
+    ) -> Self {
         let concurrency = concurrency.max(1);
         Self {
             permits: Arc::new(Semaphore::new(concurrency)),
             queue_timeout,
             dummy_hash: hash_password("authgate dummy password for unknown users").into(),
-            threads: HashingThreads::start(concurrency, priority).map(Arc::new),
+            threads: HashingThreads::start(concurrency, priority, keep_memory).map(Arc::new),
         }
     }
 
@@ -222,17 +297,22 @@ impl Verifier {
     /// survives it).
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> T + Send + 'static,
+        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, GatewayError> {
         let panicked = || GatewayError::Internal("password verification panicked".into());
         let Some(threads) = &self.threads else {
-            return tokio::task::spawn_blocking(work)
+            return tokio::task::spawn_blocking(|| work(&mut Vec::new()))
                 .await
                 .map_err(|_| panicked());
         };
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = answer.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+        let job: Job = Box::new(move |spare| {
+            let mut memory = spare.take();
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut memory)));
+            // Back before the answer, so the next verification finds it.
+            spare.give_back(memory);
+            let _ = answer.send(outcome);
         });
         threads
             .jobs
@@ -267,9 +347,9 @@ impl Verifier {
             .map_err(|_| GatewayError::Internal("verifier closed".into()))?;
         let password = password.clone();
         let ok = self
-            .run(move || {
+            .run(move |memory| {
                 let _permit = permit;
-                verify_blocking(&password, &hash, prehash)
+                verify_in(&password, &hash, prehash, memory)
             })
             .await?;
         Ok(ok && known)
@@ -299,17 +379,91 @@ mod tests {
     #[tokio::test]
     async fn verifications_run_below_the_workers_priority_and_survive_panics() {
         let low = Verifier::new(1, Duration::from_secs(5), HashPriority::Low);
-        assert_eq!(low.run(thread_priority).await.unwrap(), (LOW_NICE, 0));
+        assert_eq!(low.run(|_| thread_priority()).await.unwrap(), (LOW_NICE, 0));
         let ours = thread_priority();
         assert!(ours.0 < LOW_NICE, "the test itself runs at {ours:?}");
         let idle = Verifier::new(1, Duration::from_secs(5), HashPriority::Idle);
-        assert_eq!(idle.run(thread_priority).await.unwrap().1, 5);
+        assert_eq!(idle.run(|_| thread_priority()).await.unwrap().1, 5);
         let normal = Verifier::new(1, Duration::from_secs(5), HashPriority::Normal);
-        assert_eq!(normal.run(thread_priority).await.unwrap(), ours);
-        let failed = low.run(|| -> bool { panic!("boom") }).await;
+        assert_eq!(normal.run(|_| thread_priority()).await.unwrap(), ours);
+        let failed = low.run(|_| -> bool { panic!("boom") }).await;
         assert!(matches!(failed, Err(GatewayError::Internal(_))));
         // The one thread is still there.
-        assert_eq!(low.run(|| 7).await.unwrap(), 7);
+        assert_eq!(low.run(|_| 7).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn argon2_memory_is_reused_within_a_burst_and_freed_when_idle() {
+        let keep = Duration::from_millis(300);
+        let verifier =
+            Verifier::keeping_memory(2, Duration::from_secs(5), HashPriority::Normal, keep);
+        let spare = || {
+            let threads = verifier.threads.as_ref().unwrap();
+            let spare = threads.spare.0.lock().unwrap();
+            spare.iter().map(Vec::capacity).collect::<Vec<_>>()
+        };
+        let blocks = 19 * 1024;
+        let stored = hash_password("pw");
+        assert!(verifier
+            .verify(&plain("pw"), Some((&stored, Prehash::None)))
+            .await
+            .unwrap());
+        assert_eq!(spare(), vec![blocks]);
+        let address = verifier
+            .run(|memory| memory.as_ptr() as usize)
+            .await
+            .unwrap();
+        assert!(!verifier
+            .verify(&plain("nope"), Some((&stored, Prehash::None)))
+            .await
+            .unwrap());
+        assert_eq!(
+            verifier
+                .run(|memory| memory.as_ptr() as usize)
+                .await
+                .unwrap(),
+            address,
+            "the same memory again, not a new allocation"
+        );
+        tokio::time::sleep(keep * 3).await;
+        assert!(
+            spare().is_empty(),
+            "still held after {keep:?} idle: {:?}",
+            spare()
+        );
+        assert!(verifier
+            .verify(&plain("pw"), Some((&stored, Prehash::None)))
+            .await
+            .unwrap());
+    }
+
+    #[test]
+    fn memory_left_by_a_costlier_hash_gives_the_same_answers() {
+        let mut memory = Vec::new();
+        let costly = hash_password("pw");
+        assert!(verify_in(&plain("pw"), &costly, Prehash::None, &mut memory));
+        let cheap = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x10,
+            Params::new(64, 1, 1, Some(16)).unwrap(),
+        )
+        .hash_password(b"other", &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string();
+        assert!(verify_in(
+            &plain("other"),
+            &cheap,
+            Prehash::None,
+            &mut memory
+        ));
+        assert!(!verify_in(&plain("pw"), &cheap, Prehash::None, &mut memory));
+        assert!(!verify_in(
+            &plain("other"),
+            &costly,
+            Prehash::None,
+            &mut memory
+        ));
+        assert_eq!(memory.len(), 19 * 1024);
     }
 
     fn plain(s: &str) -> Password {
