@@ -13,9 +13,11 @@ use hyper::body::Incoming;
 
 use crate::access::{request_id, AccessScope, Peer, RequestFacts};
 use crate::config::Config;
+use crate::directory::SignOut;
 use crate::error::{Body, GatewayError};
 use crate::forward;
 use crate::gateway::Gateway;
+use crate::session::SessionStore;
 use crate::telemetry::{Metrics, UpstreamFailure};
 use crate::tls::CertResolver;
 
@@ -221,24 +223,58 @@ impl Service {
         if level_changed {
             crate::logging::set_level(&new_level);
         }
-        let gone = gateway.directories.users_gone_since(&old.directories);
+        let signed_out = gateway
+            .directories
+            .users_to_sign_out_since(&old.directories);
+        let session_ttl = gateway.config.session.ttl;
         self.current.store(Arc::new(gateway));
-        // Removed or disabled users lose their sessions at once (sockets close on their next check).
-        for user_id in gone {
-            match old.store.revoke_user(&user_id).await {
-                Ok(n) => {
-                    self.metrics.sessions_revoked(n);
-                    tracing::info!(
-                        user_id,
-                        sessions = n,
-                        "user removed or disabled in the users file; sessions revoked"
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(user_id, error = %e, "could not revoke the sessions of a removed or disabled user")
-                }
-            }
+        // Removed or disabled users, and those with new credentials, lose their sessions at once
+        // on every instance (sockets close on their next check).
+        for sign_out in signed_out {
+            revoke_signed_out(&*old.store, &self.metrics, sign_out, session_ttl).await;
         }
         Ok(restart)
+    }
+}
+
+/// Ends the sessions of a user the reload signed out, and says so in the log.
+async fn revoke_signed_out(
+    store: &dyn SessionStore,
+    metrics: &Metrics,
+    sign_out: SignOut,
+    session_ttl: Duration,
+) {
+    let (user_id, revoked) = match sign_out {
+        SignOut::Gone(user_id) => {
+            let revoked = store.revoke_user(&user_id).await.map(Some);
+            (user_id, revoked)
+        }
+        SignOut::NewCredentials(user_id, digest) => {
+            // A prefix of the digest is enough to tell changes apart across instances.
+            let recorded: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            let revoked = store
+                .revoke_user_for_credentials(&user_id, &recorded, session_ttl)
+                .await;
+            (user_id, revoked)
+        }
+    };
+    match revoked {
+        Ok(Some(n)) => {
+            metrics.sessions_revoked(n);
+            tracing::info!(
+                user_id,
+                sessions = n,
+                "user removed, disabled or given new credentials in the users file; sessions revoked"
+            );
+        }
+        Ok(None) => tracing::info!(
+            user_id,
+            "user given new credentials in the users file; another instance already revoked the older sessions"
+        ),
+        Err(e) => tracing::warn!(
+            user_id,
+            error = %e,
+            "could not revoke the sessions of a user removed, disabled or given new credentials"
+        ),
     }
 }

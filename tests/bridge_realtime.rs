@@ -272,12 +272,7 @@ async fn disabling_a_user_in_the_users_file_closes_their_sockets() {
         "username = \"alice\"\nactive = false",
         1,
     );
-    std::fs::write(gw.files.dir.path().join("users.toml"), disabled).unwrap();
-    let config = authgate::config::Config::load(
-        &authgate::config::ConfigSource::from_file(&gw.files.config_path).unwrap(),
-    )
-    .unwrap();
-    gw.running().reload(config).await.unwrap();
+    gw.reload_users(&disabled).await;
     let reloaded = Instant::now();
     let closed = socket_closes(&mut ws, Duration::from_secs(3)).await;
     assert!(

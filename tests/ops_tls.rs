@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use authgate::config::{Config, ConfigSource};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -137,12 +136,6 @@ async fn info_over(sender: &mut hyper::client::conn::http1::SendRequest<Empty<By
     status
 }
 
-async fn reload_from(gw: &Gateway) -> Result<Vec<&'static str>, String> {
-    let config = Config::load(&ConfigSource::from_file(&gw.files.config_path).unwrap())
-        .map_err(|e| e.to_string())?;
-    gw.running().reload(config).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_h2_and_http1_by_alpn_with_the_configured_certificate() {
     let up = RecordingUpstream::start().await;
@@ -211,7 +204,7 @@ async fn certificate_reload_reaches_new_handshakes_and_keeps_open_connections() 
 
     let second = ca.leaf("second");
     install(dir.path(), &second);
-    assert_eq!(reload_from(&gw).await, Ok(vec![]));
+    assert_eq!(gw.reload().await, Ok(vec![]));
     let after = handshake(&ca, gw.addr, &[b"http/1.1"]).await;
     assert_eq!(presented(&after), second.der);
     // The connection made under the first certificate carries on.
@@ -219,10 +212,10 @@ async fn certificate_reload_reaches_new_handshakes_and_keeps_open_connections() 
 
     // A broken or mismatched pair is refused whole: the second certificate stays in use.
     std::fs::write(&cert, "not a certificate").unwrap();
-    let e = reload_from(&gw).await.unwrap_err();
+    let e = gw.reload().await.unwrap_err();
     assert!(e.contains("server.tls.cert"), "{e}");
     std::fs::write(&cert, &ca.leaf("third").cert_pem).unwrap();
-    let e = reload_from(&gw).await.unwrap_err();
+    let e = gw.reload().await.unwrap_err();
     assert!(
         e.contains("server.tls.key") && e.contains("does not belong"),
         "{e}"

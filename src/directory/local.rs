@@ -6,7 +6,10 @@ use std::path::Path;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{fold, stable_user_id, AuthOutcome, Authenticated, Directory, Identity, UserProfile};
+use super::{
+    credentials_digest, fold, stable_user_id, AuthOutcome, Authenticated, CredentialsDigest,
+    Directory, Identity, UserProfile,
+};
 use crate::config::{ConfigProblem, LocalDirectoryConfig};
 use crate::error::GatewayError;
 use crate::password::{check_hash_format, Password, Prehash, Verifier};
@@ -239,12 +242,20 @@ impl Directory for LocalDirectory {
         "local"
     }
 
-    fn active_user_ids(&self) -> Option<Vec<String>> {
+    fn active_users(&self) -> Option<Vec<(String, CredentialsDigest)>> {
         Some(
             self.users
                 .iter()
                 .filter(|u| u.active)
-                .map(|u| u.profile.id.clone())
+                .map(|u| {
+                    let prehash = match u.password_prehash {
+                        Prehash::None => "",
+                        Prehash::Sha256 => "sha256",
+                    };
+                    let totp = u.totp_secret.as_deref().unwrap_or("");
+                    let digest = credentials_digest([u.password_hash.as_str(), prehash, totp]);
+                    (u.profile.id.clone(), digest)
+                })
                 .collect(),
         )
     }

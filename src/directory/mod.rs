@@ -76,9 +76,10 @@ pub trait Directory: Send + Sync {
     async fn ready(&self) -> Result<(), String> {
         Ok(())
     }
-    /// The ids of every user who may log in now, for directories that hold their whole user
-    /// list (the users file); `None` for directories that are asked per login (LDAP).
-    fn active_user_ids(&self) -> Option<Vec<String>> {
+    /// Every user who may log in now, by id, with a digest of their credentials (password hash,
+    /// TOTP secret), for directories that hold their whole user list (the users file); `None`
+    /// for directories that are asked per login (LDAP).
+    fn active_users(&self) -> Option<Vec<(String, CredentialsDigest)>> {
         None
     }
 }
@@ -127,21 +128,26 @@ impl Directories {
         out
     }
 
-    /// Users who could log in under `previous` but no longer can (removed or disabled), among
-    /// the directories that know their whole user list.
-    pub fn users_gone_since(&self, previous: &Directories) -> Vec<String> {
-        let now: std::collections::HashSet<String> = self
+    /// Users whose sessions must end since `previous`, among the directories that know their
+    /// whole user list: those who could log in then but no longer can (removed or disabled),
+    /// and those given a new password or TOTP secret.
+    pub fn users_to_sign_out_since(&self, previous: &Directories) -> Vec<SignOut> {
+        let now: std::collections::HashMap<String, CredentialsDigest> = self
             .list
             .iter()
-            .filter_map(|d| d.active_user_ids())
+            .filter_map(|d| d.active_users())
             .flatten()
             .collect();
         previous
             .list
             .iter()
-            .filter_map(|d| d.active_user_ids())
+            .filter_map(|d| d.active_users())
             .flatten()
-            .filter(|id| !now.contains(id))
+            .filter_map(|(id, before)| match now.get(&id) {
+                None => Some(SignOut::Gone(id)),
+                Some(after) if *after != before => Some(SignOut::NewCredentials(id, *after)),
+                Some(_) => None,
+            })
             .collect()
     }
 
@@ -154,6 +160,29 @@ impl Directories {
             None => Ok(None),
         }
     }
+}
+
+/// Why a user's sessions end at a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignOut {
+    /// Removed or disabled: no session of theirs may be used again.
+    Gone(String),
+    /// A new password or TOTP secret: the sessions issued before it end.
+    NewCredentials(String, CredentialsDigest),
+}
+
+/// SHA-256 over a user's stored credentials: compared across a reload, never shown.
+pub type CredentialsDigest = [u8; 32];
+
+/// The digest of `parts`, each length-prefixed so that no two different lists collide by
+/// concatenation.
+pub fn credentials_digest<'a>(parts: impl IntoIterator<Item = &'a str>) -> CredentialsDigest {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().into()
 }
 
 const ID_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuvwxyz";

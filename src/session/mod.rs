@@ -225,6 +225,19 @@ pub trait SessionStore: Send + Sync {
     async fn list_user(&self, user_id: &str) -> Result<Vec<(TokenHash, Arc<Session>)>, StoreError>;
     /// Revokes every session of one user; returns how many were live.
     async fn revoke_user(&self, user_id: &str) -> Result<usize, StoreError>;
+    /// Revokes every session of a user whose credentials changed to `credentials` (a digest),
+    /// once for all instances that report the same change: the first revokes and records them
+    /// for `keep_for`, the rest get None and leave alone the sessions issued since. A store
+    /// that one process owns has no other instances to agree with and always revokes.
+    async fn revoke_user_for_credentials(
+        &self,
+        user_id: &str,
+        credentials: &str,
+        keep_for: Duration,
+    ) -> Result<Option<usize>, StoreError> {
+        let _ = (credentials, keep_for);
+        self.revoke_user(user_id).await.map(Some)
+    }
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Records a failed login under `key` (e.g. `user:alice`, `ip:192.0.2.7`) and returns how

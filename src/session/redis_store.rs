@@ -42,6 +42,12 @@ return n
 
 // The session keys are built here from the index; they share the index's hash tag (slot).
 const REVOKE_USER_SCRIPT: &str = r#"
+if KEYS[2] then
+  -- Credentials already recorded: another instance revoked for this change, and the
+  -- sessions issued since then stay.
+  if redis.call('GET', KEYS[2]) == ARGV[4] then return -1 end
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+end
 local n = 0
 for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   n = n + redis.call('DEL', ARGV[1] .. h)
@@ -145,6 +151,42 @@ impl RedisStore {
 
     fn user_key(&self, user_id: &str) -> String {
         format!("{}:sessions", self.user_tag(user_id))
+    }
+
+    /// Revokes every session of `user_id`; with `credentials`, only when they are not already
+    /// recorded for the user (None then), recording them for `keep_for`.
+    async fn revoke_user_once(
+        &self,
+        user_id: &str,
+        credentials: Option<(&str, Duration)>,
+    ) -> Result<Option<usize>, StoreError> {
+        let index = self.user_key(user_id);
+        let mut inv = self.revoke_user_script.key(&index);
+        if credentials.is_some() {
+            inv.key(self.credentials_key(user_id));
+        }
+        inv.arg(format!("{}:session:", self.user_tag(user_id)))
+            .arg(self.channel())
+            .arg(invalidation::user_message(user_id));
+        if let Some((digest, keep_for)) = credentials {
+            inv.arg(digest).arg(keep_for.as_millis() as u64);
+        }
+        let n: i64 = self
+            .run_durably(&index, |mut l| async move {
+                inv.invoke_async(&mut l.conn).await
+            })
+            .await?;
+        if n < 0 {
+            return Ok(None);
+        }
+        if let Some(cache) = &self.cache {
+            cache.invalidate_user(user_id);
+        }
+        Ok(Some(n as usize))
+    }
+
+    fn credentials_key(&self, user_id: &str) -> String {
+        format!("{}:credentials", self.user_tag(user_id))
     }
 
     fn totp_key(&self, user_id: &str) -> String {
@@ -368,20 +410,18 @@ impl SessionStore for RedisStore {
     }
 
     async fn revoke_user(&self, user_id: &str) -> Result<usize, StoreError> {
-        let index = self.user_key(user_id);
-        let mut inv = self.revoke_user_script.key(&index);
-        inv.arg(format!("{}:session:", self.user_tag(user_id)))
-            .arg(self.channel())
-            .arg(invalidation::user_message(user_id));
-        let n: i64 = self
-            .run_durably(&index, |mut l| async move {
-                inv.invoke_async(&mut l.conn).await
-            })
-            .await?;
-        if let Some(cache) = &self.cache {
-            cache.invalidate_user(user_id);
-        }
-        Ok(n.max(0) as usize)
+        let revoked = self.revoke_user_once(user_id, None).await?;
+        Ok(revoked.unwrap_or(0))
+    }
+
+    async fn revoke_user_for_credentials(
+        &self,
+        user_id: &str,
+        credentials: &str,
+        keep_for: Duration,
+    ) -> Result<Option<usize>, StoreError> {
+        self.revoke_user_once(user_id, Some((credentials, keep_for)))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

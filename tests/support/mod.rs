@@ -320,6 +320,19 @@ impl Gateway {
         self.running.as_ref().unwrap()
     }
 
+    /// Reloads the config and users file from disk, as SIGHUP does.
+    pub async fn reload(&self) -> Result<Vec<&'static str>, String> {
+        let config = Config::load(&ConfigSource::from_file(&self.files.config_path).unwrap())
+            .map_err(|e| e.to_string())?;
+        self.running().reload(config).await
+    }
+
+    /// Writes a new users file and reloads it.
+    pub async fn reload_users(&self, users: &str) {
+        std::fs::write(self.files.dir.path().join("users.toml"), users).unwrap();
+        self.reload().await.unwrap();
+    }
+
     /// Takes the running gateway, e.g. to stop it from another task.
     pub fn take_running(&mut self) -> RunningGateway {
         self.running.take().unwrap()
