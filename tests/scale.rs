@@ -122,9 +122,7 @@ async fn behaves_as_one(f: &Fleet) {
         assert_eq!(me(format!("{b}/api/v1/me"), &id, &token).await, 200);
     }
     assert_eq!(logout(format!("{a}/api/v1/logout"), &id, &token).await, 200);
-    let refused = Instant::now();
-    assert_eq!(me(format!("{b}/api/v1/me"), &id, &token).await, 401);
-    assert!(refused.elapsed() < Duration::from_secs(1));
+    refused_within_100ms(&format!("{b}/api/v1/me"), &id, &token).await;
     for _ in 0..4 {
         assert_eq!(me(format!("{lb}/api/v1/me"), &id, &token).await, 401);
     }
@@ -290,7 +288,7 @@ async fn operators_list_and_revoke_sessions_from_the_command_line() {
     let t1_id = authgate::session::Token::from_client(&t1).hash().id();
     let (code, out, err) = authgate(&["sessions", "revoke", "bob", &t1_id[..8], "--config", &cfg]);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(me(gw.url("/api/v1/me"), &id, &t1).await, 401);
+    refused_within_100ms(&gw.url("/api/v1/me"), &id, &t1).await;
     assert_eq!(me(gw.url("/api/v1/me"), &id, &t2).await, 200);
 
     let (code, _, err) = authgate(&["sessions", "revoke", "bob", "zzzzzzzz", "--config", &cfg]);
@@ -301,7 +299,7 @@ async fn operators_list_and_revoke_sessions_from_the_command_line() {
     let (code, out, err) = authgate(&["sessions", "revoke", &id, "--all", "--config", &cfg]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Revoked 1 session"), "{out}");
-    assert_eq!(me(gw.url("/api/v1/me"), &id, &t2).await, 401);
+    refused_within_100ms(&gw.url("/api/v1/me"), &id, &t2).await;
     let (code, out, _) = authgate(&["sessions", "list", "bob", "--config", &cfg]);
     assert_eq!(code, 0);
     assert!(out.contains("no live sessions"), "{out}");

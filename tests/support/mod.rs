@@ -510,6 +510,24 @@ pub async fn protected_status(gw: &Gateway, id: &str, token: &str) -> u16 {
     status_as(reqwest::Method::GET, &gw.url("/api/v1/me"), id, token).await
 }
 
+/// Polls `url` (a protected path) until the session is refused: a revocation anywhere reaches
+/// every instance's session cache through Redis within 100 ms of the revoking call's return.
+pub async fn refused_within_100ms(url: &str, id: &str, token: &str) {
+    let revoked = std::time::Instant::now();
+    loop {
+        match status_as(reqwest::Method::GET, url, id, token).await {
+            401 => return,
+            200 => assert!(
+                revoked.elapsed() < Duration::from_millis(100),
+                "still accepted {:?} after the revocation",
+                revoked.elapsed()
+            ),
+            other => panic!("unexpected status {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
