@@ -219,9 +219,10 @@ pub fn rewrite_request_headers(
     } else {
         Vec::new()
     };
+    // Usually `keep-alive`; gone here, the scan below then mostly finds nothing to collect.
+    headers.remove(header::CONNECTION);
     // Exactly these names are set below whatever the client sent (`insert` replaces every
     // value), so they need no removal first; their other spellings (`X_User_Id`) do.
-    headers.remove(header::CONNECTION);
     let replaced = |name: &HeaderName| {
         name == X_REAL_IP
             || name == X_FORWARDED_FOR
