@@ -86,12 +86,8 @@ pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> HeaderValue {
             }
         }
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let random = rand::random::<u128>();
     let mut id = [0u8; 32];
-    for (i, digit) in id.iter_mut().enumerate() {
-        *digit = HEX[((random >> (124 - 4 * i)) & 0xf) as usize];
-    }
+    crate::hex::encode_into(&rand::random::<u128>().to_be_bytes(), &mut id);
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 

@@ -12,6 +12,7 @@ pub mod directory;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod hex;
 pub mod import;
 pub mod logging;
 pub mod login;

@@ -140,10 +140,7 @@ fn argon2_matches(input: &[u8], hash: &PasswordHash, memory: &mut Vec<Block>) ->
 }
 
 pub fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::encode(&Sha256::digest(s.as_bytes()))
 }
 
 type Job = Box<dyn FnOnce(&SpareMemory) + Send>;

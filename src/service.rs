@@ -251,7 +251,7 @@ async fn revoke_signed_out(
         }
         SignOut::NewCredentials(user_id, digest) => {
             // A prefix of the digest is enough to tell changes apart across instances.
-            let recorded: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            let recorded = crate::hex::encode(&digest[..16]);
             let revoked = store
                 .revoke_user_for_credentials(&user_id, &recorded, session_ttl)
                 .await;

@@ -77,10 +77,6 @@ pub fn normalize_dn(dn: &str) -> String {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn values<'a>(entry: &'a SearchEntry, attr: &'a str) -> impl Iterator<Item = &'a String> {
     entry
         .attrs
@@ -106,12 +102,12 @@ fn id_seed(entry: &SearchEntry, attr: &str, binary: bool) -> Option<String> {
             .filter(|(k, _)| k.eq_ignore_ascii_case(attr))
             .flat_map(|(_, v)| v.iter())
             .find(|v| !v.is_empty())
-            .map(|v| hex(v));
+            .map(|v| crate::hex::encode(v));
         // A binary value that happens to be valid UTF-8 lands among the text attributes.
         return bin.or_else(|| {
             values(entry, attr)
                 .find(|v| !v.is_empty())
-                .map(|v| hex(v.as_bytes()))
+                .map(|v| crate::hex::encode(v.as_bytes()))
         });
     }
     first_text(entry, attr).map(|v| v.to_lowercase())
