@@ -179,19 +179,16 @@ impl Pool {
         let (sender, conn) = http1::Builder::new()
             .handshake::<_, UpstreamBody>(TokioIo::new(stream))
             .await?;
-        if upgrades {
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
-        } else {
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
-        }
+        tokio::spawn(async move {
+            let ended = if upgrades {
+                conn.with_upgrades().await
+            } else {
+                conn.await
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
         Ok(sender)
     }
 }
