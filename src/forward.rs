@@ -16,7 +16,7 @@ use ipnet::IpNet;
 
 use crate::config::UpstreamConfig;
 use crate::error::{Body, GatewayError};
-use crate::upstream_pool::{Pool, UpstreamBody};
+use crate::upstream_pool::{Pool, PoolError, UpstreamBody};
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the legacy ones proxies still meet.
 fn is_hop_by_hop(norm: &str) -> bool {
@@ -376,12 +376,7 @@ impl Upstream {
         };
         let sent = tokio::time::timeout(self.timeout, self.pool.send(req));
         future::Either::Right(sent.map(|answer| {
-            let resp = match answer {
-                Err(_) => return Err(GatewayError::UpstreamTimeout),
-                Ok(Err(e)) => return Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
-                Ok(Ok(resp)) => resp,
-            };
-            let (mut parts, body) = resp.into_parts();
+            let (mut parts, body) = upstream_answer(answer)?.into_parts();
             rewrite_response_headers(&mut parts.headers);
             Ok(Response::from_parts(
                 parts,
@@ -411,11 +406,7 @@ impl Upstream {
         let mut req = Request::new(Either::Right(Full::default()));
         *req.headers_mut() = headers;
         self.prepare(&mut req, forward)?;
-        match tokio::time::timeout(self.timeout, self.pool.send_upgrade(req)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
-            Ok(Ok(resp)) => Ok(resp),
-        }
+        upstream_answer(tokio::time::timeout(self.timeout, self.pool.send_upgrade(req)).await)
     }
 
     /// Sends a request whose body authgate holds whole (empty for a replay after the upstream
@@ -432,6 +423,17 @@ impl Upstream {
         *req.headers_mut() = headers;
         let prepared = self.prepare(&mut req, forward).map(|()| req);
         self.exchange(prepared).await
+    }
+}
+
+/// What the upstream answered within the timeout, or why it did not.
+fn upstream_answer<T>(
+    answer: Result<Result<T, PoolError>, tokio::time::error::Elapsed>,
+) -> Result<T, GatewayError> {
+    match answer {
+        Err(_) => Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
+        Ok(Ok(resp)) => Ok(resp),
     }
 }
 
