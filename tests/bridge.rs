@@ -40,16 +40,7 @@ async fn first_login_provisions_later_logins_reuse_and_requests_carry_the_rocket
     assert_eq!(rc.state.lock().unwrap().creates, 1);
     assert_eq!(rc.state.lock().unwrap().updates, 0);
     // Requests go upstream with Rocket.Chat's token for the user.
-    assert_eq!(
-        status_as(
-            reqwest::Method::GET,
-            &gw.url("/api/v1/me"),
-            &rc_user.id,
-            &token
-        )
-        .await,
-        200
-    );
+    assert_eq!(protected_status(&gw, &rc_user.id, &token).await, 200);
     let last = rc.seen().pop().unwrap();
     let rc_token = last.header("x-auth-token").unwrap();
     assert_eq!(
@@ -76,26 +67,15 @@ async fn an_expired_upstream_token_is_renewed_once_transparently() {
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
     rc.expire_all_tokens();
     let grants = rc.state.lock().unwrap().token_grants;
+    let rooms = gw.url("/api/v1/rooms.get");
     assert_eq!(
-        status_as(
-            reqwest::Method::GET,
-            &gw.url("/api/v1/rooms.get"),
-            &id,
-            &token
-        )
-        .await,
+        status_as(reqwest::Method::GET, &rooms, &id, &token).await,
         200
     );
     assert_eq!(rc.state.lock().unwrap().token_grants, grants + 1);
     // Later requests use the renewed token without another renewal.
     assert_eq!(
-        status_as(
-            reqwest::Method::GET,
-            &gw.url("/api/v1/rooms.get"),
-            &id,
-            &token
-        )
-        .await,
+        status_as(reqwest::Method::GET, &rooms, &id, &token).await,
         200
     );
     assert_eq!(rc.state.lock().unwrap().token_grants, grants + 1);
@@ -157,10 +137,7 @@ async fn method_call_logins_answer_like_rocket_chat() {
     let uid = result["id"].as_str().unwrap();
     assert_eq!(rc.user("alice").unwrap().id, uid);
     // The token works for REST calls through authgate.
-    assert_eq!(
-        status_as(reqwest::Method::GET, &gw.url("/api/v1/me"), uid, token).await,
-        200
-    );
+    assert_eq!(protected_status(&gw, uid, token).await, 200);
     // Errors come back inside the frame, with HTTP 200.
     let bad = call_anon(
         &base,

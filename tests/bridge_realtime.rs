@@ -191,16 +191,7 @@ async fn logout_on_one_instance_closes_sockets_on_another_within_a_second() {
     let (uid, token) = login(&a.url(""), "alice", "alice-password-1").await;
     let mut ws = ws_connect(&b, "/websocket").await;
     resume_on_socket(&mut ws, &token).await;
-    assert_eq!(
-        status_as(
-            reqwest::Method::POST,
-            &a.url("/api/v1/logout"),
-            &uid,
-            &token
-        )
-        .await,
-        200
-    );
+    assert_eq!(logout_status(&a, &uid, &token).await, 200);
     let revoked = Instant::now();
     let closed = socket_closes(&mut ws, Duration::from_secs(3)).await;
     assert!(closed.is_ok(), "the socket stayed open");
@@ -251,10 +242,7 @@ async fn realtime_in_trusted_headers_mode_and_logout_over_the_socket() {
     .await
     .unwrap();
     let _ = next_text(&mut ws).await;
-    assert_eq!(
-        status_as(reqwest::Method::GET, &gw.url("/api/v1/me"), &uid, &token).await,
-        401
-    );
+    assert_eq!(protected_status(&gw, &uid, &token).await, 401);
     assert_never_reached_upstream(&rc, &["bob-password-2", "alice-password-1"]);
 }
 
@@ -279,8 +267,5 @@ async fn disabling_a_user_in_the_users_file_closes_their_sockets() {
         closed.is_ok() && reloaded.elapsed() < Duration::from_secs(1),
         "socket of a disabled user stayed open"
     );
-    assert_eq!(
-        status_as(reqwest::Method::GET, &gw.url("/api/v1/me"), &uid, &token).await,
-        401
-    );
+    assert_eq!(protected_status(&gw, &uid, &token).await, 401);
 }

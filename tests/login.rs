@@ -236,16 +236,7 @@ async fn resume_returns_the_same_token_while_the_session_lives() {
     assert_eq!(v["data"]["authToken"], token);
     assert_eq!(v["data"]["userId"], id);
     assert_eq!(v["data"]["me"]["username"], "bob");
-    assert_eq!(
-        status_as(
-            reqwest::Method::POST,
-            &gw.url("/api/v1/logout"),
-            &id,
-            &token
-        )
-        .await,
-        200
-    );
+    assert_eq!(logout_status(&gw, &id, &token).await, 200);
     let (status, v) = login_json(&base, json!({"resume": token})).await;
     assert_eq!(status, 401);
     assert_eq!(v.to_string(), UNAUTHORIZED);

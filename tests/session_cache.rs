@@ -65,10 +65,7 @@ async fn a_revocation_elsewhere_evicts_the_cached_session_at_once() {
     let (_, t2) = login(&a.url(""), "bob", "bob-password-2").await;
     until_cached(&redis, &a, &id, &t1).await;
     until_cached(&redis, &a, &id, &t2).await;
-    assert_eq!(
-        status_as(reqwest::Method::POST, &b.url("/api/v1/logout"), &id, &t1).await,
-        200
-    );
+    assert_eq!(logout_status(&b, &id, &t1).await, 200);
     refused_within_100ms(&a.url("/api/v1/me"), &id, &t1).await;
     assert_eq!(protected_status(&a, &id, &t2).await, 200);
 

@@ -303,10 +303,7 @@ async fn instances_sharing_redis_share_sessions_and_logouts() {
         }
     };
     assert_eq!(me(&b).await, 200);
-    assert_eq!(
-        status_as(reqwest::Method::POST, &b.url("/api/v1/logout"), &id, &token).await,
-        200
-    );
+    assert_eq!(logout_status(&b, &id, &token).await, 200);
     assert_eq!(me(&a).await, 401);
     assert_eq!(me(&b).await, 401);
     assert_eq!(up.count(), 1);

@@ -48,7 +48,6 @@ fn which(bin: &str) -> PathBuf {
     panic!("`{bin}` is not installed: run ./scripts/test, which installs what the suite needs");
 }
 
-/// A real redis-server on a free loopback port, in its own temp dir.
 /// A throwaway redis-server on loopback: no persistence, its files in `dir`.
 pub fn redis_server_args(port: u16, dir: &Path) -> Vec<String> {
     [
@@ -68,6 +67,7 @@ pub fn redis_server_args(port: u16, dir: &Path) -> Vec<String> {
     .collect()
 }
 
+/// A real redis-server on a free loopback port, in its own temp dir.
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
@@ -132,7 +132,6 @@ impl Redis {
         Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
-    /// Every key in the database, raw reply of `KEYS *`.
     /// Calls of one command Redis has served so far (`INFO commandstats`).
     pub fn calls(&self, command: &str) -> u64 {
         let stats = self.command("INFO commandstats").unwrap();
@@ -144,6 +143,7 @@ impl Redis {
             .unwrap_or(0)
     }
 
+    /// Every key in the database, raw reply of `KEYS *`.
     pub fn keys(&self) -> String {
         self.command("KEYS *").unwrap()
     }
@@ -508,6 +508,11 @@ pub async fn status_as(method: reqwest::Method, url: &str, id: &str, token: &str
 /// Status of a protected request made with a session.
 pub async fn protected_status(gw: &Gateway, id: &str, token: &str) -> u16 {
     status_as(reqwest::Method::GET, &gw.url("/api/v1/me"), id, token).await
+}
+
+/// Status of a logout made with a session.
+pub async fn logout_status(gw: &Gateway, id: &str, token: &str) -> u16 {
+    status_as(reqwest::Method::POST, &gw.url("/api/v1/logout"), id, token).await
 }
 
 /// Polls `url` (a protected path) until the session is refused: a revocation anywhere reaches
