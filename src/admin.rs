@@ -1,6 +1,6 @@
 //! The management listener (`[metrics] listen`): `/metrics` (Prometheus text), `/healthz` (the
-//! process answers) and `/readyz` (it can serve: session store, directories, upstream, and not
-//! stopping). Never mounted on the public listeners (SECURITY 1.18). Also the client side used
+//! process answers) and `/readyz` (it can serve: session store and upstream answer, and it is
+//! not stopping; a directory that is down is reported as `degraded` with a 200). Never mounted on the public listeners (SECURITY 1.18). Also the client side used
 //! by `authgate healthcheck`.
 
 use std::convert::Infallible;
@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::service::Service;
+use crate::service::{Readiness, Service};
 
 /// How often recorded histogram samples are folded in when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -39,7 +39,16 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, mut stop: watch
                     continue;
                 }
             },
-            _ = upkeep.tick() => { service.metrics.upkeep(); continue; }
+            _ = upkeep.tick() => {
+                service.metrics.upkeep();
+                // The directory gauges stay current for scrapers that never probe `/readyz`.
+                let service = service.clone();
+                connections.spawn(async move {
+                    let gw = service.current();
+                    service.directory_checks(&gw).await;
+                });
+                continue;
+            }
             _ = stop.changed() => break,
         };
         // Finished connections are reaped here so the set does not grow with every probe.
@@ -81,7 +90,7 @@ async fn answer(service: &Service, req: Request<Incoming>) -> Response<Full<Byte
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             let checks = service.readiness().await;
-            let ready = checks.iter().all(|c| c.result.is_ok());
+            let readiness = Readiness::of(&checks);
             let mut detail = serde_json::Map::new();
             for c in &checks {
                 let v = match &c.result {
@@ -91,13 +100,12 @@ async fn answer(service: &Service, req: Request<Incoming>) -> Response<Full<Byte
                 detail.insert(c.name.clone(), v.into());
             }
             let body = serde_json::json!({
-                "status": if ready { "ready" } else { "not ready" },
+                "status": readiness.as_str(),
                 "checks": detail,
             });
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
+            let status = match readiness {
+                Readiness::Ready | Readiness::Degraded => StatusCode::OK,
+                Readiness::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             };
             text(status, "application/json", format!("{body}\n"))
         }

@@ -33,6 +33,39 @@ pub struct Service {
 pub struct Check {
     pub name: String,
     pub result: Result<(), String>,
+    /// Whether the replica can serve without it. A directory that is down leaves existing
+    /// sessions and the other directories working, so it degrades the replica but does not
+    /// take it out of a load balancer; the session store and the upstream do.
+    pub required: bool,
+}
+
+/// What `/readyz` concludes from the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Serving, with a directory down: logins through it fail, everything else works.
+    Degraded,
+    NotReady,
+}
+
+impl Readiness {
+    pub fn of(checks: &[Check]) -> Self {
+        if checks.iter().any(|c| c.required && c.result.is_err()) {
+            Readiness::NotReady
+        } else if checks.iter().any(|c| c.result.is_err()) {
+            Readiness::Degraded
+        } else {
+            Readiness::Ready
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Ready => "ready",
+            Readiness::Degraded => "degraded",
+            Readiness::NotReady => "not ready",
+        }
+    }
 }
 
 /// Longest a single readiness check may take; a hung dependency counts as down.
@@ -45,7 +78,11 @@ async fn bounded(
     let result = tokio::time::timeout(CHECK_TIMEOUT, check)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")));
-    Check { name, result }
+    Check {
+        name,
+        result,
+        required: true,
+    }
 }
 
 impl Service {
@@ -152,6 +189,7 @@ impl Service {
             return vec![Check {
                 name: "shutdown".into(),
                 result: Err("stopping: draining connections".into()),
+                required: true,
             }];
         }
         let gw = self.current();
@@ -159,27 +197,35 @@ impl Service {
             gw.store.ping().await.map_err(|e| e.to_string())
         });
         let upstream = bounded("upstream".into(), gw.upstream.probe());
-        let directories = async {
-            let mut checks = Vec::new();
-            for (name, result) in gw.directories.ready().await {
-                checks.push(Check {
-                    name: format!("directory.{name}"),
-                    result,
-                });
-            }
-            checks
-        };
-        let directories = tokio::time::timeout(CHECK_TIMEOUT, directories);
-        let (store, upstream, directories) = tokio::join!(store, upstream, directories);
+        let (store, upstream, directories) =
+            tokio::join!(store, upstream, self.directory_checks(&gw));
         let mut checks = vec![store, upstream];
-        match directories {
-            Ok(d) => checks.extend(d),
-            Err(_) => checks.push(Check {
-                name: "directory".into(),
-                result: Err(format!("no answer within {CHECK_TIMEOUT:?}")),
-            }),
-        }
+        checks.extend(directories);
         checks
+    }
+
+    /// Each directory's readiness, also recorded in the `authgate_directory_up` gauges.
+    pub async fn directory_checks(&self, gw: &Gateway) -> Vec<Check> {
+        let checks = gw
+            .directories
+            .ready()
+            .into_iter()
+            .map(|(name, ready)| async move {
+                let result = tokio::time::timeout(CHECK_TIMEOUT, ready)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")));
+                (name, result)
+            });
+        let mut out = Vec::new();
+        for (name, result) in futures_util::future::join_all(checks).await {
+            self.metrics.directory_up(name, result.is_ok());
+            out.push(Check {
+                name: format!("directory.{name}"),
+                result,
+                required: false,
+            });
+        }
+        out
     }
 
     /// Applies a new configuration, or changes nothing. Everything is built first (users file,

@@ -205,6 +205,17 @@ impl Metrics {
         InFlight(self.h.in_flight.clone())
     }
 
+    /// `authgate_directory_up{directory}`: 1 while the directory answers its readiness check.
+    pub fn directory_up(&self, directory: &'static str, up: bool) {
+        if let Some(r) = &self.h.recorder {
+            r.register_gauge(
+                &key("authgate_directory_up", &[("directory", directory)]),
+                &METADATA,
+            )
+            .set(if up { 1.0 } else { 0.0 });
+        }
+    }
+
     pub fn reload(&self, ok: bool) {
         if ok {
             self.h.reloads_ok.increment(1);
@@ -270,6 +281,11 @@ fn describe(r: &PrometheusRecorder) {
         "authgate_requests_in_flight",
         None,
         "Requests being handled now.",
+    );
+    r.describe_gauge(
+        KeyName::from_const_str("authgate_directory_up"),
+        None,
+        "1 while the directory answers its readiness check, 0 while it does not.".into(),
     );
     d(
         "authgate_config_reloads_total",

@@ -580,21 +580,72 @@ async fn readiness_follows_the_ldap_server() {
         let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     };
+    let directory_up = || async {
+        let text = client()
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(r#"authgate_directory_up{directory="ldap"}"#))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
     let (status, body) = ready().await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
     assert_eq!(body["checks"]["directory.ldap"], "ok", "{body}");
+    assert_eq!(directory_up().await.as_deref(), Some("1"));
+
+    // slapd down: the replica still serves sessions and local users, so it stays in the
+    // load balancer, reported as degraded.
     s.kill();
     let (status, body) = ready().await;
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["checks"]["session_store"], "ok", "{body}");
     assert_ne!(body["checks"]["directory.ldap"], "ok", "{body}");
+    assert_eq!(directory_up().await.as_deref(), Some("0"));
+    let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    assert_eq!(protected_get(&gw, &id, &token).await, 200);
+
     s.restart();
     let mut back = false;
     for _ in 0..30 {
-        if ready().await.0 == 200 {
+        let (status, body) = ready().await;
+        if status == 200 && body["status"] == "ready" {
             back = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(back, "readiness did not come back with LDAP");
+    assert_eq!(directory_up().await.as_deref(), Some("1"));
+}
+
+/// A user base the server does not have fails every LDAP login with 503, so the directory is
+/// not reported ready, and the problem names the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_base_the_server_lacks_is_not_ready() {
+    let s = Slapd::start();
+    let up = RecordingUpstream::start().await;
+    let toml = s
+        .directory_toml("")
+        .replace("user_base = \"ou=people", "user_base = \"ou=nobody-here");
+    assert!(toml.contains("ou=nobody-here"), "{toml}");
+    let gw = gateway(&up, &format!("{toml}\n[metrics]\nlisten = \"127.0.0.1:0\"\n")).await;
+    let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    let why = body["checks"]["directory.ldap"].as_str().unwrap();
+    assert!(
+        why.contains("directory.ldap.user_base") && why.contains("ou=nobody-here"),
+        "{body}"
+    );
+    let (status, text) = login_status(&gw.url(""), "erin", "erin-ldap-pw").await;
+    assert_eq!((status, text.as_str()), (503, LDAP_UNAVAILABLE));
 }

@@ -119,13 +119,14 @@ impl Directories {
         (None, Ok(None))
     }
 
-    /// Each directory's own readiness, for `/readyz`.
-    pub async fn ready(&self) -> Vec<(&'static str, Result<(), String>)> {
-        let mut out = Vec::new();
-        for d in &self.list {
-            out.push((d.name(), d.ready().await));
-        }
-        out
+    /// Each directory's own readiness check, for `/readyz`, to be run concurrently.
+    pub fn ready(
+        &self,
+    ) -> Vec<(
+        &'static str,
+        impl std::future::Future<Output = Result<(), String>> + '_,
+    )> {
+        self.list.iter().map(|d| (d.name(), d.ready())).collect()
     }
 
     /// Users whose sessions must end since `previous`, among the directories that know their

@@ -161,24 +161,24 @@ impl LdapDirectory {
         match result.rc {
             0 => {}
             4 => return Ok(Lookup::Ambiguous),
-            32 => {
-                return Err(unavailable(format!(
-                    "directory.ldap.user_base `{}` does not exist on the LDAP server",
-                    self.config.user_base
-                )))
-            }
-            rc => {
-                return Err(unavailable(format!(
-                    "LDAP user search answered result {rc} ({})",
-                    result.text
-                )))
-            }
+            _ => return Err(unavailable(self.search_failure(&result))),
         }
         Ok(match entries.len() {
             0 => Lookup::Nobody,
             1 => Lookup::One(Box::new(entries.remove(0))),
             _ => Lookup::Ambiguous,
         })
+    }
+
+    /// Why a search of the user base that did not succeed cannot serve logins.
+    fn search_failure(&self, result: &ldap3::LdapResult) -> String {
+        match result.rc {
+            32 => format!(
+                "directory.ldap.user_base `{}` does not exist on the LDAP server",
+                self.config.user_base
+            ),
+            rc => format!("LDAP user search answered result {rc} ({})", result.text),
+        }
     }
 
     fn user_filter(&self, login: &str) -> String {
@@ -290,15 +290,21 @@ impl Directory for LdapDirectory {
         "ldap"
     }
 
-    /// Ready when the service account can search the user base: connect, bind and answer.
+    /// Ready when the service account can search the user base, as every login does: connect,
+    /// bind, and find the base (a base that does not exist fails every login).
     async fn ready(&self) -> Result<(), String> {
         let _slot = self.pool.slot().await.map_err(|e| e.to_string())?;
         let no_attributes = ["1.1".to_string()];
-        self.pool
+        let (_, result) = self
+            .pool
             .search(&self.config.user_base, "(objectClass=*)", &no_attributes, 1)
             .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        match result.rc {
+            // 4: more entries than the size limit of one, which is the usual answer.
+            0 | 4 => Ok(()),
+            _ => Err(self.search_failure(&result)),
+        }
     }
 
     async fn authenticate(
