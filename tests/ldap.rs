@@ -635,7 +635,11 @@ async fn a_user_base_the_server_lacks_is_not_ready() {
         .directory_toml("")
         .replace("user_base = \"ou=people", "user_base = \"ou=nobody-here");
     assert!(toml.contains("ou=nobody-here"), "{toml}");
-    let gw = gateway(&up, &format!("{toml}\n[metrics]\nlisten = \"127.0.0.1:0\"\n")).await;
+    let gw = gateway(
+        &up,
+        &format!("{toml}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .await;
     let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
     let status = r.status().as_u16();
     let body: Value = r.json().await.unwrap();

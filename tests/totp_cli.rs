@@ -101,34 +101,82 @@ async fn cli_refuses_what_it_cannot_do_cleanly() {
     assert!(err.contains("totp_secret"), "{err}");
     let (rc, _, err) = cli(&["totp", "enroll", "nobody@example.org"], &config).await;
     assert_eq!(rc, 64, "{err}");
-    // A user outside the users file (an LDAP user): their sessions need their id.
+    // A user no directory knows (a typo) is refused, and nothing is written.
     let (rc, _, err) = cli(&["totp", "enroll", "lucy"], &config).await;
     assert_eq!(rc, 64, "{err}");
-    assert!(err.contains("--user-id"), "{err}");
+    assert!(
+        err.contains("no user `lucy`") && err.contains("no LDAP directory"),
+        "{err}"
+    );
     assert!(
         !p.secrets_file.exists(),
         "a refused command wrote the store"
     );
-    let (rc, out, err) = cli(
-        &["totp", "enroll", "Lucy", "--user-id", "LucyId1234567890"],
-        &config,
-    )
-    .await;
+    let (rc, out, err) = cli(&["totp", "enroll", "erin", "--keep-sessions"], &config).await;
     assert_eq!(rc, 0, "{err}");
-    assert!(out.contains("Revoked 0 session(s)"), "{out}");
+    assert!(out.contains("Existing sessions were kept"), "{out}");
     let store: Value =
         serde_json::from_str(&std::fs::read_to_string(&p.secrets_file).unwrap()).unwrap();
-    assert!(store["users"]["lucy"]["secret"].is_string(), "{store}");
+    assert!(store["users"]["erin"]["secret"].is_string(), "{store}");
     // Redis down: the store is updated, the failure to revoke is reported.
     let mut p = p;
     p.redis.kill();
-    let (rc, _, err) = cli(
-        &["totp", "disable", "lucy", "--user-id", "LucyId1234567890"],
-        &config,
-    )
-    .await;
+    let (rc, _, err) = cli(&["totp", "disable", "erin"], &config).await;
     assert_eq!(rc, 1, "{err}");
     assert!(err.contains("could not be revoked"), "{err}");
+}
+
+/// An LDAP user is found through the directory (no `--user-id`), their sessions end, and their
+/// next login needs a code; a name the directory does not know is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn ldap_users_are_enrolled_through_the_directory() {
+    let s = support::slapd::Slapd::start();
+    let redis = Redis::start();
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(
+        &config_text(up.addr, Some(&redis.url()), &s.directory_toml("")),
+        &users_toml(&standard_users()),
+    )
+    .await;
+    let (id, token) = login(&gw.url(""), "erin", "erin-ldap-pw").await;
+    let config = gw.files.config_path.clone();
+
+    let (rc, _, err) = cli(&["totp", "enroll", "eriin"], &config).await;
+    assert_eq!(rc, 64, "{err}");
+    assert!(
+        err.contains("no user `eriin`") && err.contains("LDAP directory"),
+        "{err}"
+    );
+    let secrets_file = gw.files.dir.path().join("totp-secrets.json");
+    assert!(!secrets_file.exists(), "a refused command wrote the store");
+
+    let (rc, out, err) = cli(&["totp", "enroll", "erin"], &config).await;
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("Revoked 1 session(s) of erin"), "{out}");
+    assert_eq!(protected_status(&gw, &id, &token).await, 401);
+    let (status, text) = post_login(&gw, &pw("erin", "erin-ldap-pw"), None).await;
+    assert_eq!((status, text.as_str()), (401, TOTP_REQUIRED));
+    let store: Value =
+        serde_json::from_str(&std::fs::read_to_string(&secrets_file).unwrap()).unwrap();
+    assert_eq!(
+        store["users"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["erin"]
+    );
+}
+
+/// With the memory store and no users file entry, a typo is still refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_users_are_refused_with_the_memory_store() {
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(&config_text(up.addr, None, ""), &totp_users()).await;
+    let (rc, _, err) = cli(&["totp", "enroll", "nobody"], &gw.files.config_path).await;
+    assert_eq!(rc, 64, "{err}");
+    assert!(err.contains("no user `nobody`"), "{err}");
+    assert!(!gw.files.dir.path().join("totp-secrets.json").exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]

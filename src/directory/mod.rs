@@ -72,6 +72,11 @@ pub trait Directory: Send + Sync {
         &self,
         session: &UserProfile,
     ) -> Result<Option<UserProfile>, GatewayError>;
+    /// The user a login names, without any password check, for operator commands; `None` when
+    /// this directory does not know the login (or does not look users up one by one).
+    async fn find(&self, _login: &str) -> Result<Option<UserProfile>, GatewayError> {
+        Ok(None)
+    }
     /// Whether the directory can answer now (a remote one: its server is reachable).
     async fn ready(&self) -> Result<(), String> {
         Ok(())

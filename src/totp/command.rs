@@ -12,7 +12,8 @@ use totp_rs::Secret;
 use super::enrollment::{self, Enrollment, StoreLock};
 use crate::cli::{load_config, ConfigArg, EXIT_RUNTIME, EXIT_USAGE};
 use crate::config::{Config, StoreKind};
-use crate::directory::fold;
+use crate::directory::ldap::LdapDirectory;
+use crate::directory::{fold, Directory};
 
 #[derive(Debug, Subcommand)]
 pub enum TotpCommand {
@@ -32,8 +33,8 @@ pub struct TotpArgs {
     /// Leave the user's existing sessions alone (by default they are revoked).
     #[arg(long)]
     pub keep_sessions: bool,
-    /// The user's id (the `userId` logins return), needed to revoke the sessions of a user who
-    /// is not in the users file, such as an LDAP user.
+    /// The user's id (the `userId` logins return): when given, it must match the id the
+    /// directory holds for USER, a guard against enrolling the wrong account.
     #[arg(long)]
     pub user_id: Option<String>,
 }
@@ -49,7 +50,7 @@ fn usage(msg: impl Into<String>) -> Failure {
 struct Target {
     key: String,
     display: String,
-    user_id: Option<String>,
+    user_id: String,
 }
 
 pub fn run(cmd: TotpCommand) -> ExitCode {
@@ -81,17 +82,7 @@ fn resolve(config: &Config, args: &TotpArgs, enrolling: bool) -> Result<Target, 
             || u.profile.email.as_deref().map(fold) == Some(wanted.clone())
     });
     let Some(u) = found else {
-        if wanted.contains('@') {
-            return Err(usage(format!(
-                "no user in the users file has the email `{}`; give the username instead",
-                args.user
-            )));
-        }
-        return Ok(Target {
-            key: wanted,
-            display: args.user.trim().to_string(),
-            user_id: args.user_id.clone(),
-        });
+        return resolve_in_ldap(config, args);
     };
     if u.totp_secret.is_some() {
         let what = if enrolling {
@@ -116,26 +107,69 @@ fn resolve(config: &Config, args: &TotpArgs, enrolling: bool) -> Result<Target, 
     Ok(Target {
         key: fold(&u.profile.username),
         display: u.profile.username.clone(),
-        user_id: Some(u.profile.id.clone()),
+        user_id: u.profile.id.clone(),
     })
 }
 
-/// Refuses up front when the sessions could not be revoked afterwards, so nothing changes.
-fn check_revocable(config: &Config, args: &TotpArgs, target: &Target) -> Result<(), Failure> {
-    if args.keep_sessions || config.session.store != StoreKind::Redis || target.user_id.is_some() {
-        return Ok(());
+/// A user the users file does not hold: only a user the LDAP directory finds can be enrolled,
+/// so a typo never writes an enrollment nobody can use.
+fn resolve_in_ldap(config: &Config, args: &TotpArgs) -> Result<Target, Failure> {
+    let users_file = config
+        .directory
+        .local
+        .as_ref()
+        .map(|l| format!("the users file {}", l.users_file.display()))
+        .unwrap_or_else(|| "any users file (none is configured)".into());
+    let Some(ldap) = &config.directory.ldap else {
+        return Err(usage(format!(
+            "no user `{}` in {users_file}, and no LDAP directory is configured; check the \
+             spelling (give the username, or a users-file user's email)",
+            args.user
+        )));
+    };
+    let found = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let directory = LdapDirectory::new(ldap.clone()).map_err(|e| e.to_string())?;
+                directory
+                    .find(args.user.trim())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .map_err(|e| {
+            Failure(
+                EXIT_RUNTIME,
+                format!("cannot look `{}` up in the LDAP directory: {e}", args.user),
+            )
+        })?;
+    let Some(profile) = found else {
+        return Err(usage(format!(
+            "no user `{}` in {users_file} or the LDAP directory; check the spelling",
+            args.user
+        )));
+    };
+    if let Some(id) = &args.user_id {
+        if *id != profile.id {
+            return Err(usage(format!(
+                "--user-id {id} does not match {}'s id {} in the LDAP directory",
+                profile.username, profile.id
+            )));
+        }
     }
-    Err(usage(format!(
-        "{} is not in the users file, so their sessions cannot be found without their id: \
-         pass --user-id ID (the userId their logins return), or --keep-sessions",
-        target.display
-    )))
+    Ok(Target {
+        key: fold(&profile.username),
+        display: profile.username,
+        user_id: profile.id,
+    })
 }
 
 fn prepare(args: &TotpArgs, enrolling: bool) -> Result<(Config, Target), Failure> {
     let config = load_config(&args.config).map_err(|e| usage(e.to_string()))?;
     let target = resolve(&config, args, enrolling)?;
-    check_revocable(&config, args, &target)?;
     Ok((config, target))
 }
 
@@ -237,9 +271,7 @@ fn revoke(config: &Config, args: &TotpArgs, target: &Target) -> Result<(), Failu
         );
         return Ok(());
     }
-    let Some(user_id) = &target.user_id else {
-        return Ok(());
-    };
+    let user_id = &target.user_id;
     let revoked = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

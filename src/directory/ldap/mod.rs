@@ -353,6 +353,23 @@ impl Directory for LdapDirectory {
         }))
     }
 
+    /// The profile of the entry a login names, without checking any password: for operator
+    /// commands that must tell a real LDAP user from a typo.
+    async fn find(&self, login: &str) -> Result<Option<UserProfile>, GatewayError> {
+        if login.is_empty() {
+            return Ok(None);
+        }
+        let _slot = self.pool.slot().await?;
+        let Lookup::One(entry) = self.lookup(&self.user_filter(login)).await? else {
+            return Ok(None);
+        };
+        let Ok(who) = self.identity_of(&entry) else {
+            return Ok(None);
+        };
+        let roles = self.roles_of(&entry.dn, login, &who.username).await?;
+        Ok(Some(self.profile(who, roles)))
+    }
+
     async fn current_profile(
         &self,
         session: &UserProfile,
