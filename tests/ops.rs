@@ -459,3 +459,74 @@ fn management_and_tls_settings_are_validated_with_their_keys() {
         .to_string();
     assert!(e.contains("`server.shutdown_delay`"), "{e}");
 }
+
+/// A second `serve` on an address a running authgate holds exits with "address in use" instead
+/// of taking half of the new connections; the first keeps serving every session it issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_the_same_address_refuses_to_start() {
+    let up = RecordingUpstream::start().await;
+    let users = users_toml(&standard_users());
+    let port = free_port();
+    let config = config_text(up.addr, None, "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace("[server]\n", "[server]\nworker_threads = 2\n");
+    let files = write_files(&config, &users);
+    let first = GatewayProcess::spawn(&files.config_path);
+    let (id, token) = login(&first.url(""), "alice", "alice-password-1").await;
+
+    let config_path = files.config_path.clone();
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        let mut second = Command::new(authgate_bin())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env_remove("AUTHGATE_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = second.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = second.kill();
+                let _ = second.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        use std::io::Read;
+        second
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    let status = status.expect("the second gateway started on an address already in use");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    // Every new connection still reaches the first process, which knows the session.
+    for _ in 0..20 {
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let r = fresh
+            .get(first.url("/api/v1/me"))
+            .header("x-user-id", &id)
+            .header("x-auth-token", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+}
