@@ -93,42 +93,90 @@ impl ConfigArg {
 
 /// Loads and fully validates a config, including the files it names.
 pub fn load_config(arg: &ConfigArg) -> Result<Config, ConfigError> {
+    load_checked(arg).map(|checked| checked.config)
+}
+
+/// A valid configuration, with what `check-config` tells the operator about it.
+struct Checked {
+    config: Config,
+    source_name: String,
+    /// How many users the users file holds, when one is configured and present.
+    local_users: Option<usize>,
+}
+
+/// The config, then the users file and the TOTP store it names, each problem of the files
+/// listed together.
+fn load_checked(arg: &ConfigArg) -> Result<Checked, ConfigError> {
     let source = arg.source()?;
     let config = Config::load(&source)?;
+    let mut problems = Vec::new();
+    let mut local_users = None;
     if let Some(local) = &config.directory.local {
-        if let Err(problems) = crate::directory::local::load_users(local) {
-            return Err(ConfigError {
-                source_name: source.name,
-                problems,
-            });
+        match crate::directory::local::load_users(local) {
+            Ok(users) if local.users_file.exists() => local_users = Some(users.len()),
+            Ok(_) => {}
+            Err(p) => problems.extend(p),
         }
     }
     if let Err(why) = crate::totp::enrollment::read(&config.totp.secrets_file) {
-        return Err(ConfigError {
-            source_name: source.name,
-            problems: vec![crate::config::ConfigProblem {
-                key: "totp.secrets_file".into(),
-                problem: why,
-                fix: "repair or remove the file; `authgate totp enroll` rewrites it".into(),
-            }],
+        problems.push(crate::config::ConfigProblem {
+            key: "totp.secrets_file".into(),
+            problem: why,
+            fix: "repair or remove the file; `authgate totp enroll` rewrites it".into(),
         });
     }
-    Ok(config)
+    if !problems.is_empty() {
+        return Err(ConfigError {
+            source_name: source.name,
+            problems,
+        });
+    }
+    Ok(Checked {
+        config,
+        source_name: source.name,
+        local_users,
+    })
+}
+
+/// `check-config`: every problem at once, or what was read and what to watch out for.
+fn check_config(arg: &ConfigArg) -> ExitCode {
+    let checked = match load_checked(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = &checked.config;
+    println!("configuration is valid: {}", checked.source_name);
+    match (&config.directory.local, checked.local_users) {
+        (Some(local), Some(0)) => eprintln!(
+            "warning: the users file {} holds no users; nobody can log in through it",
+            local.users_file.display()
+        ),
+        (Some(local), Some(n)) => {
+            println!("users file {}: {n} user(s)", local.users_file.display())
+        }
+        (Some(local), None) => eprintln!(
+            "warning: the users file {} does not exist; nobody can log in through it \
+             (create it with entries from `authgate hash-password`)",
+            local.users_file.display()
+        ),
+        (None, _) => {}
+    }
+    if let Some(ldap) = &config.directory.ldap {
+        println!("LDAP directory: {}", ldap.url);
+    }
+    if config.directory.local.is_none() && config.directory.ldap.is_none() {
+        eprintln!("warning: no directory is configured; nobody can log in");
+    }
+    ExitCode::SUCCESS
 }
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(arg) => serve(&arg),
-        Command::CheckConfig(arg) => match load_config(&arg) {
-            Ok(_) => {
-                println!("configuration is valid");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::from(EXIT_USAGE)
-            }
-        },
+        Command::CheckConfig(arg) => check_config(&arg),
         Command::Healthcheck(args) => healthcheck(&args),
         Command::HashPassword => hash_password(),
         Command::Import {

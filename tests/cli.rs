@@ -55,10 +55,90 @@ fn checked_in_config_is_valid() {
     // Without --config, ./config.toml is used.
     let (code, _, err) = run(&["check-config"], None, Some(dir.path()));
     assert_eq!(code, 0, "{err}");
-    // With no file at all, the embedded default runs.
+    // With no file at all, the embedded default runs; check-config says so, and that nobody
+    // can log in.
     let empty = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(&["check-config"], None, Some(empty.path()));
+    let (code, out, err) = run(&["check-config"], None, Some(empty.path()));
     assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("configuration is valid: <embedded default config>"),
+        "{out}"
+    );
+    assert!(
+        err.contains("warning: the users file") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_names_the_file_it_read_and_warns_about_an_empty_users_file() {
+    let users = users_toml(&standard_users());
+    let files = write_files("[directory.local]\nusers_file = \"users.toml\"\n", &users);
+    let path = files.config_path.to_str().unwrap();
+    let (code, out, err) = run(&["check-config", "--config", path], None, None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("configuration is valid: {path}")),
+        "{out}"
+    );
+    assert!(out.contains("users.toml: 4 user(s)"), "{out}");
+    assert!(!err.contains("warning"), "{err}");
+
+    let files = write_files("[directory.local]\nusers_file = \"users.toml\"\n", "");
+    let path = files.config_path.to_str().unwrap();
+    let (code, _, err) = run(&["check-config", "--config", path], None, None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: the users file") && err.contains("holds no users"),
+        "{err}"
+    );
+}
+
+/// One run lists every problem: a typo'd key next to wrong types in the config; in the users
+/// file an unknown key in one entry next to a bad hash, a duplicate and a short TOTP secret in
+/// others, each naming its entry.
+#[test]
+fn check_config_lists_every_problem_in_one_run() {
+    let config = "[server]\nmax_conections = 5\nmax_connections = \"many\"\nidle_timeout = 5\n\n[sesion]\nstore = \"memory\"\n";
+    let files = write_files(config, "");
+    let path = files.config_path.to_str().unwrap();
+    let (code, _, err) = run(&["check-config", "--config", path], None, None);
+    assert_eq!(code, 64, "{err}");
+    for key in [
+        "server.max_connections",
+        "server.idle_timeout",
+        "server.max_conections",
+        "sesion",
+    ] {
+        assert!(err.contains(key), "missing {key} in:\n{err}");
+    }
+    assert!(err.contains("unknown key") && err.contains("fix:"), "{err}");
+
+    let good = cheap_hash("pw");
+    let users = format!(
+        "[[users]]\nusername = \"alice\"\npassword_hash = \"{good}\"\npasword = \"x\"\n\n\
+         [[users]]\nusername = \"bob\"\npassword_hash = \"plaintext\"\n\n\
+         [[users]]\nusername = \"BOB\"\npassword_hash = \"{good}\"\n\n\
+         [[users]]\nusername = \"carol\"\npassword_hash = \"{good}\"\ntotp_secret = \"short\"\n\n\
+         [[users]]\nusername = \"dave\"\npassword_hash = \"{good}\"\nactive = \"yes\"\n"
+    );
+    let files = write_files("[directory.local]\nusers_file = \"users.toml\"\n", &users);
+    let path = files.config_path.to_str().unwrap();
+    let (code, _, err) = run(&["check-config", "--config", path], None, None);
+    assert_eq!(code, 64, "{err}");
+    for key in [
+        "users[0].pasword (user `alice`)",
+        "users[1].password_hash (user `bob`)",
+        "users[2].username (user `BOB`)",
+        "users[3].totp_secret (user `carol`)",
+        "users[4] (user `dave`)",
+    ] {
+        assert!(err.contains(key), "missing {key} in:\n{err}");
+    }
+    assert!(
+        err.contains(r#"string "yes", expected a boolean in `active`"#),
+        "{err}"
+    );
 }
 
 #[test]

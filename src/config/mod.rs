@@ -200,32 +200,44 @@ impl Config {
             source_name: source.name.clone(),
             problems,
         };
-        let mut unknown = Vec::new();
-        let de = toml::Deserializer::new(&source.text);
-        let raw: RawConfig = match serde_ignored::deserialize(de, |path| {
-            unknown.push(toml_key(&path))
-        }) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let msg = e.message().to_string();
-                let key = locate_toml_error(&source.text, e.span());
-                return Err(fail(vec![problem(
-                    &key,
-                    msg,
-                    "correct the value's type or the TOML syntax (durations are strings like \"5s\", sizes are integers)",
-                )]));
+        const TYPE_FIX: &str =
+            "correct the value's type (durations are strings like \"5s\", sizes are integers)";
+        if let Err(e) = source.text.parse::<toml::Table>() {
+            let key = locate_toml_error(&source.text, e.span());
+            return Err(fail(vec![problem(
+                &key,
+                e.message().to_string(),
+                "correct the TOML syntax",
+            )]));
+        }
+        // serde stops at the first wrong type: each one is reported, its line blanked out (line
+        // numbers stay), and the rest read again, so one run lists every problem.
+        let mut text = source.text.clone();
+        let mut problems = Vec::new();
+        let (raw, unknown) = loop {
+            let mut unknown = Vec::new();
+            let de = toml::Deserializer::new(&text);
+            match serde_ignored::deserialize::<_, _, RawConfig>(de, |path| {
+                unknown.push(toml_key(&path))
+            }) {
+                Ok(raw) => break (raw, unknown),
+                Err(e) => {
+                    let key = locate_toml_error(&text, e.span());
+                    problems.push(problem(&key, e.message().to_string(), TYPE_FIX));
+                    match e.span() {
+                        Some(span) if problems.len() < 100 => blank_lines(&mut text, span),
+                        _ => return Err(fail(problems)),
+                    }
+                }
             }
         };
-        let mut problems: Vec<ConfigProblem> = unknown
-            .into_iter()
-            .map(|k| {
-                problem(
-                    &k,
-                    "unknown key",
-                    "remove it or correct its spelling; config.toml lists every key",
-                )
-            })
-            .collect();
+        problems.extend(unknown.into_iter().map(|k| {
+            problem(
+                &k,
+                "unknown key",
+                "remove it or correct its spelling; config.toml lists every key",
+            )
+        }));
         let config = validate(raw, source, &mut problems);
         if problems.is_empty() {
             Ok(config)
@@ -233,6 +245,21 @@ impl Config {
             Err(fail(problems))
         }
     }
+}
+
+/// Replaces the lines a span touches with spaces, keeping every newline.
+fn blank_lines(text: &mut String, span: std::ops::Range<usize>) {
+    let start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let end = text[span.end.min(text.len())..]
+        .find('\n')
+        .map_or(text.len(), |i| span.end + i);
+    let blanked: String = text[start..end]
+        .chars()
+        .map(|c| if c == '\n' { c } else { ' ' })
+        .collect();
+    text.replace_range(start..end, &blanked);
 }
 
 /// A dotted TOML key (`server.listen`, `routes.public[0]`) from serde_ignored's path.

@@ -1,4 +1,4 @@
-//! The local users file (`[[users]]` entries, see DESIGN.md).
+//! The local users file (`[[users]]` entries; the README's "Users file" section).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,15 +14,10 @@ use crate::config::{ConfigProblem, LocalDirectoryConfig};
 use crate::error::GatewayError;
 use crate::password::{check_hash_format, Password, Prehash, Verifier};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsersFile {
-    #[serde(default)]
-    users: Vec<RawUser>,
-}
+const ENTRY_KEYS: &str =
+    "id, username, name, email, password_hash, password_prehash, roles, active, totp_secret";
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawUser {
     id: Option<String>,
     username: String,
@@ -65,6 +60,76 @@ fn problem(
     }
 }
 
+/// The `[[users]]` entries that have the right shape, by index. Every entry is read on its own,
+/// so one entry's unknown key or wrong type is reported next to the other entries' problems.
+fn read_entries(
+    path: &Path,
+    text: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Vec<(usize, RawUser)> {
+    let table = match text.parse::<toml::Table>() {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(problem(
+                path,
+                "users".into(),
+                e.message().to_string(),
+                "correct the TOML syntax",
+            ));
+            return Vec::new();
+        }
+    };
+    let mut entries = Vec::new();
+    for (key, value) in table {
+        if key != "users" {
+            problems.push(problem(
+                path,
+                key,
+                "unknown key",
+                "the file holds only [[users]] entries",
+            ));
+            continue;
+        }
+        let toml::Value::Array(list) = value else {
+            problems.push(problem(
+                path,
+                key,
+                "not a list of entries",
+                "write each user as a [[users]] table",
+            ));
+            continue;
+        };
+        for (i, entry) in list.into_iter().enumerate() {
+            let name = entry
+                .get("username")
+                .and_then(toml::Value::as_str)
+                .map(|n| format!(" (user `{n}`)"))
+                .unwrap_or_default();
+            let mut unknown = Vec::new();
+            let parsed: Result<RawUser, _> =
+                serde_ignored::deserialize(entry, |field| unknown.push(field.to_string()));
+            for field in unknown {
+                problems.push(problem(
+                    path,
+                    format!("users[{i}].{field}{name}"),
+                    "unknown key",
+                    format!("remove it or correct its spelling; an entry takes {ENTRY_KEYS}"),
+                ));
+            }
+            match parsed {
+                Ok(u) => entries.push((i, u)),
+                Err(e) => problems.push(problem(
+                    path,
+                    format!("users[{i}]{name}"),
+                    e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+                    format!("each [[users]] entry takes {ENTRY_KEYS}, as strings (roles: a list, active: true/false)"),
+                )),
+            }
+        }
+    }
+    entries
+}
+
 /// Reads and validates a users file, reporting every problem.
 pub fn load_users(config: &LocalDirectoryConfig) -> Result<Vec<LocalUser>, Vec<ConfigProblem>> {
     let path = config.users_file.as_path();
@@ -79,17 +144,15 @@ pub fn load_users(config: &LocalDirectoryConfig) -> Result<Vec<LocalUser>, Vec<C
             fix: "create the file (it may hold no users) or correct the path; relative paths resolve against the config file's folder".into(),
         }]
     })?;
-    let parsed: UsersFile = toml::from_str(&text).map_err(|e| {
-        vec![problem(path, "users".into(), e.message().to_string(), "each [[users]] entry takes id, username, name, email, password_hash, password_prehash, roles, active, totp_secret")]
-    })?;
     let mut problems = Vec::new();
+    let entries = read_entries(path, &text, &mut problems);
     let mut seen_names = HashMap::new();
     let mut seen_emails = HashMap::new();
     let mut seen_ids = HashMap::new();
     let mut users = Vec::new();
-    for (i, u) in parsed.users.into_iter().enumerate() {
-        let key = |field: &str| format!("users[{i}].{field}");
+    for (i, u) in entries {
         let username = u.username.trim().to_string();
+        let key = |field: &str| format!("users[{i}].{field} (user `{username}`)");
         if username.is_empty()
             || username.contains('@')
             || username.chars().any(char::is_whitespace)
