@@ -188,8 +188,8 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn serve(arg: &ConfigArg) -> ExitCode {
-    let config = match load_config(arg) {
-        Ok(c) => c,
+    let (config, config_name) = match load_checked(arg) {
+        Ok(c) => (c.config, c.source_name),
         Err(e) => {
             eprint!("{e}");
             return ExitCode::from(EXIT_USAGE);
@@ -226,7 +226,7 @@ fn serve(arg: &ConfigArg) -> ExitCode {
         if let Some(addr) = running.metrics_addr {
             println!("authgate metrics listening on {addr}");
         }
-        tracing::info!(addrs = ?running.addrs, metrics = ?running.metrics_addr, "authgate started");
+        running.log_started(&config_name);
         wait_for_stop_signal(arg, &running).await;
         tracing::info!("stop signal received; readiness off, draining connections");
         running.shutdown().await;

@@ -18,6 +18,18 @@ pub enum Dependency {
     TotpEnrollments,
 }
 
+impl Dependency {
+    /// As logs name it, in the spelling `/readyz` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dependency::SessionStore => "session_store",
+            Dependency::Directory => "directory",
+            Dependency::PasswordHashing => "password_hashing",
+            Dependency::TotpEnrollments => "totp_enrollments",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockedBy {
     User,

@@ -212,7 +212,12 @@ impl HashPriority {
             .map_err(|e| format!("{e:?}")),
         };
         if let Err(e) = outcome {
-            tracing::warn!(error = %e, priority = ?self, "hashing thread keeps the default priority");
+            let priority = match self {
+                HashPriority::Normal => "normal",
+                HashPriority::Low => "low",
+                HashPriority::Idle => "idle",
+            };
+            tracing::warn!(error = %e, priority, "hashing thread keeps the default priority");
         }
     }
 }

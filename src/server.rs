@@ -65,6 +65,41 @@ impl RunningGateway {
         &self.service
     }
 
+    /// The startup records: one per listener, then what this gateway serves with. Every field
+    /// is a plain value (no Rust renderings), so JSON logs hold proper JSON.
+    pub fn log_started(&self, config_name: &str) {
+        for addr in &self.addrs {
+            tracing::info!(address = %addr, "listening");
+        }
+        if let Some(addr) = self.metrics_addr {
+            tracing::info!(address = %addr, "management listener (metrics, health) listening");
+        }
+        let gw = self.service.current();
+        let config = &gw.config;
+        let upstream_mode = match config.upstream.mode {
+            crate::config::UpstreamMode::TrustedHeaders => "trusted-headers",
+            crate::config::UpstreamMode::RocketChat => "rocketchat",
+        };
+        let session_store = match (&config.session.store, &config.session.redis.topology) {
+            (crate::config::StoreKind::Memory, _) => "memory",
+            (_, crate::config::RedisTopology::Single { .. }) => "redis",
+            (_, crate::config::RedisTopology::Sentinel { .. }) => "redis-sentinel",
+            (_, crate::config::RedisTopology::Cluster { .. }) => "redis-cluster",
+        };
+        let users_local = gw.directories.user_count("local");
+        let ldap = config.directory.ldap.as_ref().map(|l| l.url.as_str());
+        tracing::info!(
+            config = config_name,
+            upstream = %config.upstream.url,
+            upstream_mode,
+            session_store,
+            listeners = self.addrs.len(),
+            users_local,
+            directory_ldap = ldap,
+            "authgate started"
+        );
+    }
+
     /// Applies a new configuration (see [`Service::reload`]).
     pub async fn reload(&self, config: Config) -> Result<Vec<&'static str>, String> {
         self.service.reload(config).await
@@ -77,7 +112,7 @@ impl RunningGateway {
         let delay = self.service.current().config.server.shutdown_delay;
         if !delay.is_zero() {
             tracing::info!(
-                ?delay,
+                delay = %humantime::format_duration(delay),
                 "readiness is off; closing the listeners after the delay"
             );
             tokio::time::sleep(delay).await;
@@ -216,6 +251,9 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     let gateway = build_gateway(config).await?;
     if let Err(e) = gateway.store.ping().await {
         tracing::warn!(error = %e, "session store not reachable yet; logins and protected requests answer 503 until it is");
+    }
+    if let Err(e) = gateway.upstream.probe().await {
+        tracing::warn!(upstream = %gateway.config.upstream.url, error = %e, "upstream not reachable yet; proxied requests answer 502 until it is");
     }
     let max_connections = gateway.config.server.max_connections;
     let service = Arc::new(Service::new(

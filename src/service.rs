@@ -153,7 +153,7 @@ impl Service {
             Err(e) => {
                 match &e {
                     GatewayError::Unavailable(dep, why) => {
-                        tracing::warn!(?dep, %why, "dependency unavailable")
+                        tracing::warn!(dependency = dep.name(), %why, "dependency unavailable")
                     }
                     GatewayError::UpstreamUnreachable(why) => {
                         self.metrics.upstream_error(UpstreamFailure::Unreachable);

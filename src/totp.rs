@@ -163,7 +163,11 @@ impl SecondFactor {
             Ok(b) => b,
             Err(e) => {
                 // Fail closed: the user has a second factor, but no code can match it.
-                tracing::error!(user = %user.profile.username, ?source, error = %e, "unusable TOTP secret");
+                let source = match source {
+                    SecretSource::Directory => "directory",
+                    SecretSource::Enrollment => "enrollment_store",
+                };
+                tracing::error!(user = %user.profile.username, source, error = %e, "unusable TOTP secret");
                 return Err(refuse("unusable secret"));
             }
         };

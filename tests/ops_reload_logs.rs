@@ -278,3 +278,86 @@ async fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     );
     assert!(metrics.contains(r#"authgate_config_reloads_total{result="failure"} 2"#));
 }
+
+/// Every string value of a JSON log record, however deep.
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+        _ => {}
+    }
+}
+
+/// JSON logs hold plain values, never Rust renderings (`Some(..)`, `None`, `[..]`); the startup
+/// records name the listeners, the upstream and its mode, the config file, the session store and
+/// the users each directory holds; an unreachable upstream at start gets a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_startup_records_are_plain_values_and_name_what_runs() {
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = config_text(
+        dead,
+        None,
+        "[log]\nformat = \"json\"\nlevel = \"info\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let files = write_files(&config, &users_toml(&standard_users()));
+    let mut gw = GatewayProcess::spawn(&files.config_path);
+    let metrics = gw.metrics_addr();
+    assert!(gw.wait_for_stderr("authgate started", 1, Duration::from_secs(10)));
+    assert!(gw
+        .signal_and_wait("TERM", Duration::from_secs(10))
+        .is_some());
+    let logs = gw.stderr();
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let mut all = Vec::new();
+    lines.iter().for_each(|l| strings(l, &mut all));
+    for s in &all {
+        assert!(
+            !s.starts_with("Some(") && s != "None" && !s.starts_with('['),
+            "a Rust rendering in the logs: {s}\n{logs}"
+        );
+    }
+    let with = |message: &str| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| l["message"].as_str() == Some(message))
+            .collect()
+    };
+    let started = with("authgate started");
+    assert_eq!(started.len(), 1, "{logs}");
+    let started = started[0];
+    assert_eq!(started["level"], "INFO");
+    assert_eq!(
+        started["config"],
+        files.config_path.display().to_string().as_str()
+    );
+    assert!(
+        started["upstream"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("http://{dead}")),
+        "{started}"
+    );
+    assert_eq!(started["upstream_mode"], "trusted-headers");
+    assert_eq!(started["session_store"], "memory");
+    assert_eq!(started["listeners"], 1);
+    // carol is inactive: three of the four users can log in.
+    assert_eq!(started["users_local"], 3);
+    let listening: Vec<&str> = with("listening")
+        .iter()
+        .map(|l| l["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(listening, [gw.addr.to_string().as_str()]);
+    let management = with("management listener (metrics, health) listening");
+    assert_eq!(management[0]["address"], metrics.to_string().as_str());
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("upstream not reachable"))),
+        "{logs}"
+    );
+}

@@ -124,6 +124,16 @@ impl Directories {
         (None, Ok(None))
     }
 
+    /// How many users may log in through the named directory, for directories that hold their
+    /// whole user list (the users file); `None` for the others or when it is not configured.
+    pub fn user_count(&self, name: &str) -> Option<usize> {
+        self.list
+            .iter()
+            .find(|d| d.name() == name)
+            .and_then(|d| d.active_users())
+            .map(|users| users.len())
+    }
+
     /// Each directory's own readiness check, for `/readyz`, to be run concurrently.
     pub fn ready(
         &self,

@@ -326,7 +326,7 @@ impl Directory for LdapDirectory {
         let entry = match self.lookup(&self.user_filter(login)).await? {
             Lookup::Nobody => return Ok(AuthOutcome::UnknownUser),
             Lookup::Ambiguous => {
-                tracing::warn!(login = ?login, "the login matches more than one LDAP entry; refusing it (check directory.ldap.user_filter)");
+                tracing::warn!(login = %login.escape_debug(), "the login matches more than one LDAP entry; refusing it (check directory.ldap.user_filter)");
                 return Ok(AuthOutcome::Rejected);
             }
             Lookup::One(e) => e,
@@ -341,7 +341,7 @@ impl Directory for LdapDirectory {
         let who = match self.identity_of(&entry) {
             Ok(w) => w,
             Err(why) => {
-                tracing::warn!(dn = ?entry.dn, %why, "LDAP entry cannot log in");
+                tracing::warn!(dn = %entry.dn.escape_debug(), %why, "LDAP entry cannot log in");
                 return Ok(AuthOutcome::Rejected);
             }
         };
