@@ -241,11 +241,56 @@ async fn wait_for_stop_signal(arg: &ConfigArg, running: &crate::server::RunningG
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let mut users_file = UsersFileWatch::new(running);
     loop {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => reload(arg, running).await,
+            _ = hup.recv() => {
+                reload(arg, running).await;
+                users_file = UsersFileWatch::new(running);
+            }
+            _ = users_file.changed() => {
+                tracing::info!(file = %users_file.path.display(), "the users file changed; reloading the configuration");
+                reload(arg, running).await;
+                users_file = UsersFileWatch::new(running);
+            }
+        }
+    }
+}
+
+/// Notices edits of the users file (`directory.local.watch`), so adding a user needs no SIGHUP.
+/// It compares contents, not modification times, which miss two writes within one tick.
+struct UsersFileWatch {
+    path: std::path::PathBuf,
+    every: std::time::Duration,
+    seen: Option<Vec<u8>>,
+}
+
+impl UsersFileWatch {
+    fn new(running: &crate::server::RunningGateway) -> Self {
+        let gw = running.service().current();
+        let (path, every) = match &gw.config.directory.local {
+            Some(l) => (l.users_file.clone(), l.watch),
+            None => (std::path::PathBuf::new(), std::time::Duration::ZERO),
+        };
+        let seen = std::fs::read(&path).ok();
+        Self { path, every, seen }
+    }
+
+    /// Resolves when the file's contents differ from what the running configuration read;
+    /// never when watching is off.
+    async fn changed(&mut self) {
+        if self.every.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(self.every).await;
+            let now = std::fs::read(&self.path).ok();
+            if now != self.seen {
+                self.seen = now;
+                return;
+            }
         }
     }
 }

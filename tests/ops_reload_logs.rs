@@ -361,3 +361,45 @@ async fn json_startup_records_are_plain_values_and_name_what_runs() {
         "{logs}"
     );
 }
+
+/// A user added to the users file of a running `serve` can log in within `directory.local.watch`,
+/// without a signal; a broken edit is rejected and the loaded users keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_file_edits_apply_without_a_signal() {
+    let up = RecordingUpstream::start().await;
+    let users = standard_users();
+    let config = config_text(up.addr, None, "").replace(
+        "users_file = \"users.toml\"\n",
+        "users_file = \"users.toml\"\nwatch = \"200ms\"\n",
+    );
+    let files = write_files(&config, &users_toml(&users));
+    let gw = GatewayProcess::spawn(&files.config_path);
+    let login_url = gw.url("/api/v1/login");
+    let frank = json!({"user": "frank", "password": "frank-password-6"});
+    let (s, _) = post(&login_url, frank.clone(), &[]).await;
+    assert_eq!(s, 401);
+
+    let users_path = files.dir.path().join("users.toml");
+    let mut more = standard_users();
+    more.push(user("frank", "frank-password-6", None));
+    std::fs::write(&users_path, users_toml(&more)).unwrap();
+    let mut admitted = false;
+    for _ in 0..50 {
+        if post(&login_url, frank.clone(), &[]).await.0 == 200 {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "frank was not admitted:\n{}", gw.stderr());
+    assert!(
+        gw.stderr().contains("the users file changed"),
+        "{}",
+        gw.stderr()
+    );
+
+    std::fs::write(&users_path, "[[users]]\nusername = \"broken\"\n").unwrap();
+    assert!(gw.wait_for_stderr("new configuration rejected", 1, Duration::from_secs(5)));
+    let (s, body) = post(&login_url, frank, &[]).await;
+    assert_eq!(s, 200, "{body}");
+}

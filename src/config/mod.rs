@@ -68,6 +68,8 @@ pub struct LocalDirectoryConfig {
     pub users_file: PathBuf,
     /// Only the embedded default may run without a users file (it then has no users).
     pub missing_is_empty: bool,
+    /// How often `serve` checks the users file for changes and reloads; zero: SIGHUP only.
+    pub watch: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -457,10 +459,28 @@ fn validate_directory(
     embedded: bool,
     problems: &mut Vec<ConfigProblem>,
 ) -> DirectoryConfig {
-    let local = raw.local.map(|l| match l.users_file {
+    let local = raw.local.map(|l| {
+        let watch = duration_or(
+            "directory.local.watch",
+            l.watch.as_ref(),
+            Duration::from_secs(2),
+            Duration::ZERO,
+            problems,
+        );
+        if !watch.is_zero() && watch < Duration::from_millis(100) {
+            problems.push(problem(
+                "directory.local.watch",
+                format!("{} is too short", humantime::format_duration(watch)),
+                "use at least \"100ms\", or \"0s\" to reload on SIGHUP only",
+            ));
+        }
+        (l.users_file, watch)
+    });
+    let local = local.map(|(users_file, watch)| match users_file {
         Some(f) if !f.trim().is_empty() => LocalDirectoryConfig {
             users_file: resolve_path(base, &f),
             missing_is_empty: embedded,
+            watch,
         },
         _ => {
             problems.push(problem(
@@ -471,6 +491,7 @@ fn validate_directory(
             LocalDirectoryConfig {
                 users_file: PathBuf::new(),
                 missing_is_empty: false,
+                watch,
             }
         }
     });

@@ -77,6 +77,7 @@ pub struct RawDirectory {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawLocalDirectory {
     pub users_file: Option<String>,
+    pub watch: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
