@@ -260,3 +260,69 @@ fn a_bad_override_is_reported_under_its_own_name() {
         "{err}"
     );
 }
+
+/// `key=value` settings of a systemd unit, in order (a key may repeat).
+fn unit_settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.starts_with(['#', ';', '[']))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn deploy_authgate_service_runs_serve_hardened_with_only_the_state_folder_writable_and_verifies() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/authgate.service");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let settings = unit_settings(&text);
+    let get = |key: &str| -> Vec<&str> {
+        settings
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(
+        get("ExecStart"),
+        ["/usr/local/bin/authgate serve --config /etc/authgate/config.toml"]
+    );
+    assert_eq!(get("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
+    assert_eq!(get("User"), ["authgate"]);
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("RestrictSUIDSGID", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("StateDirectory", "authgate"),
+        ("ReadWritePaths", "/var/lib/authgate"),
+        ("SystemCallFilter", "@system-service"),
+    ] {
+        assert!(get(key).contains(&value), "{key}={value} missing");
+    }
+    // The stop must outlast the default drain (shutdown_delay 0s + shutdown_grace 10s).
+    let stop = humantime::parse_duration(get("TimeoutStopSec")[0]).unwrap();
+    assert!(stop > Duration::from_secs(10));
+
+    // systemd's own check, with the unit pointing at the binary built here.
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("authgate.service");
+    std::fs::write(
+        &unit,
+        text.replace("/usr/local/bin/authgate", authgate_bin()),
+    )
+    .unwrap();
+    let out = Command::new(which("systemd-analyze"))
+        .args(["verify"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let complaints = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "systemd-analyze verify: {complaints}"
+    );
+}
