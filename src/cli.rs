@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, ConfigSource};
+use crate::config::{Config, ConfigError, ConfigOverrides, ConfigSource};
 
 pub const EXIT_RUNTIME: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
@@ -27,9 +27,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
-    Serve(ConfigArg),
+    Serve(ServeArgs),
     /// Validate the configuration and the users file; list every problem.
-    CheckConfig(ConfigArg),
+    CheckConfig(ServeArgs),
     /// Probe the gateway this config describes (Docker HEALTHCHECK): exit 0 when it answers
     /// `/readyz` with 200 on the `[metrics]` listener (or, with that off, when its first public
     /// listener accepts a connection), 1 otherwise.
@@ -70,10 +70,55 @@ pub struct ConfigArg {
     pub config: Option<PathBuf>,
 }
 
+/// The config file, and the values that override it (what `serve` runs with).
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OverrideArgs {
+    /// Listen on ADDR instead of `server.listen`; repeat it (or separate with commas) for several.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "AUTHGATE_LISTEN",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<String>,
+    /// Forward to URL instead of `upstream.url`, e.g. http://chat:3000.
+    #[arg(long, value_name = "URL", env = "AUTHGATE_UPSTREAM")]
+    pub upstream: Option<String>,
+}
+
+impl OverrideArgs {
+    fn to_overrides(&self) -> ConfigOverrides {
+        ConfigOverrides {
+            listen: self
+                .listen
+                .iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect(),
+            upstream_url: self
+                .upstream
+                .as_deref()
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(String::from),
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct HealthcheckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
     /// Probe `/healthz` (the process answers) instead of `/readyz` (it can serve requests).
     #[arg(long)]
     pub live: bool,
@@ -93,7 +138,7 @@ impl ConfigArg {
 
 /// Loads and fully validates a config, including the files it names.
 pub fn load_config(arg: &ConfigArg) -> Result<Config, ConfigError> {
-    load_checked(arg).map(|checked| checked.config)
+    load_checked(arg, &ConfigOverrides::default()).map(|checked| checked.config)
 }
 
 /// A valid configuration, with what `check-config` tells the operator about it.
@@ -104,11 +149,27 @@ struct Checked {
     local_users: Option<usize>,
 }
 
+/// What `serve` (and `check-config`, and a reload) runs with: the config with its overrides, and
+/// AUTHGATE_LOG, which would otherwise silence the logs as quietly as a bad `log.level`.
+fn load_serving_config(args: &ServeArgs) -> Result<Checked, ConfigError> {
+    if let Some(filter) = std::env::var("AUTHGATE_LOG").ok().filter(|v| !v.is_empty()) {
+        let mut problems = Vec::new();
+        crate::config::check_log_level("AUTHGATE_LOG", &filter, &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError {
+                source_name: "the environment".into(),
+                problems,
+            });
+        }
+    }
+    load_checked(&args.config, &args.overrides.to_overrides())
+}
+
 /// The config, then the users file and the TOTP store it names, each problem of the files
 /// listed together.
-fn load_checked(arg: &ConfigArg) -> Result<Checked, ConfigError> {
+fn load_checked(arg: &ConfigArg, overrides: &ConfigOverrides) -> Result<Checked, ConfigError> {
     let source = arg.source()?;
-    let config = Config::load(&source)?;
+    let config = Config::load_with(&source, overrides)?;
     let mut problems = Vec::new();
     let mut local_users = None;
     if let Some(local) = &config.directory.local {
@@ -139,8 +200,8 @@ fn load_checked(arg: &ConfigArg) -> Result<Checked, ConfigError> {
 }
 
 /// `check-config`: every problem at once, or what was read and what to watch out for.
-fn check_config(arg: &ConfigArg) -> ExitCode {
-    let checked = match load_checked(arg) {
+fn check_config(args: &ServeArgs) -> ExitCode {
+    let checked = match load_serving_config(args) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
@@ -175,8 +236,8 @@ fn check_config(arg: &ConfigArg) -> ExitCode {
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve(arg) => serve(&arg),
-        Command::CheckConfig(arg) => check_config(&arg),
+        Command::Serve(args) => serve(&args),
+        Command::CheckConfig(args) => check_config(&args),
         Command::Healthcheck(args) => healthcheck(&args),
         Command::HashPassword => hash_password(),
         Command::Import {
@@ -187,8 +248,8 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn serve(arg: &ConfigArg) -> ExitCode {
-    let (config, config_name) = match load_checked(arg) {
+fn serve(args: &ServeArgs) -> ExitCode {
+    let (config, config_name) = match load_serving_config(args) {
         Ok(c) => (c.config, c.source_name),
         Err(e) => {
             eprint!("{e}");
@@ -227,7 +288,7 @@ fn serve(arg: &ConfigArg) -> ExitCode {
             println!("authgate metrics listening on {addr}");
         }
         running.log_started(&config_name);
-        wait_for_stop_signal(arg, &running).await;
+        wait_for_stop_signal(args, &running).await;
         tracing::info!("stop signal received; readiness off, draining connections");
         running.shutdown().await;
         tracing::info!("authgate stopped");
@@ -236,7 +297,7 @@ fn serve(arg: &ConfigArg) -> ExitCode {
 }
 
 /// Runs until SIGTERM or SIGINT; every SIGHUP reloads the configuration meanwhile.
-async fn wait_for_stop_signal(arg: &ConfigArg, running: &crate::server::RunningGateway) {
+async fn wait_for_stop_signal(args: &ServeArgs, running: &crate::server::RunningGateway) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -247,12 +308,12 @@ async fn wait_for_stop_signal(arg: &ConfigArg, running: &crate::server::RunningG
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => {
-                reload(arg, running).await;
+                reload(args, running).await;
                 users_file = UsersFileWatch::new(running);
             }
             _ = users_file.changed() => {
                 tracing::info!(file = %users_file.path.display(), "the users file changed; reloading the configuration");
-                reload(arg, running).await;
+                reload(args, running).await;
                 users_file = UsersFileWatch::new(running);
             }
         }
@@ -296,10 +357,10 @@ impl UsersFileWatch {
 }
 
 /// Re-reads the config and the files it names. A config with problems changes nothing.
-async fn reload(arg: &ConfigArg, running: &crate::server::RunningGateway) {
+async fn reload(args: &ServeArgs, running: &crate::server::RunningGateway) {
     tracing::info!("SIGHUP received; reloading the configuration");
-    let config = match load_config(arg) {
-        Ok(c) => c,
+    let config = match load_serving_config(args) {
+        Ok(c) => c.config,
         Err(e) => {
             running.service().metrics.reload(false);
             let problems: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
@@ -324,7 +385,12 @@ async fn reload(arg: &ConfigArg, running: &crate::server::RunningGateway) {
 }
 
 fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
-    let config = match args.config.source().and_then(|s| Config::load(&s)) {
+    let overrides = args.overrides.to_overrides();
+    let config = match args
+        .config
+        .source()
+        .and_then(|s| Config::load_with(&s, &overrides))
+    {
         Ok(c) => c,
         Err(e) => {
             // Docker reads any status but 0 and 1 as reserved: a config problem is "unhealthy".

@@ -1,6 +1,7 @@
 //! tracing setup. Secrets never reach a log line: tokens, passwords and codes are never fields.
 //! The level can change on reload; the format is fixed for the life of the process.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -31,8 +32,11 @@ pub fn init(config: &LogConfig) {
             .with_span_list(false)
             .with_writer(std::io::stderr)
     });
-    let pretty =
-        (config.format == LogFormat::Pretty).then(|| fmt::layer().with_writer(std::io::stderr));
+    let pretty = (config.format == LogFormat::Pretty).then(|| {
+        fmt::layer()
+            .with_ansi(colour_wanted())
+            .with_writer(std::io::stderr)
+    });
     let installed = tracing_subscriber::registry()
         .with(filter)
         .with(json)
@@ -41,6 +45,13 @@ pub fn init(config: &LogConfig) {
     if installed.is_ok() {
         let _ = INSTALLED.set(Installed { level, from_env });
     }
+}
+
+/// Colour codes only help a person at a terminal; in a file, a pipe or journald they are noise.
+/// NO_COLOR (https://no-color.org) set to anything non-empty turns them off everywhere.
+fn colour_wanted() -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }
 
 /// Applies a new `log.level`. Does nothing when logging was not set up here or AUTHGATE_LOG rules.

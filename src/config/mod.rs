@@ -6,6 +6,7 @@
 mod keys;
 mod ldap;
 mod ops;
+mod overrides;
 mod raw;
 mod regulation;
 mod routes;
@@ -14,7 +15,8 @@ mod session;
 mod upstream;
 
 pub use keys::accepted_keys;
-pub use ops::{MetricsConfig, TlsConfig};
+pub use ops::{check_log_level, MetricsConfig, TlsConfig};
+pub use overrides::{ConfigOverrides, LISTEN_ORIGIN, UPSTREAM_ORIGIN};
 
 pub use regulation::RegulationConfig;
 pub use routes::RoutesConfig;
@@ -198,6 +200,14 @@ pub(crate) fn env_secret(name: &str) -> Option<String> {
 
 impl Config {
     pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
+        Config::load_with(source, &ConfigOverrides::default())
+    }
+
+    /// Loads `source` with `overrides` taking the place of the file's values.
+    pub fn load_with(
+        source: &ConfigSource,
+        overrides: &ConfigOverrides,
+    ) -> Result<Config, ConfigError> {
         let fail = |problems| ConfigError {
             source_name: source.name.clone(),
             problems,
@@ -216,7 +226,7 @@ impl Config {
         // numbers stay), and the rest read again, so one run lists every problem.
         let mut text = source.text.clone();
         let mut problems = Vec::new();
-        let (raw, unknown) = loop {
+        let (mut raw, unknown) = loop {
             let mut unknown = Vec::new();
             let de = toml::Deserializer::new(&text);
             match serde_ignored::deserialize::<_, _, RawConfig>(de, |path| {
@@ -240,7 +250,9 @@ impl Config {
                 "remove it or correct its spelling; config.toml lists every key",
             )
         }));
+        overrides.apply(&mut raw);
         let config = validate(raw, source, &mut problems);
+        overrides.attribute(&mut problems);
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -509,13 +521,7 @@ fn validate_directory(
 
 fn validate_log(raw: raw::RawLog, problems: &mut Vec<ConfigProblem>) -> LogConfig {
     let level = raw.level.unwrap_or_else(|| "info".into());
-    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        problems.push(problem(
-            "log.level",
-            format!("`{level}` is not a log filter"),
-            "use error, warn, info, debug or trace",
-        ));
-    }
+    ops::check_log_level("log.level", &level, problems);
     let format = match raw.format.as_deref().unwrap_or("pretty") {
         "pretty" => LogFormat::Pretty,
         "json" => LogFormat::Json,

@@ -107,3 +107,44 @@ pub(super) fn validate_tls(
     }
     Some(TlsConfig { cert, key, watch })
 }
+
+/// The level names `log.level` and AUTHGATE_LOG accept, alone or after `target=`.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a `log.level` value: a level name, or comma-separated tracing filter directives such as
+/// "info,authgate::access=warn". tracing's own parser reads a bare unknown word ("warning",
+/// "loud") as a target name enabling only that target, which silences every real log line, so a
+/// bare word must be a level name here.
+pub fn check_log_level(key: &str, level: &str, problems: &mut Vec<ConfigProblem>) {
+    let fix = "use error, warn, info, debug, trace or off, or filter directives such as \
+               \"info,authgate::access=warn\"";
+    let directives: Vec<&str> = level.split(',').map(str::trim).collect();
+    if directives.iter().all(|d| d.is_empty()) {
+        problems.push(problem(key, "empty", fix));
+        return;
+    }
+    for directive in directives.iter().filter(|d| !d.is_empty()) {
+        let bare_word = !directive.contains(['=', '[']);
+        if bare_word && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            let hint = match directive.to_ascii_lowercase().as_str() {
+                "warning" => " (did you mean \"warn\"?)",
+                "err" | "fatal" | "critical" => " (did you mean \"error\"?)",
+                "verbose" | "all" => " (did you mean \"debug\" or \"trace\"?)",
+                _ => "",
+            };
+            problems.push(problem(
+                key,
+                format!("`{directive}` is not a log level{hint}"),
+                fix,
+            ));
+            return;
+        }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+        problems.push(problem(
+            key,
+            format!("`{level}` is not a log filter ({e})"),
+            fix,
+        ));
+    }
+}

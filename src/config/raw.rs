@@ -59,6 +59,7 @@ pub struct RawUpstream {
     pub preserve_host: Option<bool>,
     pub mode: Option<String>,
     pub admin_user_id: Option<String>,
+    pub admin_user_id_file: Option<String>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<String>,
     pub create_tokens_secret: Option<String>,

@@ -110,13 +110,23 @@ pub(super) fn validate(
         base,
         problems,
     );
-    let admin_user_id = raw.admin_user_id.unwrap_or_default();
+    // From a file too, so a bootstrap job that creates the admin can hand its id over.
+    let admin_user_id = secret(
+        "upstream.admin_user_id",
+        raw.admin_user_id,
+        raw.admin_user_id_file.as_ref(),
+        "AUTHGATE_UPSTREAM_ADMIN_USER_ID",
+        base,
+        problems,
+    )
+    .map(|id| id.trim().to_string())
+    .unwrap_or_default();
     if mode == UpstreamMode::RocketChat {
         if admin_user_id.is_empty() {
             problems.push(problem(
                 "upstream.admin_user_id",
                 "missing in rocketchat mode",
-                "give the user id of a Rocket.Chat admin that may create users and tokens",
+                "set admin_user_id, admin_user_id_file or AUTHGATE_UPSTREAM_ADMIN_USER_ID to the user id of a Rocket.Chat admin that may create users and tokens",
             ));
         }
         if admin_token.is_none() {

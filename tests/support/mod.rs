@@ -31,7 +31,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn which(bin: &str) -> PathBuf {
+pub fn which(bin: &str) -> PathBuf {
     for dir in [
         "/usr/bin",
         "/usr/sbin",
@@ -371,6 +371,8 @@ pub struct GatewayProcess {
     pub addr: SocketAddr,
     pub stderr_path: PathBuf,
     metrics: std::sync::Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    /// Every `authgate listening on` address, in the order printed.
+    listening: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
 }
 
 pub fn authgate_bin() -> &'static str {
@@ -379,11 +381,27 @@ pub fn authgate_bin() -> &'static str {
 
 impl GatewayProcess {
     pub fn spawn(config_path: &Path) -> GatewayProcess {
+        GatewayProcess::spawn_with(config_path, &[], &[])
+    }
+
+    /// `authgate serve --config config_path extra_args...` with `env` set; the overrides
+    /// (AUTHGATE_LISTEN, AUTHGATE_UPSTREAM, AUTHGATE_LOG) and NO_COLOR only come from `env`.
+    pub fn spawn_with(
+        config_path: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let stderr_path = config_path.with_extension("stderr.log");
         let mut child = Command::new(authgate_bin())
             .args(["serve", "--config"])
             .arg(config_path)
+            .args(extra_args)
             .env_remove("AUTHGATE_CONFIG")
+            .env_remove("AUTHGATE_LISTEN")
+            .env_remove("AUTHGATE_UPSTREAM")
+            .env_remove("AUTHGATE_LOG")
+            .env_remove("NO_COLOR")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
@@ -392,10 +410,14 @@ impl GatewayProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         let metrics = std::sync::Arc::new(std::sync::Mutex::new(None));
         let metrics_seen = metrics.clone();
+        let listening = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listening_seen = listening.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(a) = line.strip_prefix("authgate listening on ") {
-                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+                    let addr = a.parse::<SocketAddr>().unwrap();
+                    listening_seen.lock().unwrap().push(addr);
+                    let _ = tx.send(addr);
                 } else if let Some(a) = line.strip_prefix("authgate metrics listening on ") {
                     *metrics_seen.lock().unwrap() = Some(a.parse::<SocketAddr>().unwrap());
                 }
@@ -416,6 +438,23 @@ impl GatewayProcess {
             addr,
             stderr_path,
             metrics,
+            listening,
+        }
+    }
+
+    /// The first `count` public listener addresses it printed (waits for them, bounded).
+    pub fn listen_addrs(&self, count: usize) -> Vec<SocketAddr> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.listening.lock().unwrap().clone();
+            if seen.len() >= count {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {seen:?} of {count} listeners printed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -191,6 +191,16 @@ pub struct SlapdOptions {
     pub tls: bool,
     /// slapd's `idletimeout`: it closes connections idle this many seconds.
     pub idle_timeout_secs: Option<u32>,
+    /// Another directory than the one above, e.g. docker/'s seed and ACL.
+    pub directory: Option<CustomDirectory>,
+}
+
+/// The slapd.conf `access` lines and the LDIF (base entry included) of a directory under the
+/// same suffix; the rootdn stays `cn=admin,dc=example,dc=org` with password "admin-secret".
+#[derive(Clone)]
+pub struct CustomDirectory {
+    pub access: String,
+    pub ldif: String,
 }
 
 pub struct Slapd {
@@ -319,13 +329,23 @@ impl Slapd {
         }
         conf.push_str(&format!(
             "database mdb\nmaxsize 16777216\nsuffix \"{BASE}\"\nrootdn \"cn=admin,{BASE}\"\nrootpw admin-secret\n\
-             directory {}/db\n\
-             access to attrs=userPassword by anonymous auth by * none\n\
-             access to * by dn.exact=\"{SERVICE_DN}\" read by * none\n",
+             directory {}/db\n",
             d.display()
         ));
+        match &opts.directory {
+            Some(custom) => {
+                conf.push_str(&custom.access);
+                std::fs::write(d.join("seed.ldif"), &custom.ldif).unwrap();
+            }
+            None => {
+                conf.push_str(&format!(
+                    "access to attrs=userPassword by anonymous auth by * none\n\
+                     access to * by dn.exact=\"{SERVICE_DN}\" read by * none\n"
+                ));
+                std::fs::write(d.join("seed.ldif"), seed_ldif()).unwrap();
+            }
+        }
         std::fs::write(d.join("slapd.conf"), conf).unwrap();
-        std::fs::write(d.join("seed.ldif"), seed_ldif()).unwrap();
         run(
             Command::new(which("slapadd"))
                 .arg("-f")
@@ -383,7 +403,11 @@ impl Slapd {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return false;
             }
-            if self.whoami(SERVICE_DN, SERVICE_PASSWORD).is_ok() {
+            // The rootdn binds whatever the ACL says.
+            if self
+                .whoami(&format!("cn=admin,{BASE}"), "admin-secret")
+                .is_ok()
+            {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
