@@ -440,7 +440,8 @@ async fn a_trusted_headers_backend_sees_who_opened_the_socket() {
     let (bob_id, _) = login(&gw.url(""), "bob", "bob-password-2").await;
     let cookie = format!("theme=dark; rc_uid={uid}; rc_token={token}");
     let forged = format!("rc_uid={uid}; rc_token=forged-token");
-    let cases: Vec<(Vec<(&str, &str)>, Option<(&str, &str)>)> = vec![
+    type UpgradeCase<'a> = (Vec<(&'a str, &'a str)>, Option<(&'a str, &'a str)>);
+    let cases: Vec<UpgradeCase> = vec![
         // A REST login, then the socket: the session's identity goes up on the upgrade.
         (
             vec![("X-User-Id", &uid), ("X-Auth-Token", &token)],
