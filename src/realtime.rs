@@ -551,7 +551,18 @@ impl Gateway {
                 }
             }
         }
-        state.bound = None;
+        // The socket stays whoever it was before (the upstream did not switch it), so its
+        // session's revocation still closes it. A session opened for this login is dropped:
+        // the client never learns its token.
+        if pending.kind == "password" {
+            let revoked = self
+                .store
+                .revoke(&pending.session.user.id, &pending.token.hash())
+                .await;
+            if let Err(e) = revoked {
+                tracing::warn!(error = %e, "could not revoke the session of a refused socket login");
+            }
+        }
         if m.get("result").is_some() {
             // Neither an error nor a login result: nothing the client could use.
             *m = ddp::error_frame(&m["id"].clone(), logged_out_error());

@@ -537,3 +537,22 @@ async fn a_login_on_an_open_socket_reaches_a_trusted_headers_backend_as_a_checke
     );
     assert_never_reached_upstream(&rc, &["bob-password-2", "alice-password-1", "wrong"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_login_the_backend_refuses_leaves_the_socket_to_its_session() {
+    // A backend that does not take authgate's resumes answers them with its own error.
+    let rc = FakeRocketChat::start().await;
+    let gw = Gateway::start(&config_text(rc.addr, None, ""), &bridge_users()).await;
+    let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    let mut ws = ws_connect_with(&gw, &[("X-User-Id", &uid), ("X-Auth-Token", &token)]).await;
+    let result = call(&mut ws, json!({"msg": "method", "id": "1", "method": "login", "params": [{"user": {"username": "bob"}, "password": "bob-password-2"}]})).await;
+    assert_eq!(
+        result,
+        json!({"msg": "result", "id": "1", "error": {"error": 403, "reason": "You've been logged out by the server. Please log in again.", "errorType": "Meteor.Error"}})
+    );
+    assert_eq!(rc.socket_logins().len(), 1);
+    // Still alice's socket, as the backend sees it: her logout closes it.
+    assert_eq!(logout_status(&gw, &uid, &token).await, 200);
+    assert!(socket_closes(&mut ws, Duration::from_secs(3)).await.is_ok());
+    assert_never_reached_upstream(&rc, &["bob-password-2"]);
+}
