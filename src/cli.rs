@@ -34,7 +34,9 @@ pub enum Command {
     /// `/readyz` with 200 on the `[metrics]` listener (or, with that off, when its first public
     /// listener accepts a connection), 1 otherwise.
     Healthcheck(HealthcheckArgs),
-    /// Read a password from stdin (prompting without echo on a terminal) and print its argon2id PHC hash.
+    /// Read a password from stdin (prompting without echo on a terminal) and print the
+    /// `password_hash` and `password_prehash` lines of a users-file entry (argon2id over its
+    /// SHA-256 hex: plain and digest logins both verify).
     HashPassword,
     /// Convert another system's users into a users file (printed on stdout).
     Import {
@@ -442,6 +444,6 @@ fn hash_password() -> ExitCode {
         eprintln!("authgate: the password is empty; give a non-empty password on stdin");
         return ExitCode::from(EXIT_USAGE);
     }
-    println!("{}", crate::password::hash_password(&password));
+    println!("{}", crate::password::users_file_entry(&password));
     ExitCode::SUCCESS
 }

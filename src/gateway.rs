@@ -44,9 +44,9 @@ impl From<StoreError> for GatewayError {
 }
 
 /// The client's credentials, when it presented exactly one of each header.
-struct Credentials {
-    token: Token,
-    user_id: String,
+pub(crate) struct Credentials {
+    pub(crate) token: Token,
+    pub(crate) user_id: String,
     /// From Rocket.Chat's `rc_uid` / `rc_token` cookies or query parameters, not the headers.
     from_cookies: bool,
 }
@@ -58,7 +58,7 @@ fn is_cookie_route(canonical: &str) -> bool {
 }
 
 /// `rc_uid` / `rc_token` from the cookies, else from the query string.
-fn cookie_credentials(headers: &HeaderMap, query: Option<&str>) -> Option<Credentials> {
+pub(crate) fn cookie_credentials(headers: &HeaderMap, query: Option<&str>) -> Option<Credentials> {
     let mut uid = None;
     let mut token = None;
     for value in headers
@@ -212,7 +212,7 @@ impl Gateway {
                 return Box::pin(self.login_method(req, facts, anonymous)).await;
             }
             RouteKind::Realtime if self.config.realtime.enabled => {
-                return Box::pin(self.realtime(req, &route, facts)).await;
+                return Box::pin(self.realtime(req, &route, facts, creds)).await;
             }
             RouteKind::Realtime => {
                 return Box::pin(answer_locally(req, Err(GatewayError::RealtimeUnavailable))).await
@@ -265,7 +265,10 @@ impl Gateway {
 
     /// The live session the credentials name, if the token belongs to that user id. A hot
     /// session comes from the store's memory without any I/O.
-    async fn session_for(&self, creds: &Credentials) -> Result<Option<Arc<Session>>, GatewayError> {
+    pub(crate) async fn session_for(
+        &self,
+        creds: &Credentials,
+    ) -> Result<Option<Arc<Session>>, GatewayError> {
         let found = if self.rocketchat_mode() {
             // Sessions are stored under the directory's user id; clients present Rocket.Chat's,
             // so the token alone finds the session (hot ones from memory, like `cached`).

@@ -101,9 +101,10 @@ impl Gateway {
         match request {
             LoginRequest::Resume(token) => {
                 let token = Token::from_client(&token);
+                // Past the cache: the sealed upstream token may have been renewed elsewhere.
                 let found = self
                     .store
-                    .find(&token.hash())
+                    .find_uncached(&token.hash())
                     .await?
                     .ok_or(GatewayError::LoginFailed)?;
                 let mut session = Session::clone(&found);

@@ -53,6 +53,17 @@ pub fn hash_password(password: &str) -> String {
         .to_string()
 }
 
+/// The users-file lines `hash-password` prints: argon2id over the password's SHA-256 hex,
+/// marked `password_prehash = "sha256"`, so plain logins (hashed first) and Meteor's
+/// `{digest, algorithm: "sha-256"}` logins both verify, as they do against Rocket.Chat's own
+/// bcrypt-over-SHA-256 entries.
+pub fn users_file_entry(password: &str) -> String {
+    format!(
+        "password_hash = \"{}\"\npassword_prehash = \"sha256\"",
+        hash_password(&sha256_hex(password))
+    )
+}
+
 /// Whether a stored hash is in a format this gateway verifies.
 pub fn check_hash_format(hash: &str) -> Result<(), String> {
     if is_bcrypt(hash) {

@@ -1,8 +1,10 @@
 //! The realtime API (`/websocket`, SockJS `/sockjs/.../websocket`): WebSocket upgrades are
 //! proxied only after the upstream answered 101, and every DDP frame is read on its way:
-//! logins are authenticated by authgate (resumes checked and, in `rocketchat` mode, swapped to
-//! the Rocket.Chat token), result frames get authgate's token back, public settings are
-//! rewritten, and a socket whose session is revoked anywhere is closed within a second.
+//! logins are authenticated by authgate and reach the upstream only as a resume authgate wrote
+//! (in `rocketchat` mode with the Rocket.Chat token, renewed once if Rocket.Chat refuses it),
+//! result frames get authgate's token back, public settings are rewritten, and a socket whose
+//! session is revoked anywhere is closed within a second. In `trusted-headers` mode an upgrade
+//! carrying a live session passes its identity on as `X-User-Id` / `X-Auth-Token`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,11 +22,11 @@ use tokio_tungstenite::WebSocketStream;
 use crate::access::RequestFacts;
 use crate::ddp::{self, MethodCall};
 use crate::error::{full_body, Body, GatewayError};
-use crate::gateway::Gateway;
+use crate::gateway::{cookie_credentials, Credentials, Gateway};
 use crate::login::LoginRequest;
 use crate::rocketchat::settings;
 use crate::route::Route;
-use crate::session::Token;
+use crate::session::{Session, Token};
 
 /// How a realtime path frames DDP messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,14 +112,44 @@ fn bad_login_error() -> Value {
            "message": "Unrecognized options for login request [400]", "errorType": "Meteor.Error"})
 }
 
+/// The `login` frame authgate sends upstream for a login it checked: a resume with `token`
+/// (authgate's own in `trusted-headers` mode, with the session's `userId`; the Rocket.Chat
+/// token in `rocketchat` mode). A client's own login frame never reaches the upstream, so every
+/// `login` a backend receives on a socket is one of these.
+fn checked_resume(id: &Value, token: &str, user_id: Option<&str>) -> Value {
+    let mut params = json!({"resume": token});
+    if let Some(user_id) = user_id {
+        params["userId"] = json!(user_id);
+    }
+    json!({"msg": "method", "id": id, "method": "login", "params": [params]})
+}
+
+/// A login sent upstream as a checked resume, waiting for its answer.
+struct PendingLogin {
+    token: Token,
+    session: Session,
+    /// `password` or `resume`: what the client did, as its login result says.
+    kind: &'static str,
+    /// Already resent once with a freshly minted Rocket.Chat token.
+    retried: bool,
+}
+
 /// Per-socket state: who it is logged in as, and which answers to rewrite.
 #[derive(Default)]
 struct SocketState {
     /// authgate's token and the user id its session is stored under.
     bound: Option<(Token, String)>,
-    /// Login method ids sent upstream as resumes, with the session to bind on success.
-    pending_logins: HashMap<String, (Token, String)>,
+    /// Login method ids sent upstream as checked resumes.
+    pending_logins: HashMap<String, PendingLogin>,
     pending_settings: Vec<String>,
+}
+
+/// What an upstream message turned into.
+enum FromUpstream {
+    Unchanged,
+    Rewritten,
+    /// Not for the client: this frame goes upstream instead (a refused login, retried).
+    Resend(Value),
 }
 
 /// What one client frame turns into.
@@ -128,11 +160,12 @@ struct Routed {
 }
 
 impl Gateway {
-    pub async fn realtime(
+    pub(crate) async fn realtime(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         route: &Route,
         facts: &mut RequestFacts,
+        creds: Option<Credentials>,
     ) -> Result<Response<Body>, GatewayError> {
         let framing = match framing(&route.path) {
             Some(Some(f)) => f,
@@ -143,10 +176,23 @@ impl Gateway {
         if !is_upgrade(&req) {
             return Err(GatewayError::BadRequest("Not a valid websocket request."));
         }
+        let opened_as = self.upgrade_session(&req, creds).await?;
+        let identity = opened_as
+            .as_ref()
+            .map(|(creds, session)| crate::forward::Identity {
+                user_id: session.client_user_id(),
+                token: creds.token.as_str(),
+                as_cookies: false,
+            });
+        if let Some(id) = &identity {
+            facts.user_id = Some(id.user_id.to_string());
+        }
         let client_upgrade = hyper::upgrade::on(&mut req);
         let client_ip = facts.client_ip;
         let mut headers = req.headers().clone();
-        crate::forward::rewrite_request_headers(&mut headers, None, &facts.origin());
+        crate::forward::rewrite_request_headers(&mut headers, identity.as_ref(), &facts.origin());
+        // The socket belongs to the session it was opened with: revoking it closes the socket.
+        let bound = opened_as.map(|(creds, session)| (creds.token, session.user.id.clone()));
         headers.insert(crate::forward::X_REQUEST_ID, facts.request_id.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -185,9 +231,29 @@ impl Gateway {
                 WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, None).await;
             let upstream =
                 WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, None).await;
-            gateway.pump(client, upstream, framing, client_ip).await;
+            gateway
+                .pump(client, upstream, framing, client_ip, bound)
+                .await;
         });
         Ok(answer)
+    }
+
+    /// `trusted-headers` mode: the live session an upgrade request carries (identity headers,
+    /// else `rc_uid` / `rc_token` cookies), which the backend then learns like on any proxied
+    /// request. Credentials that name no live session are stripped, never forwarded. In
+    /// `rocketchat` mode Rocket.Chat learns a socket's user only from a DDP login.
+    async fn upgrade_session(
+        &self,
+        req: &Request<Incoming>,
+        creds: Option<Credentials>,
+    ) -> Result<Option<(Credentials, Arc<Session>)>, GatewayError> {
+        if self.rocketchat_mode() {
+            return Ok(None);
+        }
+        let Some(creds) = creds.or_else(|| cookie_credentials(req.headers(), None)) else {
+            return Ok(None);
+        };
+        Ok(self.session_for(&creds).await?.map(|s| (creds, s)))
     }
 
     async fn pump<C, U>(
@@ -196,13 +262,17 @@ impl Gateway {
         upstream: WebSocketStream<U>,
         framing: Framing,
         ip: IpAddr,
+        bound: Option<(Token, String)>,
     ) where
         C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
         U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let (mut client_tx, mut client_rx) = client.split();
         let (mut upstream_tx, mut upstream_rx) = upstream.split();
-        let mut state = SocketState::default();
+        let mut state = SocketState {
+            bound,
+            ..SocketState::default()
+        };
         let mut check = tokio::time::interval(self.config.realtime.revocation_check);
         loop {
             tokio::select! {
@@ -230,8 +300,13 @@ impl Gateway {
                 },
                 msg = upstream_rx.next() => match msg {
                     Some(Ok(Message::Text(text))) => {
-                        let out = self.rewrite_upstream_text(&mut state, framing, text.as_str());
-                        if client_tx.send(Message::text(out)).await.is_err() { break; }
+                        let (out, resend) = self.rewrite_upstream_text(&mut state, framing, text.as_str()).await;
+                        for frame in resend {
+                            if upstream_tx.send(Message::text(encode_to_upstream(framing, &[frame]))).await.is_err() { return; }
+                        }
+                        if let Some(out) = out {
+                            if client_tx.send(Message::text(out)).await.is_err() { break; }
+                        }
                     }
                     Some(Ok(Message::Close(frame))) => { let _ = client_tx.send(Message::Close(frame)).await; break; }
                     Some(Ok(other)) => { if client_tx.send(other).await.is_err() { break; } }
@@ -267,8 +342,7 @@ impl Gateway {
             let id_key = call.id.to_string();
             match call.method.as_str() {
                 "login" => match self.realtime_login(state, &call, ip).await {
-                    Ok(Some(rewritten)) => routed.to_upstream.push(rewritten),
-                    Ok(None) => {}
+                    Ok(checked) => routed.to_upstream.push(checked),
                     Err(reply) => routed.to_client.push(reply),
                 },
                 "logout" => {
@@ -302,14 +376,14 @@ impl Gateway {
         routed
     }
 
-    /// A DDP `login`: `Ok(Some(frame))` goes upstream (a resume Rocket.Chat understands),
-    /// `Ok(None)` was answered already, `Err(frame)` is the answer to send the client.
+    /// A DDP `login`: `Ok(frame)` is the checked resume that goes upstream, `Err(frame)` the
+    /// answer to send the client. The client's password never leaves authgate.
     async fn realtime_login(
         &self,
         state: &mut SocketState,
         call: &MethodCall,
         ip: IpAddr,
-    ) -> Result<Option<Value>, Value> {
+    ) -> Result<Value, Value> {
         let request = ddp::login_request(call);
         if request.is_none() {
             return Err(ddp::error_frame(&call.id, bad_login_error()));
@@ -328,41 +402,44 @@ impl Gateway {
                 return Err(ddp::error_frame(&call.id, error));
             }
         };
-        if !self.rocketchat_mode() {
-            // The upstream trusts authgate: a checked resume passes on as it is, a password
-            // login is answered here with the session it opened.
-            state.bound = Some((opened.token.clone(), opened.session.user.id.clone()));
-            if is_resume {
-                return Ok(Some(
-                    json!({"msg": "method", "id": call.id, "method": "login", "params": [{"resume": opened.token.as_str()}]}),
-                ));
+        let checked = if self.rocketchat_mode() {
+            match self
+                .upstream_token(&opened.token, &mut opened.session, false)
+                .await
+            {
+                Ok(rc_token) => checked_resume(&call.id, &rc_token, None),
+                Err(_) => return Err(ddp::error_frame(&call.id, logged_out_error())),
             }
-            let result = json!({"id": opened.session.client_user_id(), "token": opened.token.as_str(), "tokenExpires": {"$date": opened.session.expires_ms}, "type": "password"});
-            return Err(ddp::result_frame(&call.id, result));
-        }
-        let rc_token = match self
-            .upstream_token(&opened.token, &mut opened.session, false)
-            .await
-        {
-            Ok(t) => t,
-            Err(_) => return Err(ddp::error_frame(&call.id, logged_out_error())),
+        } else {
+            // The backend trusts authgate: the session's own token and user id, as the
+            // identity headers of a proxied request carry them.
+            checked_resume(
+                &call.id,
+                opened.token.as_str(),
+                Some(opened.session.client_user_id()),
+            )
         };
         state.pending_logins.insert(
             call.id.to_string(),
-            (opened.token.clone(), opened.session.user.id.clone()),
+            PendingLogin {
+                token: opened.token,
+                session: opened.session,
+                kind: if opened.resumed { "resume" } else { "password" },
+                retried: false,
+            },
         );
-        Ok(Some(
-            json!({"msg": "method", "id": call.id, "method": "login", "params": [{"resume": rc_token}]}),
-        ))
+        Ok(checked)
     }
 
-    /// Puts authgate's token back into login results and rewrites public settings.
-    fn rewrite_upstream_text(
+    /// Puts authgate's token back into login results and rewrites public settings. Returns
+    /// the text for the client (`None` when nothing in it is for the client) and the frames to
+    /// send upstream again.
+    async fn rewrite_upstream_text(
         &self,
         state: &mut SocketState,
         framing: Framing,
         text: &str,
-    ) -> String {
+    ) -> (Option<String>, Vec<Value>) {
         let decoded = match framing {
             Framing::Raw => serde_json::from_str::<Value>(text).ok().map(|v| vec![v]),
             Framing::SockJs => text
@@ -375,37 +452,46 @@ impl Gateway {
                         .collect()
                 }),
         };
-        let Some(mut messages) = decoded else {
-            return text.to_string();
+        let Some(messages) = decoded else {
+            return (Some(text.to_string()), Vec::new());
         };
         let mut changed = false;
-        for m in messages.iter_mut() {
-            changed |= self.rewrite_server_message(state, m);
+        let mut to_client = Vec::with_capacity(messages.len());
+        let mut resend = Vec::new();
+        for mut m in messages {
+            match self.rewrite_server_message(state, &mut m).await {
+                FromUpstream::Unchanged => to_client.push(m),
+                FromUpstream::Rewritten => {
+                    changed = true;
+                    to_client.push(m);
+                }
+                FromUpstream::Resend(frame) => {
+                    changed = true;
+                    resend.push(frame);
+                }
+            }
         }
         if !changed {
-            return text.to_string();
+            return (Some(text.to_string()), resend);
         }
-        encode_to_client(framing, &messages).concat()
+        if to_client.is_empty() {
+            return (None, resend);
+        }
+        (Some(encode_to_client(framing, &to_client).concat()), resend)
     }
 
-    fn rewrite_server_message(&self, state: &mut SocketState, m: &mut Value) -> bool {
+    async fn rewrite_server_message(&self, state: &mut SocketState, m: &mut Value) -> FromUpstream {
         if m.get("msg") == Some(&json!("result")) {
             let id = m.get("id").map(Value::to_string).unwrap_or_default();
-            if let Some((token, user_id)) = state.pending_logins.remove(&id) {
-                if m.get("result").and_then(|r| r.get("token")).is_some() {
-                    m["result"]["token"] = json!(token.as_str());
-                    state.bound = Some((token, user_id));
-                } else {
-                    state.bound = None;
-                }
-                return true;
+            if let Some(pending) = state.pending_logins.remove(&id) {
+                return self.login_answered(state, id, pending, m).await;
             }
             if let Some(pos) = state.pending_settings.iter().position(|p| *p == id) {
                 state.pending_settings.remove(pos);
                 if self.config.upstream.rewrite_public_settings {
                     if let Some(result) = m.get_mut("result") {
                         settings::rewrite_method_result(result, crate::session::now_unix_ms());
-                        return true;
+                        return FromUpstream::Rewritten;
                     }
                 }
             }
@@ -415,14 +501,72 @@ impl Gateway {
                 && m["result"].get("tokenExpires").is_some()
             {
                 *m = ddp::error_frame(&m["id"].clone(), logged_out_error());
-                return true;
+                return FromUpstream::Rewritten;
             }
         }
         if self.config.upstream.rewrite_public_settings && m.get("msg") == Some(&json!("changed")) {
             let before = m.clone();
             settings::rewrite_changed_event(m);
-            return *m != before;
+            if *m != before {
+                return FromUpstream::Rewritten;
+            }
         }
-        false
+        FromUpstream::Unchanged
+    }
+
+    /// The upstream's answer to a checked resume. A success reaches the client as its login
+    /// result with authgate's token and session expiry. In `rocketchat` mode a refusal means
+    /// Rocket.Chat dropped its token (expiry, "log out other sessions", a password change):
+    /// the session is still good, so a fresh token is minted and the resume sent once more,
+    /// and the client only sees the answer to that.
+    async fn login_answered(
+        &self,
+        state: &mut SocketState,
+        id_key: String,
+        mut pending: PendingLogin,
+        m: &mut Value,
+    ) -> FromUpstream {
+        if m.get("result").is_some_and(Value::is_object) {
+            let result = &mut m["result"];
+            result["id"] = json!(pending.session.client_user_id());
+            result["token"] = json!(pending.token.as_str());
+            result["tokenExpires"] = json!({"$date": pending.session.expires_ms});
+            result["type"] = json!(pending.kind);
+            state.bound = Some((pending.token, pending.session.user.id));
+            return FromUpstream::Rewritten;
+        }
+        if self.rocketchat_mode() && !pending.retried {
+            match self
+                .upstream_token(&pending.token, &mut pending.session, true)
+                .await
+            {
+                Ok(fresh) => {
+                    let frame = checked_resume(&m["id"], &fresh, None);
+                    pending.retried = true;
+                    state.pending_logins.insert(id_key, pending);
+                    return FromUpstream::Resend(frame);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew a refused upstream token on a socket");
+                }
+            }
+        }
+        // The socket stays whoever it was before (the upstream did not switch it), so its
+        // session's revocation still closes it. A session opened for this login is dropped:
+        // the client never learns its token.
+        if pending.kind == "password" {
+            let revoked = self
+                .store
+                .revoke(&pending.session.user.id, &pending.token.hash())
+                .await;
+            if let Err(e) = revoked {
+                tracing::warn!(error = %e, "could not revoke the session of a refused socket login");
+            }
+        }
+        if m.get("result").is_some() {
+            // Neither an error nor a login result: nothing the client could use.
+            *m = ddp::error_frame(&m["id"].clone(), logged_out_error());
+        }
+        FromUpstream::Rewritten
     }
 }

@@ -249,32 +249,46 @@ fn usage_errors_exit_64() {
     assert!(out.contains("hash-password") && out.contains("check-config") && out.contains("serve"));
 }
 
+/// The `password_hash` and `password_prehash` of the entry `hash-password` printed.
+fn printed_entry(out: &str) -> (String, String) {
+    let entry: toml::Table = toml::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(entry.len(), 2, "{out}");
+    let field = |k: &str| {
+        entry[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k}: {out}"))
+            .to_string()
+    };
+    (field("password_hash"), field("password_prehash"))
+}
+
 #[test]
-fn hash_password_prints_a_verifying_owasp_argon2id_hash() {
+fn hash_password_prints_an_entry_that_verifies_plain_and_digest_logins() {
+    use authgate::password::{sha256_hex, verify_blocking, Password, Prehash};
     let (code, out, err) = run(&["hash-password"], Some("s3cret pass\n"), None);
     assert_eq!(code, 0, "{err}");
-    let hash = out.trim();
+    let (hash, prehash) = printed_entry(&out);
     assert!(
         hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
         "{hash}"
     );
-    use authgate::password::{verify_blocking, Password, Prehash};
-    assert!(verify_blocking(
-        &Password::Plain("s3cret pass".into()),
-        hash,
-        Prehash::None
-    ));
-    assert!(!verify_blocking(
-        &Password::Plain("s3cret pass\n".into()),
-        hash,
-        Prehash::None
-    ));
+    assert_eq!(prehash, "sha256");
+    let verifies = |p: Password| verify_blocking(&p, &hash, Prehash::Sha256);
+    assert!(verifies(Password::Plain("s3cret pass".into())));
+    assert!(verifies(Password::Sha256Digest(sha256_hex("s3cret pass"))));
+    assert!(!verifies(Password::Plain("s3cret pass\n".into())));
+    assert!(!verifies(Password::Sha256Digest(sha256_hex(
+        "s3cret pass\n"
+    ))));
+    // The digest itself is not the password.
+    assert!(!verifies(Password::Plain(sha256_hex("s3cret pass"))));
     // Leading and trailing spaces are part of the password.
     let (_, out, _) = run(&["hash-password"], Some("  padded  "), None);
+    let (hash, _) = printed_entry(&out);
     assert!(verify_blocking(
         &Password::Plain("  padded  ".into()),
-        out.trim(),
-        Prehash::None
+        &hash,
+        Prehash::Sha256
     ));
     let (code, _, err) = run(&["hash-password"], Some(""), None);
     assert_eq!(code, 64, "{err}");
@@ -287,10 +301,10 @@ fn a_hashed_user_logs_in_through_the_binary_and_logs_stay_clean() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let upstream = rt.block_on(RecordingUpstream::start());
     let password = "Tr0ub4dor&3-unique-password";
-    let (_, hash, _) = run(&["hash-password"], Some(password), None);
+    let (_, entry, _) = run(&["hash-password"], Some(password), None);
     let users = format!(
-        "[[users]]\nusername = \"zoe\"\nemail = \"zoe@example.org\"\npassword_hash = \"{}\"\n",
-        hash.trim()
+        "[[users]]\nusername = \"zoe\"\nemail = \"zoe@example.org\"\n{}\n",
+        entry.trim()
     );
     let cfg = config_text(
         upstream.addr,

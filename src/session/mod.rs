@@ -218,6 +218,11 @@ pub trait SessionStore: Send + Sync {
     ) -> Result<Option<Arc<Session>>, StoreError>;
     /// The live session for a token hash alone (`{"resume": token}` logins name no user).
     async fn find(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError>;
+    /// [`find`](Self::find) from the store itself, never from a cache: a resume login must see
+    /// the upstream token another instance renewed a moment ago, not the copy cached before.
+    async fn find_uncached(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
+        self.find(hash).await
+    }
     /// Revokes one session of `user_id`; true when it existed. Every instance stops accepting
     /// it at once.
     async fn revoke(&self, user_id: &str, hash: &TokenHash) -> Result<bool, StoreError>;

@@ -342,6 +342,10 @@ impl SessionStore for RedisStore {
         if let Some(session) = hot {
             return Ok(Some(session));
         }
+        self.find_uncached(hash).await
+    }
+
+    async fn find_uncached(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
         let pointer = self.pointer_key(hash);
         let user_id: Option<String> = self
             .run(|mut l| async move { l.conn.get(pointer).await })

@@ -60,6 +60,9 @@ pub struct State {
     pub creates: usize,
     pub updates: usize,
     pub token_grants: usize,
+    /// Plays a `trusted-headers` backend: identity headers are taken as checked, and so is a
+    /// socket resume naming its user in `userId` (authgate alone can send a `login` frame).
+    pub trusts_gateway: bool,
 }
 
 #[derive(Clone)]
@@ -113,11 +116,46 @@ impl FakeRocketChat {
         self.state.lock().unwrap().tokens.clear();
     }
 
+    /// Forgets the tokens of one user, as "log out other sessions" or a password change does.
+    pub fn drop_user_tokens(&self, user_id: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .tokens
+            .retain(|_, uid| uid != user_id);
+    }
+
+    /// Acts as a `trusted-headers` backend on its sockets from now on.
+    pub fn trust_gateway(&self) {
+        self.state.lock().unwrap().trusts_gateway = true;
+    }
+
+    /// The upgrade requests its WebSocket endpoints received.
+    pub fn upgrades(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.target.contains("websocket"))
+            .collect()
+    }
+
+    /// The `login` frames received on WebSockets.
+    pub fn socket_logins(&self) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .ddp_in
+            .iter()
+            .filter(|f| f["method"] == "login")
+            .cloned()
+            .collect()
+    }
+
     fn token_user(&self, headers: &hyper::HeaderMap) -> Option<String> {
         let uid = headers.get("x-user-id")?.to_str().ok()?;
         let tok = headers.get("x-auth-token")?.to_str().ok()?;
         let st = self.state.lock().unwrap();
-        (st.tokens.get(tok).map(String::as_str) == Some(uid)).then(|| uid.to_string())
+        (st.trusts_gateway || st.tokens.get(tok).map(String::as_str) == Some(uid))
+            .then(|| uid.to_string())
     }
 
     fn cookie_user(&self, headers: &hyper::HeaderMap) -> Option<String> {
@@ -156,9 +194,21 @@ impl FakeRocketChat {
 
     fn resume_result(&self, token: &str) -> Option<Value> {
         let uid = self.state.lock().unwrap().tokens.get(token).cloned()?;
-        Some(
-            json!({"id": uid, "token": token, "tokenExpires": {"$date": 1_900_000_000_000u64}, "type": "resume"}),
-        )
+        Some(Self::login_result(&uid, token))
+    }
+
+    fn login_result(uid: &str, token: &str) -> Value {
+        json!({"id": uid, "token": token, "tokenExpires": {"$date": 1_900_000_000_000u64}, "type": "resume"})
+    }
+
+    /// A socket login: a resume with a token it minted, or in `trusts_gateway` mode any resume
+    /// that names its user.
+    fn socket_login_result(&self, params: &Value) -> Option<Value> {
+        let token = params["resume"].as_str()?;
+        if self.state.lock().unwrap().trusts_gateway {
+            return Some(Self::login_result(params["userId"].as_str()?, token));
+        }
+        self.resume_result(token)
     }
 
     fn public_settings(&self) -> Value {
@@ -175,10 +225,7 @@ impl FakeRocketChat {
         }
         let id = frame["id"].clone();
         Some(match frame["method"].as_str().unwrap_or("") {
-            "login" => match frame["params"][0]["resume"]
-                .as_str()
-                .and_then(|t| self.resume_result(t))
-            {
+            "login" => match self.socket_login_result(&frame["params"][0]) {
                 Some(result) => json!({"msg": "result", "id": id, "result": result}),
                 None => {
                     json!({"msg": "result", "id": id, "error": {"error": 403, "reason": "You've been logged out by the server. Please log in again.", "errorType": "Meteor.Error"}})
@@ -200,11 +247,20 @@ impl FakeRocketChat {
             .unwrap_or_default();
         let path = req.uri().path().to_string();
         let headers = req.headers().clone();
+        let seen_headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
         if path == "/websocket" || (path.starts_with("/sockjs/") && path.ends_with("/websocket")) {
             self.state.lock().unwrap().seen.push(Seen {
                 method,
                 target,
-                headers: vec![],
+                headers: seen_headers,
                 body: String::new(),
             });
             return self.websocket(
@@ -219,15 +275,6 @@ impl FakeRocketChat {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let body_text = String::from_utf8_lossy(&body).into_owned();
-        let seen_headers = headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
         self.state.lock().unwrap().seen.push(Seen {
             method,
             target: target.clone(),
