@@ -44,9 +44,9 @@ impl From<StoreError> for GatewayError {
 }
 
 /// The client's credentials, when it presented exactly one of each header.
-struct Credentials {
-    token: Token,
-    user_id: String,
+pub(crate) struct Credentials {
+    pub(crate) token: Token,
+    pub(crate) user_id: String,
     /// From Rocket.Chat's `rc_uid` / `rc_token` cookies or query parameters, not the headers.
     from_cookies: bool,
 }
@@ -221,6 +221,10 @@ impl Gateway {
                 return Box::pin(answer_locally(req, Err(GatewayError::NotThroughGateway))).await
             }
             RouteKind::Public => None,
+            // Token management is answered here: an upstream token must never reach a client.
+            RouteKind::Protected if crate::tokens::is_token_route(&route.path) => {
+                return Box::pin(self.token_route(req, &route, creds, facts)).await;
+            }
             RouteKind::Protected => {
                 if req.method() == Method::CONNECT {
                     return Box::pin(answer_locally(req, Err(GatewayError::MethodNotAllowed)))
@@ -265,7 +269,10 @@ impl Gateway {
 
     /// The live session the credentials name, if the token belongs to that user id. A hot
     /// session comes from the store's memory without any I/O.
-    async fn session_for(&self, creds: &Credentials) -> Result<Option<Arc<Session>>, GatewayError> {
+    pub(crate) async fn session_for(
+        &self,
+        creds: &Credentials,
+    ) -> Result<Option<Arc<Session>>, GatewayError> {
         let found = if self.rocketchat_mode() {
             // Sessions are stored under the directory's user id; clients present Rocket.Chat's,
             // so the token alone finds the session (hot ones from memory, like `cached`).
@@ -276,7 +283,7 @@ impl Gateway {
                 None => self.store.get(&creds.user_id, &creds.token.hash()).await?,
             }
         };
-        let Some(session) = found else {
+        let Some(session) = found.filter(|s| self.usable(s)) else {
             return Ok(None);
         };
         let expected = session.client_user_id();

@@ -105,6 +105,7 @@ impl Gateway {
                     .store
                     .find(&token.hash())
                     .await?
+                    .filter(|s| self.usable(s))
                     .ok_or(GatewayError::LoginFailed)?;
                 let mut session = Session::clone(&found);
                 *directory = Some(session.user.directory.clone());
