@@ -292,6 +292,24 @@ async fn personal_access_tokens_over_rest_in_rocketchat_mode() {
         .to_string();
     assert_eq!(body, format!(r#"{{"token":"{pat}","success":true}}"#));
     assert_eq!(pat.len(), 43);
+    // Stored hashed and without expiry, and so is the user's index, even after a later login.
+    let _ = login(&gw.url(""), "alice", "alice-password-1").await;
+    let hash = authgate::session::Token::from_client(&pat).hash().0;
+    let all_keys = redis.keys();
+    assert!(!all_keys.contains(&pat));
+    let session_key = all_keys
+        .lines()
+        .find(|l| l.ends_with(&format!(":session:{hash}")))
+        .unwrap_or_else(|| panic!("no session key in {all_keys}"))
+        .to_string();
+    let index_key = format!(
+        "{}:sessions",
+        session_key.split(":session:").next().unwrap()
+    );
+    for key in [session_key, index_key, format!("authgate:token:{hash}")] {
+        let ttl = redis.command(&format!("PTTL {key}")).unwrap();
+        assert_eq!(ttl.trim(), ":-1", "{key} expires");
+    }
 
     // The bot uses it like a session; Rocket.Chat sees the user with a token of its own.
     let (status, body) = get(&gw, "/api/v1/channels.list", &uid, &pat).await;
