@@ -159,8 +159,9 @@ pub struct PersonalToken {
     pub bypass_two_factor: bool,
 }
 
-/// The expiry of a session that never expires (a personal access token).
-pub const NEVER_EXPIRES_MS: u64 = u64::MAX;
+/// The expiry of a session that never expires (a personal access token): JavaScript's last
+/// representable date, so a `tokenExpires` built from it still parses in every client.
+pub const NEVER_EXPIRES_MS: u64 = 8_640_000_000_000_000;
 
 /// An upstream (Rocket.Chat) token, sealed with a key only the client's own token yields: the
 /// store never holds a usable upstream credential, just as it never holds the client's token.
@@ -212,7 +213,7 @@ impl Session {
 
     /// How long the store keeps this session: None for one that never expires.
     pub fn time_to_live_ms(&self, now_ms: u64) -> Option<u64> {
-        (self.expires_ms != NEVER_EXPIRES_MS).then(|| self.expires_ms.saturating_sub(now_ms).max(1))
+        (self.expires_ms < NEVER_EXPIRES_MS).then(|| self.expires_ms.saturating_sub(now_ms).max(1))
     }
 
     pub fn is_live(&self, now_ms: u64) -> bool {

@@ -52,8 +52,8 @@ fn unavailable() -> Value {
 /// no `result`, as Meteor sends it.
 fn result_frame(id: &Value, op: Operation, outcome: Outcome, user_id: &str) -> Value {
     match outcome {
-        Outcome::Fresh { token, session } => {
-            let expires = json!({"$date": session.expires_ms});
+        Outcome::Fresh { token, expires_ms } => {
+            let expires = json!({"$date": expires_ms});
             let result = match op {
                 Operation::GetNewToken => {
                     json!({"id": user_id, "token": token.as_str(), "tokenExpires": expires})

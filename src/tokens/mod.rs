@@ -145,7 +145,7 @@ pub(crate) enum Outcome {
     /// A new session of the caller (its token shown to the caller).
     Fresh {
         token: Token,
-        session: Session,
+        expires_ms: u64,
     },
     Done,
     /// A new personal access token, shown this once.
@@ -203,7 +203,10 @@ impl Gateway {
                 let (token, session) = self.fresh_session(caller).await?;
                 self.revoke_other_sessions(caller, Some(&token.hash()))
                     .await?;
-                Ok(Outcome::Fresh { token, session })
+                Ok(Outcome::Fresh {
+                    token,
+                    expires_ms: session.expires_ms,
+                })
             }
             Operation::RemoveOtherTokens => {
                 self.revoke_other_sessions(caller, None).await?;
@@ -211,7 +214,10 @@ impl Gateway {
             }
             Operation::GetNewToken => {
                 let (token, session) = self.fresh_session(caller).await?;
-                Ok(Outcome::Fresh { token, session })
+                Ok(Outcome::Fresh {
+                    token,
+                    expires_ms: session.expires_ms,
+                })
             }
             Operation::List => {
                 let mut listed: Vec<Listed> = self

@@ -41,9 +41,9 @@ fn totp_details() -> Value {
 
 fn rest_answer(outcome: Result<Outcome, Refusal>) -> Result<Response<Body>, GatewayError> {
     let body = match outcome {
-        Ok(Outcome::Fresh { token, session }) => json!({
+        Ok(Outcome::Fresh { token, expires_ms }) => json!({
             "token": token.as_str(),
-            "tokenExpires": iso_date(session.expires_ms),
+            "tokenExpires": iso_date(expires_ms),
             "success": true,
         }),
         Ok(Outcome::Done) => json!({"success": true}),
