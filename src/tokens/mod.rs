@@ -404,3 +404,57 @@ impl Gateway {
         checked.map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_a_token_route_is_answered_here() {
+        for path in [
+            "/api/v1/users.logoutOtherClients",
+            "/API/V1/USERS.LOGOUTOTHERCLIENTS/",
+            "/api/v1/users.removeOtherTokens",
+            "/api/v1/users.generatePersonalAccessToken",
+            "/api/v1/users.regeneratePersonalAccessToken",
+            "/api/v1/users.removePersonalAccessToken",
+            "/api/v1/users.getPersonalAccessTokens",
+            "/api/v1/method.call/logoutOtherClients",
+            "/api/v1/method.callAnon/removeOtherTokens",
+            "/api/v1/method.call/getNewToken",
+            "/api/v1/method.call/personalAccessTokens:generateToken",
+            "/api/v1/method.call/PERSONALACCESSTOKENS:REMOVETOKEN",
+            "/api/v1/method.call/personalAccessTokens/regenerateToken",
+        ] {
+            assert!(is_token_route(path), "{path}");
+        }
+        for path in [
+            "/api/v1/users.info",
+            "/api/v1/method.call/sendMessage",
+            "/api/v1/users.logoutOtherClientsX",
+        ] {
+            assert!(!is_token_route(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn personal_tokens_keep_only_their_last_characters_and_never_expire() {
+        let token = Token::generate();
+        let profile = crate::directory::UserProfile {
+            id: "u1".into(),
+            username: "alice".into(),
+            name: "Alice".into(),
+            email: None,
+            roles: vec!["user".into()],
+            directory: "local".into(),
+        };
+        let session = Session::personal(profile, &token, "bot", false);
+        let personal = session.personal.clone().unwrap();
+        assert_eq!(personal.last_token_part, &token.as_str()[37..]);
+        assert!(!serde_json::to_string(&session)
+            .unwrap()
+            .contains(token.as_str()));
+        assert_eq!(session.time_to_live_ms(crate::session::now_unix_ms()), None);
+        assert!(session.is_live(crate::session::now_unix_ms()));
+    }
+}
