@@ -734,3 +734,57 @@ async fn creating_a_token_needs_the_second_factor_of_a_totp_user() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ldap_users_second_factor_is_asked_for_from_the_directory() {
+    use support::slapd::Slapd;
+    use support::totp::{code, now_step};
+    let s = Slapd::start();
+    let up = RecordingUpstream::start().await;
+    let toml = s.directory_toml("preset = \"openldap\"")
+        + "\n[directory.ldap.attributes]\nid = \"uid\"\ntotp_secret = \"description\"\n";
+    let gw = Gateway::start(
+        &config_text(up.addr, None, &toml),
+        &users_toml(&standard_users()),
+    )
+    .await;
+    let step = now_step();
+    let (status, body) = support::totp::post_login(
+        &gw,
+        &json!({"user": "tina", "password": "tina-ldap-pw"}),
+        Some(&code(support::slapd::TOTP_SECRET, step)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (tina, tinas) = support::totp::session_of(&body);
+    let generate = "/api/v1/users.generatePersonalAccessToken";
+    let (status, body) = post(&gw, generate, &tina, &tinas, json!({"tokenName": "t"})).await;
+    assert_eq!(status, 400);
+    assert!(body.contains(r#""errorType":"totp-required""#), "{body}");
+    let next = code(support::slapd::TOTP_SECRET, step + 1);
+    let (status, body) = send(
+        reqwest::Method::POST,
+        gw.url(generate),
+        &tina,
+        &tinas,
+        Some(json!({"tokenName": "t"})),
+        &[("X-2fa-Code", &next), ("X-2fa-Method", "totp")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // An LDAP user without a secret needs no code.
+    let (status, body) = support::totp::post_login(
+        &gw,
+        &json!({"user": "erin", "password": "erin-ldap-pw"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (erin, erins) = support::totp::session_of(&body);
+    let (status, body) = post(&gw, generate, &erin, &erins, json!({"tokenName": "e"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(up
+        .requests()
+        .iter()
+        .all(|r| !r.target.contains("PersonalAccessToken")));
+}
