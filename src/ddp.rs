@@ -48,7 +48,8 @@ pub fn result_frame(id: &Value, result: Value) -> Value {
     json!({"msg": "result", "id": id, "result": result})
 }
 
-fn meteor_error(error: Value, reason: &str, details: Option<Value>) -> Value {
+/// A `Meteor.Error` as it travels in a DDP result frame.
+pub fn meteor_error(error: Value, reason: &str, details: Option<Value>) -> Value {
     let code = match &error {
         Value::String(s) => s.clone(),
         other => other.to_string(),

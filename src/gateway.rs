@@ -221,6 +221,10 @@ impl Gateway {
                 return Box::pin(answer_locally(req, Err(GatewayError::NotThroughGateway))).await
             }
             RouteKind::Public => None,
+            // Token management is answered here: an upstream token must never reach a client.
+            RouteKind::Protected if crate::tokens::is_token_route(&route.path) => {
+                return Box::pin(self.token_route(req, &route, creds, facts)).await;
+            }
             RouteKind::Protected => {
                 if req.method() == Method::CONNECT {
                     return Box::pin(answer_locally(req, Err(GatewayError::MethodNotAllowed)))
@@ -279,7 +283,7 @@ impl Gateway {
                 None => self.store.get(&creds.user_id, &creds.token.hash()).await?,
             }
         };
-        let Some(session) = found else {
+        let Some(session) = found.filter(|s| self.usable(s)) else {
             return Ok(None);
         };
         let expected = session.client_user_id();

@@ -28,6 +28,7 @@ pub mod service;
 pub mod session;
 pub mod telemetry;
 pub mod tls;
+pub mod tokens;
 pub mod totp;
 pub mod upstream_pool;
 pub mod workers;

@@ -106,6 +106,7 @@ impl Gateway {
                     .store
                     .find_uncached(&token.hash())
                     .await?
+                    .filter(|s| self.usable(s))
                     .ok_or(GatewayError::LoginFailed)?;
                 let mut session = Session::clone(&found);
                 *directory = Some(session.user.directory.clone());

@@ -353,6 +353,15 @@ impl Gateway {
                     }
                     routed.to_upstream.push(message);
                 }
+                m if crate::tokens::method_operation(m).is_some() => {
+                    let (reply, rebound) = self
+                        .token_method_on_socket(&call, state.bound.as_ref(), ip)
+                        .await;
+                    if rebound.is_some() {
+                        state.bound = rebound;
+                    }
+                    routed.to_client.push(reply);
+                }
                 "public-settings/get" => {
                     state.pending_settings.push(id_key);
                     routed.to_upstream.push(message);

@@ -19,6 +19,7 @@ pub struct RawSession {
     pub ttl: Option<String>,
     pub cache_ttl: Option<String>,
     pub cache_size: Option<i64>,
+    pub personal_access_tokens: Option<bool>,
     pub redis: Option<RawRedis>,
 }
 
@@ -54,6 +55,8 @@ pub struct SessionConfig {
     /// How long a session read from Redis may be served from memory; zero turns the cache off.
     pub cache_ttl: Duration,
     pub cache_size: usize,
+    /// Whether personal access tokens may be created and used (`false` refuses existing ones too).
+    pub personal_access_tokens: bool,
 }
 
 impl fmt::Debug for SessionConfig {
@@ -68,6 +71,7 @@ impl fmt::Debug for SessionConfig {
             .field("ttl", &self.ttl)
             .field("cache_ttl", &self.cache_ttl)
             .field("cache_size", &self.cache_size)
+            .field("personal_access_tokens", &self.personal_access_tokens)
             .finish()
     }
 }
@@ -348,6 +352,7 @@ pub fn validate_session(
             10_000_000,
             problems,
         ),
+        personal_access_tokens: raw.personal_access_tokens.unwrap_or(true),
     }
 }
 

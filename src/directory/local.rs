@@ -358,4 +358,19 @@ impl Directory for LocalDirectory {
             .filter(|u| u.active)
             .map(|u| u.profile.clone()))
     }
+
+    async fn current_user(
+        &self,
+        session: &UserProfile,
+    ) -> Result<Option<Authenticated>, GatewayError> {
+        Ok(self
+            .by_id
+            .get(&session.id)
+            .map(|&i| &self.users[i])
+            .filter(|u| u.active)
+            .map(|u| Authenticated {
+                profile: u.profile.clone(),
+                totp_secret: u.totp_secret.clone(),
+            }))
+    }
 }

@@ -77,6 +77,12 @@ pub trait Directory: Send + Sync {
     async fn find(&self, _login: &str) -> Result<Option<UserProfile>, GatewayError> {
         Ok(None)
     }
+    /// Like `current_profile`, with the user's second-factor secret: what a step-up check
+    /// (token management) verifies a code against.
+    async fn current_user(
+        &self,
+        session: &UserProfile,
+    ) -> Result<Option<Authenticated>, GatewayError>;
     /// Whether the directory can answer now (a remote one: its server is reachable).
     async fn ready(&self) -> Result<(), String> {
         Ok(())
@@ -173,6 +179,16 @@ impl Directories {
     ) -> Result<Option<UserProfile>, GatewayError> {
         match self.list.iter().find(|d| d.name() == profile.directory) {
             Some(d) => d.current_profile(profile).await,
+            None => Ok(None),
+        }
+    }
+
+    pub async fn current_user(
+        &self,
+        profile: &UserProfile,
+    ) -> Result<Option<Authenticated>, GatewayError> {
+        match self.list.iter().find(|d| d.name() == profile.directory) {
+            Some(d) => d.current_user(profile).await,
             None => Ok(None),
         }
     }

@@ -14,7 +14,8 @@ use crate::directory::fold;
 
 #[derive(Debug, Subcommand)]
 pub enum SessionsCommand {
-    /// List USER's live sessions: token id, creation and expiry (UTC).
+    /// List USER's live sessions and personal access tokens: token id, creation, expiry (UTC)
+    /// and kind (a personal access token with its name).
     List(SessionsArgs),
     /// Revoke one of USER's sessions by its token id (from `list`), or all of them with --all.
     Revoke {
@@ -123,13 +124,21 @@ fn list(args: &SessionsArgs) -> Result<(), Failure> {
         println!("{name} (id {id}) has no live sessions.");
         return Ok(());
     }
-    println!("{:<14}{:<24}EXPIRES", "TOKEN-ID", "CREATED");
+    println!("{:<14}{:<24}{:<24}KIND", "TOKEN-ID", "CREATED", "EXPIRES");
     for (hash, s) in &sessions {
+        // A personal access token shows its name, never its secret or its last characters.
+        let (expires, kind) = match &s.personal {
+            Some(p) => (
+                "never".to_string(),
+                format!("personal access token {:?}", p.name),
+            ),
+            None => (utc(s.expires_ms), "session".to_string()),
+        };
         println!(
-            "{:<14}{:<24}{}",
+            "{:<14}{:<24}{:<24}{kind}",
             hash.id(),
             utc(s.created_ms),
-            utc(s.expires_ms)
+            expires
         );
     }
     println!("{} live session(s) of {name} (id {id}).", sessions.len());

@@ -144,7 +144,24 @@ pub struct Session {
     /// The Rocket.Chat login token behind this session (`rocketchat` mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamToken>,
+    /// Set for a personal access token: named by its user, no expiry until removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personal: Option<PersonalToken>,
 }
+
+/// What marks a session as a personal access token, and what its owner sees of it in a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonalToken {
+    pub name: String,
+    /// The token's last 6 characters, as Rocket.Chat lists them (`lastTokenPart`).
+    pub last_token_part: String,
+    /// Calls made with this token skip the second-factor check of token management.
+    pub bypass_two_factor: bool,
+}
+
+/// The expiry of a session that never expires (a personal access token): JavaScript's last
+/// representable date, so a `tokenExpires` built from it still parses in every client.
+pub const NEVER_EXPIRES_MS: u64 = 8_640_000_000_000_000;
 
 /// An upstream (Rocket.Chat) token, sealed with a key only the client's own token yields: the
 /// store never holds a usable upstream credential, just as it never holds the client's token.
@@ -174,7 +191,29 @@ impl Session {
             created_ms: now,
             expires_ms: now + ttl.as_millis() as u64,
             upstream: None,
+            personal: None,
         }
+    }
+
+    /// A personal access token of `user`: it lives until it is removed.
+    pub fn personal(user: UserProfile, token: &Token, name: &str, bypass_two_factor: bool) -> Self {
+        let secret = token.as_str();
+        Session {
+            user,
+            created_ms: now_unix_ms(),
+            expires_ms: NEVER_EXPIRES_MS,
+            upstream: None,
+            personal: Some(PersonalToken {
+                name: name.to_string(),
+                last_token_part: secret[secret.len().saturating_sub(6)..].to_string(),
+                bypass_two_factor,
+            }),
+        }
+    }
+
+    /// How long the store keeps this session: None for one that never expires.
+    pub fn time_to_live_ms(&self, now_ms: u64) -> Option<u64> {
+        (self.expires_ms < NEVER_EXPIRES_MS).then(|| self.expires_ms.saturating_sub(now_ms).max(1))
     }
 
     pub fn is_live(&self, now_ms: u64) -> bool {

@@ -1,7 +1,8 @@
 //! Sessions in Redis, shared by every instance, on one server, Sentinel or Cluster.
 //!
 //! Keys (`P` is `session.key_prefix`):
-//! - `P{u:<user id>}:session:<token hash>`: the session (JSON), expiring with it;
+//! - `P{u:<user id>}:session:<token hash>`: the session (JSON), expiring with it (personal
+//!   access tokens do not expire);
 //! - `P{u:<user id>}:sessions`: the set of the user's token hashes;
 //! - `P{u:<user id>}:totp`: the user's last accepted TOTP step;
 //! - `Ptoken:<token hash>`: the user id, so `{"resume": token}` logins, which carry no user id,
@@ -24,11 +25,23 @@ use super::redis_conn::{unavailable, Connector, Lease};
 use super::{invalidation, now_unix_ms, Session, SessionStore, StoreError, TokenHash};
 use crate::config::{RedisConfig, SessionConfig};
 
+/// A TTL of 0 is a session without expiry (a personal access token): it and the user's index
+/// are kept until removed. The index otherwise lives as long as its longest-lived session.
 const CREATE_SCRIPT: &str = r#"
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local ms = tonumber(ARGV[2])
+local fresh = redis.call('EXISTS', KEYS[2]) == 0
+if ms > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ms)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
 redis.call('SADD', KEYS[2], ARGV[3])
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+if ms == 0 then
+  redis.call('PERSIST', KEYS[2])
+else
+  local ttl = redis.call('PTTL', KEYS[2])
+  if fresh or (ttl >= 0 and ttl < ms) then redis.call('PEXPIRE', KEYS[2], ms) end
+end
 return 1
 "#;
 
@@ -300,7 +313,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, hash: &TokenHash, session: &Session) -> Result<(), StoreError> {
-        let ttl_ms = session.expires_ms.saturating_sub(now_unix_ms()).max(1);
+        let ttl_ms = session.time_to_live_ms(now_unix_ms());
         let json =
             serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let user_id = &session.user.id;
@@ -308,11 +321,17 @@ impl SessionStore for RedisStore {
         // exists without it (a pointer without a session leads nowhere).
         let pointer = self.pointer_key(hash);
         self.run(|mut l| async move {
-            l.conn
-                .pset_ex::<_, _, ()>(pointer, user_id.as_str(), ttl_ms)
-                .await
+            match ttl_ms {
+                Some(ms) => {
+                    l.conn
+                        .pset_ex::<_, _, ()>(pointer, user_id.as_str(), ms)
+                        .await
+                }
+                None => l.conn.set::<_, _, ()>(pointer, user_id.as_str()).await,
+            }
         })
         .await?;
+        let ttl_ms = ttl_ms.unwrap_or(0);
         let mut inv = self.create_script.key(self.session_key(user_id, hash));
         inv.key(self.user_key(user_id))
             .arg(json)

@@ -374,6 +374,13 @@ impl Directory for LdapDirectory {
         &self,
         session: &UserProfile,
     ) -> Result<Option<UserProfile>, GatewayError> {
+        Ok(self.current_user(session).await?.map(|u| u.profile))
+    }
+
+    async fn current_user(
+        &self,
+        session: &UserProfile,
+    ) -> Result<Option<Authenticated>, GatewayError> {
         if session.directory != self.name() || session.username.is_empty() {
             return Ok(None);
         }
@@ -396,7 +403,11 @@ impl Directory for LdapDirectory {
         let roles = self
             .roles_of(&entry.dn, &session.username, &who.username)
             .await?;
-        Ok(Some(self.profile(who, roles)))
+        let totp_secret = who.totp_secret.clone();
+        Ok(Some(Authenticated {
+            profile: self.profile(who, roles),
+            totp_secret,
+        }))
     }
 }
 

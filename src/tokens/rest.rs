@@ -1,0 +1,178 @@
+//! Token management over REST: `users.logoutOtherClients`, `users.removeOtherTokens` and the
+//! personal access token endpoints, plus the DDP twins over `method.call[Anon]/<method>`, in
+//! Rocket.Chat's request and response shapes.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::{method_operation, rest_operation, Call, Caller, Operation, Outcome, Refusal};
+use crate::access::RequestFacts;
+use crate::ddp;
+use crate::error::{json_response, Body, GatewayError};
+use crate::gateway::{Credentials, Gateway};
+use crate::route::Route;
+
+/// A date as JavaScript's `toISOString` writes it, as Rocket.Chat's REST answers carry dates.
+pub(crate) fn iso_date(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Rocket.Chat's `API.v1.failure` for a `Meteor.Error`: HTTP 400, `error` is the message.
+fn failure(error: &str, reason: &str, details: Value) -> Response<Body> {
+    let body = json!({
+        "success": false,
+        "error": format!("{reason} [{error}]"),
+        "errorType": error,
+        "details": details,
+    });
+    json_response(StatusCode::BAD_REQUEST, body.to_string())
+}
+
+fn totp_details() -> Value {
+    json!({"method": "totp", "codeGenerated": false, "availableMethods": ["totp"]})
+}
+
+fn rest_answer(outcome: Result<Outcome, Refusal>) -> Result<Response<Body>, GatewayError> {
+    let body = match outcome {
+        Ok(Outcome::Fresh { token, expires_ms }) => json!({
+            "token": token.as_str(),
+            "tokenExpires": iso_date(expires_ms),
+            "success": true,
+        }),
+        Ok(Outcome::Done) => json!({"success": true}),
+        Ok(Outcome::Secret(token)) => json!({"token": token.as_str(), "success": true}),
+        Ok(Outcome::Listed(listed)) => {
+            let tokens: Vec<Value> = listed
+                .iter()
+                .map(|l| {
+                    json!({
+                        "name": l.token.name,
+                        "createdAt": iso_date(l.created_ms),
+                        "lastTokenPart": l.token.last_token_part,
+                        "bypassTwoFactor": l.token.bypass_two_factor,
+                    })
+                })
+                .collect();
+            json!({"tokens": tokens, "success": true})
+        }
+        Err(Refusal::NameRequired) => {
+            return Ok(json_response(
+                StatusCode::BAD_REQUEST,
+                r#"{"success":false,"error":"The 'tokenName' param is required"}"#,
+            ))
+        }
+        Err(Refusal::Meteor {
+            error,
+            reason,
+            method,
+        }) => return Ok(failure(error, reason, json!({"method": method}))),
+        Err(Refusal::Gateway(GatewayError::TotpRequired)) => {
+            return Ok(failure("totp-required", "TOTP Required", totp_details()))
+        }
+        Err(Refusal::Gateway(GatewayError::TotpInvalid)) => {
+            return Ok(failure("totp-invalid", "TOTP Invalid", totp_details()))
+        }
+        Err(Refusal::Gateway(e)) => return Err(e),
+    };
+    Ok(json_response(StatusCode::OK, body.to_string()))
+}
+
+/// `{tokenName, bypassTwoFactor}` from a JSON body; anything else names no token.
+fn call_from_body(headers: &HeaderMap, body: &[u8]) -> Call {
+    let params: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    Call {
+        token_name: params["tokenName"].as_str().map(str::to_string),
+        bypass_two_factor: params["bypassTwoFactor"].as_bool().unwrap_or(false),
+        code: header(headers, "x-2fa-code").map(str::to_string),
+        code_method: header(headers, "x-2fa-method").map(str::to_string),
+    }
+}
+
+impl Gateway {
+    /// A token-management request over REST; nothing of it is forwarded.
+    pub(crate) async fn token_route(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        creds: Option<Credentials>,
+        facts: &mut RequestFacts,
+    ) -> Result<Response<Body>, GatewayError> {
+        let url_method = ddp::rest_method_name(&route.path);
+        let op = rest_operation(&route.path);
+        let wanted = match op {
+            Some(Operation::List) => Method::GET,
+            _ => Method::POST,
+        };
+        let method_ok = *req.method() == wanted;
+        // Read before answering, so the connection stays usable; bounded like a login body.
+        let (headers, body) = self.read_login_body(req).await?;
+        if !method_ok {
+            return Err(GatewayError::MethodNotAllowed);
+        }
+        let creds = creds.ok_or(GatewayError::NotLoggedIn)?;
+        let session = self
+            .session_for(&creds)
+            .await?
+            .ok_or(GatewayError::NotLoggedIn)?;
+        facts.user_id = Some(creds.user_id.clone());
+        let caller = Caller {
+            token: creds.token,
+            session,
+        };
+        let ip = facts.client_ip;
+        match (op, url_method) {
+            (Some(op), _) => {
+                let call = call_from_body(&headers, &body);
+                rest_answer(self.manage_tokens(&caller, op, call, ip).await)
+            }
+            (None, Some(url_method)) => {
+                let frame = method_frame(&body, &url_method)?;
+                let call = ddp::parse_method(&frame).ok_or(GatewayError::BadRequest(
+                    "The method call is not a DDP method.",
+                ))?;
+                let op = method_operation(&call.method).ok_or(GatewayError::BadRequest(
+                    "The method call does not match its URL.",
+                ))?;
+                let reply = self
+                    .answer_token_method(&caller, op, &call, ip)
+                    .await
+                    .map(|(frame, _)| frame)?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    json!({"message": reply.to_string(), "success": true}).to_string(),
+                ))
+            }
+            (None, None) => Err(GatewayError::Internal(
+                "a token route without an operation".into(),
+            )),
+        }
+    }
+}
+
+/// The DDP frame in a `{"message": "<frame>"}` body, when it calls the method its URL names.
+fn method_frame(body: &[u8], url_method: &str) -> Result<Value, GatewayError> {
+    let frame = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")?
+                .as_str()
+                .and_then(|m| serde_json::from_str::<Value>(m).ok())
+        })
+        .ok_or(GatewayError::BadRequest(
+            "The method call is not a DDP method.",
+        ))?;
+    let named = frame.get("method").and_then(Value::as_str).unwrap_or("");
+    if named != url_method && named != url_method.replace(':', "/") {
+        return Err(GatewayError::BadRequest(
+            "The method call does not match its URL.",
+        ));
+    }
+    Ok(frame)
+}
