@@ -763,6 +763,18 @@ fn compose_rocketchat_yml_creates_the_admin_and_runs_the_bootstrap_before_authga
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Before the bootstrap ran, the files are missing, and authgate says which.
+    let (out, _root) = check_config_as_the_container_sees_it(&all["authgate"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("`upstream.admin_user_id_file`: cannot read"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`upstream.admin_token_file`: cannot read"),
+        "{err}"
+    );
 
     // Someone can log in: the mounted users file holds the example user the README names.
     let users_host = bind_mounts(&all["authgate"])
