@@ -414,35 +414,3 @@ fn the_checked_in_config_serves() {
         assert_eq!(r.status(), 401);
     });
 }
-
-#[test]
-fn rocketchat_compose_config_is_valid_with_its_admin_token_from_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        repo_file("docker/config.rocketchat.toml"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("users.toml"), repo_file("users.toml")).unwrap();
-    let check = |token: Option<&str>| {
-        let mut cmd = Command::new(authgate_bin());
-        cmd.args(["check-config", "--config"])
-            .arg(dir.path().join("config.toml"))
-            .env_remove("AUTHGATE_CONFIG")
-            .env_remove("AUTHGATE_UPSTREAM_ADMIN_TOKEN");
-        if let Some(t) = token {
-            cmd.env("AUTHGATE_UPSTREAM_ADMIN_TOKEN", t);
-        }
-        let out = cmd.output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    assert_eq!(check(Some("pat-from-env")).0, Some(0));
-    let (code, err) = check(None);
-    assert_eq!(code, Some(64));
-    assert!(err.contains("`upstream.admin_token`"), "{err}");
-    let compose = repo_file("docker/compose.rocketchat.yml");
-    assert!(compose.contains("config.rocketchat.toml:/etc/authgate/config.toml"));
-}

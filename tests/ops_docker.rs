@@ -384,7 +384,8 @@ fn dockerfile_and_config_image_toml_listen_on_all_interfaces_with_management_on_
         .split_whitespace()
         .collect();
     assert_eq!(expose, ["8080", "9090"]);
-    let upstream = dockerfile_env("AUTHGATE_UPSTREAM").expect("ENV AUTHGATE_UPSTREAM");
+    // An ENV default would silently replace the upstream of any config mounted over this one.
+    assert_eq!(dockerfile_env("AUTHGATE_UPSTREAM"), None);
 
     // What the container runs with: the image's config, overridden as serve overrides it.
     let etc = tempfile::tempdir().unwrap();
@@ -413,13 +414,13 @@ fn dockerfile_and_config_image_toml_listen_on_all_interfaces_with_management_on_
         "the HEALTHCHECK needs /readyz on the management listener"
     );
     assert_eq!(config.upstream.url, "http://chat.internal:3000");
-    // Without -e, the Dockerfile's own AUTHGATE_UPSTREAM applies.
+    // The real CLI agrees; without the variable the file's upstream stays.
     let out = Command::new(authgate_bin())
         .args(["check-config", "--config"])
         .arg(etc.path().join("config.toml"))
         .env_remove("AUTHGATE_CONFIG")
         .env_remove("AUTHGATE_LISTEN")
-        .env("AUTHGATE_UPSTREAM", &upstream)
+        .env("AUTHGATE_UPSTREAM", "http://chat.internal:3000")
         .output()
         .unwrap();
     assert!(
@@ -428,10 +429,7 @@ fn dockerfile_and_config_image_toml_listen_on_all_interfaces_with_management_on_
         String::from_utf8_lossy(&out.stderr)
     );
     let defaults = authgate::config::Config::load(&source).unwrap();
-    assert_eq!(
-        defaults.upstream.url.to_string().trim_end_matches('/'),
-        upstream
-    );
+    assert_eq!(defaults.upstream.url, "http://upstream:3000/");
 }
 
 #[test]
@@ -762,6 +760,18 @@ fn compose_rocketchat_yml_creates_the_admin_and_runs_the_bootstrap_before_authga
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // Before the bootstrap ran, the files are missing, and authgate says which.
+    let (out, _root) = check_config_as_the_container_sees_it(&all["authgate"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("`upstream.admin_user_id_file`: cannot read"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`upstream.admin_token_file`: cannot read"),
+        "{err}"
     );
 
     // Someone can log in: the mounted users file holds the example user the README names.

@@ -126,8 +126,13 @@ async fn pretty_logs_written_to_a_file_carry_no_colour_codes() {
         "no access line: {}",
         gw.stderr()
     );
+    // The startup line is written after the listeners open, so it may trail the access line.
+    assert!(
+        gw.wait_for_stderr("authgate started", 1, Duration::from_secs(5)),
+        "no startup line: {}",
+        gw.stderr()
+    );
     let logged = gw.stderr();
-    assert!(logged.contains("authgate started"), "{logged}");
     assert!(
         !logged.contains('\x1b'),
         "ANSI codes in a log file: {logged:?}"
@@ -326,4 +331,27 @@ fn deploy_authgate_service_runs_serve_hardened_with_only_the_state_folder_writab
         out.status.success() && complaints.trim().is_empty(),
         "systemd-analyze verify: {complaints}"
     );
+}
+
+#[tokio::test]
+async fn healthcheck_probes_the_address_authgate_listen_names_instead_of_the_files() {
+    let upstream = RecordingUpstream::start().await;
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unused_addr = unused.local_addr().unwrap().to_string();
+    drop(unused);
+    // The file's address is closed; the gateway runs where --listen put it.
+    let files = write_files(
+        &config(&format!("http://{}", upstream.addr), "").replace("127.0.0.1:0", &unused_addr),
+        "",
+    );
+    let gw = GatewayProcess::spawn_with(&files.config_path, &["--listen", "127.0.0.1:0"], &[]);
+    let listening = gw.addr.to_string();
+    // Blocking is fine here: the gateway is another process, and the probe only connects.
+    let probe = |env: &[(&str, &str)]| run(&["healthcheck"], &files.config_path, env);
+    let healthy = probe(&[("AUTHGATE_LISTEN", &listening)]);
+    assert_eq!(healthy.status.code(), Some(0), "{}", stderr(&healthy));
+    assert!(String::from_utf8_lossy(&healthy.stdout).starts_with("healthy"));
+    let unhealthy = probe(&[]);
+    assert_eq!(unhealthy.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unhealthy.stdout).starts_with("unhealthy"));
 }

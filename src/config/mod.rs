@@ -16,7 +16,7 @@ mod upstream;
 
 pub use keys::accepted_keys;
 pub use ops::{check_log_level, MetricsConfig, TlsConfig};
-pub use overrides::{ConfigOverrides, LISTEN_ORIGIN, UPSTREAM_ORIGIN};
+pub use overrides::ConfigOverrides;
 
 pub use regulation::RegulationConfig;
 pub use routes::RoutesConfig;

@@ -17,14 +17,10 @@ pub struct ConfigOverrides {
 }
 
 /// The override flags and variables, as problems name them.
-pub const LISTEN_ORIGIN: &str = "--listen/AUTHGATE_LISTEN";
-pub const UPSTREAM_ORIGIN: &str = "--upstream/AUTHGATE_UPSTREAM";
+const LISTEN_ORIGIN: &str = "--listen/AUTHGATE_LISTEN";
+const UPSTREAM_ORIGIN: &str = "--upstream/AUTHGATE_UPSTREAM";
 
 impl ConfigOverrides {
-    pub fn is_empty(&self) -> bool {
-        self.listen.is_empty() && self.upstream_url.is_none()
-    }
-
     pub(super) fn apply(&self, raw: &mut RawConfig) {
         if !self.listen.is_empty() {
             let server = raw.server.get_or_insert_with(Default::default);
