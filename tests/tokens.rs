@@ -788,3 +788,45 @@ async fn an_ldap_users_second_factor_is_asked_for_from_the_directory() {
         .iter()
         .all(|r| !r.target.contains("PersonalAccessToken")));
 }
+
+/// `users.logout` ends every token of the caller, its own included, and is never forwarded;
+/// another user's id is refused as Rocket.Chat refuses a caller without the permission.
+#[tokio::test(flavor = "multi_thread")]
+async fn users_logout_ends_every_session_of_the_caller_and_nothing_else() {
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(&config_text(up.addr, None, ""), &bridge_users()).await;
+    let (uid, first) = login(&gw.url(""), "bob", "bob-password-2").await;
+    let (_, second) = login(&gw.url(""), "bob", "bob-password-2").await;
+    let (alice, alice_token) = login(&gw.url(""), "alice", "alice-password-1").await;
+
+    let (status, body) = post(
+        &gw,
+        "/api/v1/users.logout",
+        &uid,
+        &first,
+        json!({"userId": alice}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        r#"{"success":false,"error":"Not allowed [error-not-allowed]","errorType":"error-not-allowed","details":{"method":"users.logout"}}"#
+    );
+    assert_eq!(protected_status(&gw, &alice, &alice_token).await, 200);
+
+    let (status, body) = post(&gw, "/api/v1/users.logout", &uid, &first, json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        format!(r#"{{"message":"User {uid} has been logged out!","success":true}}"#)
+    );
+    assert_eq!(protected_status(&gw, &uid, &first).await, 401);
+    assert_eq!(protected_status(&gw, &uid, &second).await, 401);
+    assert_eq!(protected_status(&gw, &alice, &alice_token).await, 200);
+    assert!(
+        up.requests()
+            .iter()
+            .all(|r| !r.target.contains("users.logout")),
+        "users.logout reached the backend"
+    );
+}

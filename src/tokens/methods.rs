@@ -24,6 +24,7 @@ fn call_from_params(params: &[Value]) -> Call {
         bypass_two_factor: first["bypassTwoFactor"].as_bool().unwrap_or(false),
         code: second_factor.and_then(|p| p["twoFactorCode"].as_str().map(str::to_string)),
         code_method: second_factor.and_then(|p| p["twoFactorMethod"].as_str().map(str::to_string)),
+        user_id: None,
     }
 }
 
@@ -62,7 +63,7 @@ fn result_frame(id: &Value, op: Operation, outcome: Outcome, user_id: &str) -> V
             };
             ddp::result_frame(id, result)
         }
-        Outcome::Done => json!({"msg": "result", "id": id}),
+        Outcome::Done | Outcome::LoggedOut(_) => json!({"msg": "result", "id": id}),
         Outcome::Secret(token) => ddp::result_frame(id, json!(token.as_str())),
         Outcome::Listed(listed) => ddp::result_frame(
             id,

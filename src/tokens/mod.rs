@@ -21,7 +21,8 @@ use crate::gateway::Gateway;
 use crate::session::{PersonalToken, Session, StoreError, Token, TokenHash};
 
 /// The REST endpoints this module answers, as compared: lower case, no trailing slash.
-const REST_ENDPOINTS: [(&str, Operation); 6] = [
+const REST_ENDPOINTS: [(&str, Operation); 7] = [
+    ("/api/v1/users.logout", Operation::LogoutUser),
     (
         "/api/v1/users.logoutotherclients",
         Operation::LogoutOtherClients,
@@ -57,6 +58,8 @@ const METHODS: [(&str, Operation); 6] = [
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
+    /// `users.logout`: every token of the user, the caller's own included.
+    LogoutUser,
     LogoutOtherClients,
     RemoveOtherTokens,
     GetNewToken,
@@ -77,6 +80,7 @@ impl Operation {
             Operation::RemoveOtherTokens => "removeOtherTokens",
             Operation::GetNewToken => "getNewToken",
             Operation::List => "users.getPersonalAccessTokens",
+            Operation::LogoutUser => "users.logout",
         }
     }
 
@@ -133,6 +137,8 @@ pub(crate) struct Call {
     /// `{twoFactorCode, twoFactorMethod}` last parameter).
     pub code: Option<String>,
     pub code_method: Option<String>,
+    /// `users.logout`'s `userId`: whose tokens to end (the caller's when absent).
+    pub user_id: Option<String>,
 }
 
 /// A personal access token as its owner sees it listed.
@@ -151,6 +157,8 @@ pub(crate) enum Outcome {
     /// A new personal access token, shown this once.
     Secret(Token),
     Listed(Vec<Listed>),
+    /// Every token of this user (the id the client knows) has ended.
+    LoggedOut(String),
 }
 
 pub(crate) enum Refusal {
@@ -199,6 +207,27 @@ impl Gateway {
             });
         }
         match op {
+            Operation::LogoutUser => {
+                // Ending another user's sessions is the operator's `sessions revoke`, not a
+                // client's: Rocket.Chat's own answer to a caller without the permission.
+                let own = caller.session.client_user_id();
+                if call.user_id.as_deref().is_some_and(|id| id != own) {
+                    return Err(Refusal::Meteor {
+                        error: "error-not-allowed",
+                        reason: "Not allowed",
+                        method: op.method_name(),
+                    });
+                }
+                let revoked = self.store.revoke_user(&caller.session.user.id).await?;
+                self.metrics.sessions_revoked(revoked);
+                tracing::info!(
+                    target: "authgate::audit",
+                    user_id = own,
+                    revoked,
+                    "every session ended (users.logout)"
+                );
+                Ok(Outcome::LoggedOut(own.to_string()))
+            }
             Operation::LogoutOtherClients => {
                 let (token, session) = self.fresh_session(caller).await?;
                 self.revoke_other_sessions(caller, Some(&token.hash()))

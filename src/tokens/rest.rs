@@ -47,6 +47,10 @@ fn rest_answer(outcome: Result<Outcome, Refusal>) -> Result<Response<Body>, Gate
             "success": true,
         }),
         Ok(Outcome::Done) => json!({"success": true}),
+        Ok(Outcome::LoggedOut(user_id)) => json!({
+            "message": format!("User {user_id} has been logged out!"),
+            "success": true,
+        }),
         Ok(Outcome::Secret(token)) => json!({"token": token.as_str(), "success": true}),
         Ok(Outcome::Listed(listed)) => {
             let tokens: Vec<Value> = listed
@@ -92,6 +96,7 @@ fn call_from_body(headers: &HeaderMap, body: &[u8]) -> Call {
         bypass_two_factor: params["bypassTwoFactor"].as_bool().unwrap_or(false),
         code: header(headers, "x-2fa-code").map(str::to_string),
         code_method: header(headers, "x-2fa-method").map(str::to_string),
+        user_id: params["userId"].as_str().map(str::to_string),
     }
 }
 
