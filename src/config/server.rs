@@ -17,6 +17,14 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A new connection must send its first byte within this.
+    pub first_byte_timeout: Duration,
+    /// Longest pause between two reads of a request body.
+    pub body_read_timeout: Duration,
+    /// A login body must be whole within this of its head.
+    pub login_body_timeout: Duration,
+    /// The HTTP/2 preface and the client's first SETTINGS must be whole within this.
+    pub h2_preface_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub login_body_limit: usize,
@@ -92,6 +100,23 @@ pub(super) fn validate_server(
         }
     }
     let cores = default_parallelism();
+    let header_read_timeout = duration_or(
+        "server.header_read_timeout",
+        raw.header_read_timeout.as_ref(),
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        problems,
+    );
+    let idle_timeout = duration_or(
+        "server.idle_timeout",
+        raw.idle_timeout.as_ref(),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        problems,
+    );
+    let bound = |key: &str, raw: Option<&String>, default: Duration, problems: &mut Vec<_>| {
+        duration_or(key, raw, default, Duration::from_millis(100), problems)
+    };
     let tls = ops::validate_tls(raw.tls, base, problems);
     ServerConfig {
         listen,
@@ -105,18 +130,31 @@ pub(super) fn validate_server(
             Duration::ZERO,
             problems,
         ),
-        header_read_timeout: duration_or(
-            "server.header_read_timeout",
-            raw.header_read_timeout.as_ref(),
-            Duration::from_secs(10),
-            Duration::from_millis(100),
+        header_read_timeout,
+        idle_timeout,
+        // Unset, a silent connection is bound as tightly as a slow head or an idle one.
+        first_byte_timeout: bound(
+            "server.first_byte_timeout",
+            raw.first_byte_timeout.as_ref(),
+            header_read_timeout.min(idle_timeout),
             problems,
         ),
-        idle_timeout: duration_or(
-            "server.idle_timeout",
-            raw.idle_timeout.as_ref(),
-            Duration::from_secs(60),
-            Duration::from_millis(100),
+        body_read_timeout: bound(
+            "server.body_read_timeout",
+            raw.body_read_timeout.as_ref(),
+            Duration::from_secs(30),
+            problems,
+        ),
+        login_body_timeout: bound(
+            "server.login_body_timeout",
+            raw.login_body_timeout.as_ref(),
+            Duration::from_secs(10),
+            problems,
+        ),
+        h2_preface_timeout: bound(
+            "server.h2_preface_timeout",
+            raw.h2_preface_timeout.as_ref(),
+            Duration::from_secs(10),
             problems,
         ),
         max_header_bytes: count_or(
