@@ -18,7 +18,6 @@ use tokio_rustls::TlsAcceptor;
 use crate::access::Peer;
 use crate::config::{Config, DirectoryKind};
 use crate::conn_guard::{ConnLimits, GuardedIo};
-use crate::telemetry::ConnectionClose;
 use crate::directory::ldap::LdapDirectory;
 use crate::directory::local::{load_users, LocalDirectory};
 use crate::directory::{Directories, DynDirectory};
@@ -29,6 +28,7 @@ use crate::password::Verifier;
 use crate::regulation::Regulation;
 use crate::service::Service;
 use crate::session::{build_store, DynSessionStore};
+use crate::telemetry::ConnectionClose;
 use crate::telemetry::Metrics;
 use crate::tls::CertResolver;
 use crate::totp::SecondFactor;
@@ -426,12 +426,7 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = setup.service.metrics.clone();
-    let (io, flags) = GuardedIo::new(
-        io,
-        setup.max_header_bytes,
-        setup.limits,
-        metrics.clone(),
-    );
+    let (io, flags) = GuardedIo::new(io, setup.max_header_bytes, setup.limits, metrics.clone());
     let handler = hyper_util::service::TowerToHyperService::new(PerRequest {
         service: setup.service,
         peer: Peer::new(setup.peer, setup.tls),
@@ -443,7 +438,9 @@ async fn serve_connection<I>(
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
         // hyper's header-read timer is the HTTP/1 keep-alive bound (see `connection_builder`).
-        if e.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_timeout()) {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|e| e.is_timeout())
+        {
             metrics.connection_closed(ConnectionClose::IdleTimeout);
         }
         tracing::debug!(error = %e, "connection ended with an error");

@@ -24,6 +24,14 @@ async fn gateway_with(up: &RecordingUpstream, server_extra: &str) -> Gateway {
     Gateway::start(&cfg, &users_toml(&standard_users())).await
 }
 
+/// The same, with an upstream timeout long enough that only the client's side can run out.
+async fn patient_gateway_with(up: &RecordingUpstream, server_extra: &str) -> Gateway {
+    let cfg = config_text(up.addr, None, METRICS_ON)
+        .replace("[server]\n", &format!("[server]\n{server_extra}"))
+        .replace("timeout = \"2s\"\n", "timeout = \"30s\"\n");
+    Gateway::start(&cfg, &users_toml(&standard_users())).await
+}
+
 /// Reads until the gateway closes the connection (EOF or reset); what arrived and when it closed.
 async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, Option<Duration>) {
     let started = Instant::now();
@@ -46,11 +54,7 @@ async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, Opti
 }
 
 /// Asserts the connection was closed by the gateway between `at_least` and `at_most` from now.
-async fn assert_closed_within(
-    s: &mut TcpStream,
-    at_least: Duration,
-    at_most: Duration,
-) -> String {
+async fn assert_closed_within(s: &mut TcpStream, at_least: Duration, at_most: Duration) -> String {
     let (got, closed_after) = read_until_closed(s, at_most + Duration::from_secs(3)).await;
     let closed_after = closed_after.expect("the gateway never closed the connection");
     assert!(
@@ -186,7 +190,7 @@ async fn an_idle_h2_connection_is_closed_at_idle_timeout_but_not_while_a_request
 
     // A request whose answer takes longer than idle_timeout (the upstream's /slow, cut at the
     // upstream timeout of 2 s) still gets its answer over HTTP/2.
-    let (id, token) = login(&gw.url(""), "alice", "alice-pass").await;
+    let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -210,7 +214,13 @@ async fn an_idle_h2_connection_is_closed_at_idle_timeout_but_not_while_a_request
 #[tokio::test(flavor = "multi_thread")]
 async fn a_login_body_that_stops_midway_gets_408_and_the_connection_closes() {
     let up = RecordingUpstream::start().await;
-    let gw = gateway_with(&up, SHORT_BOUNDS.replace("body_read_timeout = \"1s\"", "body_read_timeout = \"30s\"").as_str()).await;
+    let gw = gateway_with(
+        &up,
+        SHORT_BOUNDS
+            .replace("body_read_timeout = \"1s\"", "body_read_timeout = \"30s\"")
+            .as_str(),
+    )
+    .await;
     let mut s = connect(gw.addr).await;
     s.write_all(
         b"POST /api/v1/login HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{\"user\":\"alice\",",
@@ -224,7 +234,11 @@ async fn a_login_body_that_stops_midway_gets_408_and_the_connection_closes() {
     )
     .await;
     assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{got}");
-    assert!(got.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{got}");
+    assert!(
+        got.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{got}"
+    );
     assert!(
         got.ends_with(r#"{"success":false,"error":"error-request-timeout","status":"error","message":"The login request body did not arrive in time."}"#),
         "{got}"
@@ -236,7 +250,7 @@ async fn a_login_body_that_stops_midway_gets_408_and_the_connection_closes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proxied_body_that_stalls_is_cut_at_body_read_timeout() {
     let up = RecordingUpstream::start().await;
-    let gw = gateway_with(&up, SHORT_BOUNDS).await;
+    let gw = patient_gateway_with(&up, SHORT_BOUNDS).await;
     let mut s = connect(gw.addr).await;
     s.write_all(b"POST /api/info HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nhalf")
         .await
@@ -252,7 +266,10 @@ async fn a_proxied_body_that_stalls_is_cut_at_body_read_timeout() {
         Duration::from_millis(2500),
     )
     .await;
-    assert!(!got.contains(" 200 "), "a stalled body was answered as complete: {got}");
+    assert!(
+        !got.contains(" 200 "),
+        "a stalled body was answered as complete: {got}"
+    );
     assert_eq!(closed_count(&gw, "body_timeout").await, 1);
     // Whatever the upstream got, it never got a whole 100-byte body.
     assert!(up.requests().iter().all(|r| r.body_len < 100));
@@ -290,10 +307,18 @@ async fn four_idle_sockets_do_not_lock_out_a_fifth_client_past_the_bound() {
     // Let the four take every slot before the fifth arrives.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
-    let answer = raw_request(gw.addr, b"GET /api/info HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let answer = raw_request(
+        gw.addr,
+        b"GET /api/info HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
     assert!(answer.ends_with(r#""received":0}"#), "{answer}");
-    assert!(started.elapsed() < Duration::from_millis(2500), "served after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "served after {:?}",
+        started.elapsed()
+    );
     for mut s in idle {
         let (_, closed) = read_until_closed(&mut s, Duration::from_secs(1)).await;
         assert!(closed.is_some(), "an idle socket is still open");
@@ -373,7 +398,12 @@ async fn a_request_with_upgrade_that_is_not_upgraded_ends_its_connection() {
     .await;
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert!(!answer.starts_with("HTTP/1.1 101"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{answer}"
+    );
     assert!(
         up.requests()
             .iter()
@@ -385,9 +415,11 @@ async fn a_request_with_upgrade_that_is_not_upgraded_ends_its_connection() {
 
     // Sent one after the other: the first answer already closed the connection.
     let mut s = connect(gw.addr).await;
-    s.write_all(b"GET /api/info HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET /api/info HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
     assert!(closed.is_some(), "the connection stayed open after {got}");
     assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{got}");
