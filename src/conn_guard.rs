@@ -114,6 +114,9 @@ const H2_SETTINGS: u8 = 0x4;
 pub struct FramingTracker {
     state: State,
     max_head: usize,
+    /// Request heads read so far, so a head that starts in the read that ended the previous
+    /// one gets a deadline of its own.
+    heads: u64,
 }
 
 /// What one complete request head says about framing.
@@ -198,6 +201,7 @@ impl FramingTracker {
         Self {
             state: State::Start(Vec::new()),
             max_head,
+            heads: 0,
         }
     }
 
@@ -277,6 +281,7 @@ impl FramingTracker {
                         let whole = find_head_end(bytes).filter(|&e| e <= self.max_head + 4);
                         if let Some(end) = whole {
                             let facts = read_head(&bytes[..end]);
+                            self.heads += 1;
                             ambiguous |= facts.ambiguous;
                             self.state = facts.next;
                             bytes = &bytes[end..];
@@ -291,6 +296,7 @@ impl FramingTracker {
                         Some(end) => {
                             let consumed_from_input = end - (buf.len() - take);
                             let facts = read_head(&buf[..end]);
+                            self.heads += 1;
                             ambiguous |= facts.ambiguous;
                             self.state = facts.next;
                             bytes = &bytes[consumed_from_input..];
@@ -497,6 +503,7 @@ impl<T> GuardedIo<T> {
     }
 
     fn saw(&mut self, bytes: &[u8], cx: &mut Context<'_>) {
+        let heads_before = self.tracker.heads;
         if self.tracker.feed(bytes) {
             self.flags.ambiguous_framing.store(true, Ordering::Release);
         }
@@ -508,7 +515,8 @@ impl<T> GuardedIo<T> {
             self.flags.h2.store(true, Ordering::Release);
         }
         let wanted = Watch::of(phase);
-        if wanted != self.watching {
+        let next_head = wanted == Watch::Head && self.tracker.heads != heads_before;
+        if wanted != self.watching || next_head {
             self.watch(wanted, cx);
         } else {
             self.progressed = true;
@@ -550,10 +558,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                     this.saw(&buf.filled()[before..len], cx);
                 }
             }
-            Poll::Pending if this.watching.is_gap() => {
-                if this.deadline.as_mut().poll(cx).is_ready() && this.gap_elapsed(cx) {
-                    return this.expire();
-                }
+            // A pause is only a stall while nothing is there to read.
+            Poll::Pending
+                if this.watching.is_gap()
+                    && this.deadline.as_mut().poll(cx).is_ready()
+                    && this.gap_elapsed(cx) =>
+            {
+                return this.expire();
             }
             _ => {}
         }
