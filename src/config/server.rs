@@ -226,3 +226,54 @@ pub(super) fn validate_server(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(raw: raw::RawServer) -> (ServerConfig, Vec<ConfigProblem>) {
+        let mut problems = Vec::new();
+        let config = validate_server(raw, Path::new("."), &mut problems);
+        (config, problems)
+    }
+
+    #[test]
+    fn connection_bounds_have_safe_defaults() {
+        let (c, problems) = server(raw::RawServer::default());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(c.first_byte_timeout, Duration::from_secs(10));
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.login_body_timeout, Duration::from_secs(10));
+        assert_eq!(c.h2_preface_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        // Unset, the first-byte bound follows the tighter of the head and idle bounds.
+        let (c, _) = server(raw::RawServer {
+            idle_timeout: Some("2s".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.first_byte_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_zero_short_or_unreadable_bound_is_refused_with_its_key_and_a_fix() {
+        let (_, problems) = server(raw::RawServer {
+            first_byte_timeout: Some("0s".into()),
+            body_read_timeout: Some("soon".into()),
+            login_body_timeout: Some("10ms".into()),
+            h2_preface_timeout: Some("0s".into()),
+            ..Default::default()
+        });
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.first_byte_timeout",
+                "server.body_read_timeout",
+                "server.login_body_timeout",
+                "server.h2_preface_timeout"
+            ]
+        );
+        assert!(problems.iter().all(|p| !p.fix.is_empty()), "{problems:?}");
+    }
+}
