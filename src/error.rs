@@ -52,6 +52,8 @@ pub enum GatewayError {
     NotLoggedIn,
     #[error("login body too large")]
     LoginBodyTooLarge,
+    #[error("login body not received in time")]
+    LoginBodyTimeout,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("method not allowed")]
@@ -94,6 +96,7 @@ impl GatewayError {
                 StatusCode::UNAUTHORIZED
             }
             LoginBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            LoginBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             NotThroughGateway => StatusCode::FORBIDDEN,
@@ -115,6 +118,7 @@ impl GatewayError {
             LoginBlocked(BlockedBy::User) => BLOCKED_FOR_USER_BODY.into(),
             NotLoggedIn => NOT_LOGGED_IN_BODY.into(),
             LoginBodyTooLarge => error_body("error-request-too-large", "The login request body is too large."),
+            LoginBodyTimeout => error_body("error-request-timeout", "The login request body did not arrive in time."),
             BadRequest(why) => error_body("error-bad-request", why),
             MethodNotAllowed => error_body("error-method-not-allowed", "This method is not allowed on this endpoint."),
             NotThroughGateway => error_body(
@@ -144,6 +148,7 @@ impl GatewayError {
             GatewayError::BadRequest(_)
                 | GatewayError::Internal(_)
                 | GatewayError::LoginBodyTooLarge
+                | GatewayError::LoginBodyTimeout
         ) {
             // The rest of the connection's bytes cannot be trusted to be framed as the client meant.
             resp.headers_mut()

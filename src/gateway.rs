@@ -20,7 +20,7 @@ use crate::regulation::Regulation;
 use crate::rocketchat::{settings, Bridge};
 use crate::route::{self, Route, RouteKind};
 use crate::session::{DynSessionStore, Session, StoreError, Token};
-use crate::telemetry::Metrics;
+use crate::telemetry::{ConnectionClose, Metrics};
 use crate::totp::SecondFactor;
 
 /// Everything built from one configuration. A reload builds a new one and swaps it in
@@ -454,7 +454,19 @@ impl Gateway {
             return Err(GatewayError::LoginBodyTooLarge);
         }
         let mut buf = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
+        // A whole-body bound, not only a pause bound: a login body trickled in byte by byte
+        // would otherwise hold its connection for hours.
+        let deadline = tokio::time::sleep(self.config.server.login_body_timeout);
+        tokio::pin!(deadline);
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                _ = &mut deadline => {
+                    self.metrics.connection_closed(ConnectionClose::LoginBodyTimeout);
+                    return Err(GatewayError::LoginBodyTimeout);
+                }
+            };
+            let Some(frame) = frame else { break };
             let frame = frame
                 .map_err(|_| GatewayError::BadRequest("The request body could not be read."))?;
             if let Ok(data) = frame.into_data() {

@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access::Peer;
 use crate::config::{Config, DirectoryKind};
-use crate::conn_guard::GuardedIo;
+use crate::conn_guard::{ConnLimits, GuardedIo};
 use crate::directory::ldap::LdapDirectory;
 use crate::directory::local::{load_users, LocalDirectory};
 use crate::directory::{Directories, DynDirectory};
@@ -28,6 +28,7 @@ use crate::password::Verifier;
 use crate::regulation::Regulation;
 use crate::service::Service;
 use crate::session::{build_store, DynSessionStore};
+use crate::telemetry::ConnectionClose;
 use crate::telemetry::Metrics;
 use crate::tls::CertResolver;
 use crate::totp::SecondFactor;
@@ -371,7 +372,7 @@ struct ConnSetup {
     service: Arc<Service>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     max_header_bytes: usize,
-    header_read_timeout: std::time::Duration,
+    limits: ConnLimits,
     peer: SocketAddr,
     tls: bool,
 }
@@ -416,7 +417,7 @@ async fn accept_loop(
             service: service.clone(),
             builder: builder.clone(),
             max_header_bytes: config.server.max_header_bytes,
-            header_read_timeout: config.server.header_read_timeout,
+            limits: conn_limits(&config.server),
             peer,
             tls: tls.is_some(),
         };
@@ -428,12 +429,18 @@ async fn accept_loop(
                 Some(acceptor) => {
                     // The handshake happens here, off the accept loop, within the head deadline.
                     let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(setup.header_read_timeout, handshake).await {
+                    match tokio::time::timeout(setup.limits.header_read, handshake).await {
                         Ok(Ok(tls_stream)) => {
                             serve_connection(tls_stream, setup, watcher, permit).await
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Err(_) => {
+                            setup
+                                .service
+                                .metrics
+                                .connection_closed(ConnectionClose::TlsHandshakeTimeout);
+                            tracing::debug!(%peer, "TLS handshake timed out")
+                        }
                     }
                 }
             }
@@ -456,7 +463,8 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, flags) = GuardedIo::new(io, setup.max_header_bytes, setup.header_read_timeout);
+    let metrics = setup.service.metrics.clone();
+    let (io, flags) = GuardedIo::new(io, setup.max_header_bytes, setup.limits, metrics.clone());
     let handler = hyper_util::service::TowerToHyperService::new(PerRequest {
         service: setup.service,
         peer: Peer::new(setup.peer, setup.tls),
@@ -467,7 +475,23 @@ async fn serve_connection<I>(
         .serve_connection_with_upgrades(TokioIo::new(io), handler)
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
+        // hyper's header-read timer is the HTTP/1 keep-alive bound (see `connection_builder`).
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|e| e.is_timeout())
+        {
+            metrics.connection_closed(ConnectionClose::IdleTimeout);
+        }
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+fn conn_limits(server: &crate::config::ServerConfig) -> ConnLimits {
+    ConnLimits {
+        first_byte: server.first_byte_timeout,
+        header_read: server.header_read_timeout,
+        body_read: server.body_read_timeout,
+        h2_preface: server.h2_preface_timeout,
+        idle: server.idle_timeout,
     }
 }
 
@@ -498,6 +522,28 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
             self.service
                 .clone()
                 .handle(req, self.peer.clone(), self.flags.ambiguous_framing());
+        if self.flags.is_h2() {
+            let in_progress = self.flags.request_started();
+            return Box::pin(rescue_panics(handled).map(move |resp| {
+                drop(in_progress);
+                Ok(resp)
+            }));
+        }
+        // Set before hyper hands this request over: whatever follows it on the connection was
+        // not followed by the guard, so it is never read as a request.
+        if self.flags.lost_track() {
+            let metrics = self.service.metrics.clone();
+            return Box::pin(rescue_panics(handled).map(move |mut resp| {
+                if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                    metrics.connection_closed(ConnectionClose::UnfollowedFraming);
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok(resp)
+            }));
+        }
         Box::pin(rescue_panics(handled).map(Ok))
     }
 }

@@ -28,6 +28,54 @@ const BUCKETS: [f64; 13] = [
 
 static METADATA: Metadata<'static> = Metadata::new("authgate", Level::INFO, None);
 
+/// Why the gateway closed a client connection on its own (`reason` label of
+/// `authgate_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// Nothing arrived within `server.first_byte_timeout` of the accept.
+    FirstByteTimeout,
+    /// A request head was not whole within `server.header_read_timeout` of its first byte.
+    HeaderTimeout,
+    /// A request body paused longer than `server.body_read_timeout`.
+    BodyTimeout,
+    /// A login body was not whole within `server.login_body_timeout`.
+    LoginBodyTimeout,
+    /// The HTTP/2 preface and first SETTINGS were not whole within `server.h2_preface_timeout`.
+    H2PrefaceTimeout,
+    /// No request in progress for `server.idle_timeout` (HTTP/1 keep-alive or HTTP/2).
+    IdleTimeout,
+    /// The TLS handshake did not finish within `server.header_read_timeout`.
+    TlsHandshakeTimeout,
+    /// A request the framing guard could not follow; the connection ends after its answer.
+    UnfollowedFraming,
+}
+
+impl ConnectionClose {
+    pub const ALL: [ConnectionClose; 8] = [
+        Self::FirstByteTimeout,
+        Self::HeaderTimeout,
+        Self::BodyTimeout,
+        Self::LoginBodyTimeout,
+        Self::H2PrefaceTimeout,
+        Self::IdleTimeout,
+        Self::TlsHandshakeTimeout,
+        Self::UnfollowedFraming,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::FirstByteTimeout => "first_byte_timeout",
+            Self::HeaderTimeout => "header_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::LoginBodyTimeout => "login_body_timeout",
+            Self::H2PrefaceTimeout => "h2_preface_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Self::UnfollowedFraming => "unfollowed_framing",
+        }
+    }
+}
+
 /// Where an upstream request failed.
 #[derive(Debug, Clone, Copy)]
 pub enum UpstreamFailure {
@@ -50,6 +98,7 @@ struct Handles {
     in_flight: Gauge,
     reloads_ok: Counter,
     reloads_failed: Counter,
+    connections_closed: [Counter; 8],
 }
 
 #[derive(Clone)]
@@ -129,6 +178,12 @@ impl Metrics {
             }),
             reloads_ok: counter("authgate_config_reloads_total", &[("result", "success")]),
             reloads_failed: counter("authgate_config_reloads_total", &[("result", "failure")]),
+            connections_closed: ConnectionClose::ALL.map(|why| {
+                counter(
+                    "authgate_connections_closed_total",
+                    &[("reason", why.label())],
+                )
+            }),
             prometheus: r.map(|r| r.handle()),
             recorder,
         };
@@ -216,6 +271,10 @@ impl Metrics {
         }
     }
 
+    pub fn connection_closed(&self, why: ConnectionClose) {
+        self.h.connections_closed[why as usize].increment(1);
+    }
+
     pub fn reload(&self, ok: bool) {
         if ok {
             self.h.reloads_ok.increment(1);
@@ -291,6 +350,11 @@ fn describe(r: &PrometheusRecorder) {
         "authgate_config_reloads_total",
         None,
         "Configuration reloads (SIGHUP), applied or rejected.",
+    );
+    d(
+        "authgate_connections_closed_total",
+        None,
+        "Client connections the gateway closed itself, by the bound that ran out.",
     );
 }
 

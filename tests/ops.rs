@@ -374,7 +374,11 @@ fn documented_keys(text: &str) -> BTreeSet<String> {
         let Some((key, _)) = line.split_once(" = ") else {
             continue;
         };
-        if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        if !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
             keys.insert(format!("{table}.{key}"));
         }
     }

@@ -257,3 +257,44 @@ async fn a_watched_certificate_follows_its_files_without_a_signal() {
     assert_eq!(info_over(&mut open).await, 200);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_stops_midway_is_cut_at_header_read_timeout_and_counted() {
+    let up = RecordingUpstream::start().await;
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = install(dir.path(), &ca.leaf("first"));
+    let cfg = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        tls_config(up.addr, &cert, &key)
+    );
+    let gw = Gateway::start(&cfg, &users_toml(&standard_users())).await;
+    let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // The start of a TLS record carrying a ClientHello, and nothing more.
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+        "cut after {took:?}"
+    );
+    let metrics = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("authgate_connections_closed_total{reason=\"tls_handshake_timeout\"} 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(up.count(), 0);
+    gw.stop().await;
+}

@@ -17,6 +17,14 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A new connection must send its first byte within this.
+    pub first_byte_timeout: Duration,
+    /// Longest pause between two reads of a request body.
+    pub body_read_timeout: Duration,
+    /// A login body must be whole within this of its head.
+    pub login_body_timeout: Duration,
+    /// The HTTP/2 preface and the client's first SETTINGS must be whole within this.
+    pub h2_preface_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub login_body_limit: usize,
@@ -92,6 +100,23 @@ pub(super) fn validate_server(
         }
     }
     let cores = default_parallelism();
+    let header_read_timeout = duration_or(
+        "server.header_read_timeout",
+        raw.header_read_timeout.as_ref(),
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        problems,
+    );
+    let idle_timeout = duration_or(
+        "server.idle_timeout",
+        raw.idle_timeout.as_ref(),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        problems,
+    );
+    let bound = |key: &str, raw: Option<&String>, default: Duration, problems: &mut Vec<_>| {
+        duration_or(key, raw, default, Duration::from_millis(100), problems)
+    };
     let tls = ops::validate_tls(raw.tls, base, problems);
     ServerConfig {
         listen,
@@ -105,18 +130,31 @@ pub(super) fn validate_server(
             Duration::ZERO,
             problems,
         ),
-        header_read_timeout: duration_or(
-            "server.header_read_timeout",
-            raw.header_read_timeout.as_ref(),
-            Duration::from_secs(10),
-            Duration::from_millis(100),
+        header_read_timeout,
+        idle_timeout,
+        // Unset, a silent connection is bound as tightly as a slow head or an idle one.
+        first_byte_timeout: bound(
+            "server.first_byte_timeout",
+            raw.first_byte_timeout.as_ref(),
+            header_read_timeout.min(idle_timeout),
             problems,
         ),
-        idle_timeout: duration_or(
-            "server.idle_timeout",
-            raw.idle_timeout.as_ref(),
-            Duration::from_secs(60),
-            Duration::from_millis(100),
+        body_read_timeout: bound(
+            "server.body_read_timeout",
+            raw.body_read_timeout.as_ref(),
+            Duration::from_secs(30),
+            problems,
+        ),
+        login_body_timeout: bound(
+            "server.login_body_timeout",
+            raw.login_body_timeout.as_ref(),
+            Duration::from_secs(10),
+            problems,
+        ),
+        h2_preface_timeout: bound(
+            "server.h2_preface_timeout",
+            raw.h2_preface_timeout.as_ref(),
+            Duration::from_secs(10),
             problems,
         ),
         max_header_bytes: count_or(
@@ -186,5 +224,56 @@ pub(super) fn validate_server(
                 HashPriority::Low
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(raw: raw::RawServer) -> (ServerConfig, Vec<ConfigProblem>) {
+        let mut problems = Vec::new();
+        let config = validate_server(raw, Path::new("."), &mut problems);
+        (config, problems)
+    }
+
+    #[test]
+    fn connection_bounds_have_safe_defaults() {
+        let (c, problems) = server(raw::RawServer::default());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(c.first_byte_timeout, Duration::from_secs(10));
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.login_body_timeout, Duration::from_secs(10));
+        assert_eq!(c.h2_preface_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        // Unset, the first-byte bound follows the tighter of the head and idle bounds.
+        let (c, _) = server(raw::RawServer {
+            idle_timeout: Some("2s".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.first_byte_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_zero_short_or_unreadable_bound_is_refused_with_its_key_and_a_fix() {
+        let (_, problems) = server(raw::RawServer {
+            first_byte_timeout: Some("0s".into()),
+            body_read_timeout: Some("soon".into()),
+            login_body_timeout: Some("10ms".into()),
+            h2_preface_timeout: Some("0s".into()),
+            ..Default::default()
+        });
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.first_byte_timeout",
+                "server.body_read_timeout",
+                "server.login_body_timeout",
+                "server.h2_preface_timeout"
+            ]
+        );
+        assert!(problems.iter().all(|p| !p.fix.is_empty()), "{problems:?}");
     }
 }
