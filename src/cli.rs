@@ -113,6 +113,13 @@ pub fn load_config(arg: &ConfigArg) -> Result<Config, ConfigError> {
             }],
         });
     }
+    let problems = crate::secret_files::problems(&config);
+    if !problems.is_empty() {
+        return Err(ConfigError {
+            source_name: source.name,
+            problems,
+        });
+    }
     Ok(config)
 }
 
@@ -120,7 +127,10 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(arg) => serve(&arg),
         Command::CheckConfig(arg) => match load_config(&arg) {
-            Ok(_) => {
+            Ok(config) => {
+                for warning in crate::secret_files::warnings(&config) {
+                    eprintln!("warning: {warning}");
+                }
                 println!("configuration is valid");
                 ExitCode::SUCCESS
             }
@@ -148,6 +158,9 @@ fn serve(arg: &ConfigArg) -> ExitCode {
         }
     };
     crate::logging::init(&config.log);
+    for warning in crate::secret_files::warnings(&config) {
+        tracing::warn!("{warning}");
+    }
     // This thread is worker 0; `server::start` adds a thread per further worker.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
