@@ -355,8 +355,12 @@ async fn websocket_frames_that_are_not_one_object_are_refused() {
         assert!(closes(&mut ws).await, "{path} {frame} left the socket open");
     }
     assert!(ddp_in(&rc).is_empty(), "{:?}", ddp_in(&rc));
+}
 
-    // Meteor's password reset mail is refused on a socket like Rocket.Chat's.
+#[tokio::test(flavor = "multi_thread")]
+async fn forgot_password_is_refused_on_a_socket() {
+    let (rc, gw) = start().await;
+    // Meteor's password reset mail is refused like Rocket.Chat's `sendForgotPasswordEmail`.
     let mut ws = ws_connect(&gw, "/websocket").await;
     ws.send(Message::text(
         json!({"msg": "method", "id": "9", "method": "forgotPassword", "params": [{"email": "alice@example.org"}]})
@@ -378,7 +382,7 @@ async fn websocket_frames_that_are_not_one_object_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn avatar_url_ignores_the_host_header_and_2fa_headers_are_stripped() {
+async fn avatar_url_ignores_the_host_header() {
     let up = RecordingUpstream::start().await;
     let gw = Gateway::start(
         &config_text(up.addr, None, ""),
@@ -398,10 +402,40 @@ async fn avatar_url_ignores_the_host_header_and_2fa_headers_are_stripped() {
         body["data"]["me"]["avatarUrl"],
         format!("http://{}/avatar/alice", gw.addr)
     );
-    let (uid, token) = (
-        body["data"]["userId"].as_str().unwrap(),
-        body["data"]["authToken"].as_str().unwrap(),
+
+    // With a public URL configured, that is the base.
+    let up2 = RecordingUpstream::start().await;
+    let config = config_text(up2.addr, None, "").replace(
+        "[server]\n",
+        "[server]\npublic_url = \"https://chat.example.org\"\n",
     );
+    let gw2 = Gateway::start(&config, &users_toml(&standard_users())).await;
+    let r = client()
+        .post(gw2.url("/api/v1/login"))
+        .header("host", "evil.example")
+        .json(&json!({"user": "alice", "password": "alice-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["data"]["me"]["avatarUrl"],
+        "https://chat.example.org/avatar/alice"
+    );
+    assert_eq!(up.count() + up2.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_factor_headers_never_reach_the_upstream() {
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(
+        &config_text(up.addr, None, ""),
+        &users_toml(&standard_users()),
+    )
+    .await;
+    let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    let (uid, token) = (uid.as_str(), token.as_str());
     let (status, _) = get_with(
         &gw.url("/api/v1/me"),
         &[
@@ -421,23 +455,4 @@ async fn avatar_url_ignores_the_host_header_and_2fa_headers_are_stripped() {
             "{name} reached the upstream"
         );
     }
-
-    // With a public URL configured, that is the base.
-    let up2 = RecordingUpstream::start().await;
-    let config = config_text(up2.addr, None, "").replace(
-        "[server]\n",
-        "[server]\npublic_url = \"https://chat.example.org\"\n",
-    );
-    let gw2 = Gateway::start(&config, &users_toml(&standard_users())).await;
-    let (status, body) = login_json(
-        &gw2.url(""),
-        json!({"user": "alice", "password": "alice-password-1"}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        body["data"]["me"]["avatarUrl"],
-        "https://chat.example.org/avatar/alice"
-    );
-    assert_eq!(up2.count(), 0);
 }
