@@ -184,9 +184,9 @@ async fn encoded_credential_parameters_are_decoded_and_stripped() {
     assert_eq!(seen.header("x-user-id").as_deref(), Some(uid.as_str()));
     // Every spelling is stripped, whoever the request is from.
     let (status, _) = get_with(
-        &gw.url(&format!(
-            "/file-upload/abc/f.png?RC%5FUID=victim&rc_token%5B%5D=stolen&Rc_Token=stolen2&rc_uid[x]=v&w=1"
-        )),
+        &gw.url(
+            "/file-upload/abc/f.png?RC%5FUID=victim&rc_token%5B%5D=stolen&Rc_Token=stolen2&rc_uid[x]=v&w=1",
+        ),
         &[("x-user-id", &uid), ("x-auth-token", &token)],
     )
     .await;
