@@ -1,7 +1,8 @@
-//! File modes of the files that hold secrets: the users file (password hashes, TOTP secrets)
-//! and the TOTP enrollment store. Anyone who can write one can add a user or a second factor,
-//! so a file writable by its group or by others is refused; one every local user can read is
-//! worth a warning (hashes can be cracked offline, secrets copied).
+//! File modes of the files that hold secrets: the users file (password hashes, TOTP secrets),
+//! the TOTP enrollment store and every `*_file` secret (admin token, bind and Redis passwords).
+//! Anyone who can write one can add a user, a second factor or swap a credential, so a file
+//! writable by its group or by others is refused; a users or TOTP file every local user can
+//! read is worth a warning (hashes can be cracked offline, secrets copied).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -36,23 +37,40 @@ fn secret_files(config: &Config) -> Vec<SecretFile> {
         .collect()
 }
 
-/// Files writable by their group or by others: the config is refused.
+fn writable_by_others(mode: u32) -> bool {
+    mode & 0o022 != 0
+}
+
+fn writable_problem(key: &str, path: &Path, mode: u32) -> ConfigProblem {
+    ConfigProblem {
+        key: key.into(),
+        problem: format!(
+            "{} holds secrets and is writable by other users (mode {mode:03o})",
+            path.display()
+        ),
+        fix: format!(
+            "chmod go-w {} (600, or 640 for a group authgate runs in)",
+            path.display()
+        ),
+    }
+}
+
+/// For a `*_file` secret just read: refused when its group or others may write it.
+pub fn check_secret_file(key: &str, path: &Path, problems: &mut Vec<ConfigProblem>) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if writable_by_others(mode) {
+            problems.push(writable_problem(key, path, mode));
+        }
+    }
+}
+
+/// Users and TOTP files writable by their group or by others: the config is refused.
 pub fn problems(config: &Config) -> Vec<ConfigProblem> {
     secret_files(config)
         .into_iter()
-        .filter(|f| f.mode & 0o022 != 0)
-        .map(|f| ConfigProblem {
-            key: f.key.into(),
-            problem: format!(
-                "{} holds secrets and is writable by other users (mode {:03o})",
-                f.path.display(),
-                f.mode
-            ),
-            fix: format!(
-                "chmod go-w {} (600, or 640 for a group authgate runs in)",
-                f.path.display()
-            ),
-        })
+        .filter(|f| writable_by_others(f.mode))
+        .map(|f| writable_problem(f.key, &f.path, f.mode))
         .collect()
 }
 
@@ -60,7 +78,7 @@ pub fn problems(config: &Config) -> Vec<ConfigProblem> {
 pub fn warnings(config: &Config) -> Vec<String> {
     secret_files(config)
         .into_iter()
-        .filter(|f| f.mode & 0o004 != 0 && f.mode & 0o022 == 0)
+        .filter(|f| f.mode & 0o004 != 0 && !writable_by_others(f.mode))
         .map(|f| {
             format!(
                 "`{}`: {} holds secrets and is readable by every user (mode {:03o}); chmod o-r {}",

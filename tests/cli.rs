@@ -406,4 +406,21 @@ fn check_config_refuses_writable_secret_files_and_warns_on_readable_ones() {
             );
         }
     }
+    // Every `*_file` secret too.
+    let files = write_files(
+        "[session]\nstore = \"redis\"\nredis_url_file = \"redis-url.secret\"\n\n[directory.local]\nusers_file = \"users.toml\"\n",
+        "",
+    );
+    let url_file = files.dir.path().join("redis-url.secret");
+    std::fs::write(&url_file, "redis://:pw@127.0.0.1:6379/0\n").unwrap();
+    let config = files.config_path.to_str().unwrap();
+    chmod(&url_file, 0o600);
+    assert_eq!(run(&["check-config", "--config", config], None, None).0, 0);
+    chmod(&url_file, 0o660);
+    let (code, _, err) = run(&["check-config", "--config", config], None, None);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("`session.redis_url_file`") && err.contains("writable by other users"),
+        "{err}"
+    );
 }
