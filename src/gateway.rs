@@ -66,16 +66,11 @@ fn is_refused_method(method: &Method) -> bool {
     method == Method::CONNECT || method == Method::TRACE || method.as_str() == "TRACK"
 }
 
-/// `Authorization: Bearer` or an `access_token` query parameter: credentials Rocket.Chat honours
-/// (OAuth apps, tokens minted inside Rocket.Chat) that authgate never issued.
+/// An `Authorization` header or an `access_token` query parameter: credentials Rocket.Chat
+/// honours (OAuth apps, tokens minted inside Rocket.Chat) that authgate never issued. Rocket.Chat
+/// drops a `Bearer ` prefix if there is one and takes the rest as a token, so any scheme counts.
 fn carries_bearer_credentials(headers: &HeaderMap, query: Option<&str>) -> bool {
-    let bearer = headers.get_all(header::AUTHORIZATION).iter().any(|v| {
-        v.as_bytes()
-            .trim_ascii_start()
-            .get(..6)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer"))
-    });
-    bearer || route::has_access_token_param(query)
+    headers.contains_key(header::AUTHORIZATION) || route::has_access_token_param(query)
 }
 
 /// `rc_uid` / `rc_token` from the cookies, else from the query string.

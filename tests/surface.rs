@@ -109,14 +109,16 @@ async fn login_surfaces_of_every_api_version_are_refused_in_rocketchat_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bearer_and_access_token_credentials_are_refused_in_rocketchat_mode() {
+async fn authorization_and_access_token_credentials_are_refused_in_rocketchat_mode() {
     let (rc, gw) = start().await;
-    let hostile: [(&str, &[(&str, &str)]); 6] = [
+    let hostile: [(&str, &[(&str, &str)]); 7] = [
         ("/api/info", &[("authorization", "Bearer rc-minted-token")]),
         ("/api/v1/me", &[("authorization", "bearer rc-minted-token")]),
+        // Rocket.Chat takes a value without the scheme as the token itself.
+        ("/api/v1/me", &[("authorization", "rc-minted-token")]),
         (
-            "/api/v1/me",
-            &[("authorization", "  BEARER rc-minted-token")],
+            "/file-upload/a/b.png",
+            &[("authorization", "Basic cmMtbWludGVkLXRva2Vu")],
         ),
         ("/api/v1/channels.list?access_token=rc-minted-token", &[]),
         ("/api/info?%61ccess_token=rc-minted-token", &[]),

@@ -25,8 +25,8 @@ pub struct UpstreamConfig {
     pub token_lifetime: Duration,
     /// Report `LDAP_Enable` (and the other login settings) so clients send plain passwords.
     pub rewrite_public_settings: bool,
-    /// `rocketchat` mode: let `Authorization: Bearer` and `?access_token=` through to
-    /// Rocket.Chat, which honours credentials authgate never issued.
+    /// `rocketchat` mode: let `Authorization` and `?access_token=` through to Rocket.Chat,
+    /// which reads them as OAuth tokens authgate never issued.
     pub allow_bearer_credentials: bool,
 }
 
