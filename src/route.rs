@@ -72,6 +72,13 @@ fn api_endpoint(c: &str) -> Option<(ApiVersion, &str)> {
     Some((ApiVersion::Unversioned, rest))
 }
 
+/// The endpoint name after `/api/`, `/api/v1/` or `/api/v<N>/` (any case), case preserved.
+pub fn api_endpoint_name(path: &str) -> Option<&str> {
+    let lower = path.to_ascii_lowercase();
+    let (_, name) = api_endpoint(&lower)?;
+    Some(&path[path.len() - name.len()..])
+}
+
 /// Endpoints authgate answers itself under `/api/v1/`, by their comparable name. Under any
 /// other version (`/api/login`, `/api/v2/logout`) they are refused, never forwarded.
 const GATEWAY_ENDPOINTS: [(&str, RouteKind); 4] = [
@@ -441,6 +448,20 @@ mod tests {
         // Not a version: an ordinary endpoint name.
         assert_eq!(kind("/api/vx/login"), Ok(RouteKind::Protected));
         assert_eq!(kind("/api/v1/method.call/loginx"), Ok(RouteKind::Protected));
+    }
+
+    #[test]
+    fn endpoint_names_are_found_under_every_version() {
+        assert_eq!(
+            api_endpoint_name("/API/V2/Method.Call/x"),
+            Some("Method.Call/x")
+        );
+        assert_eq!(
+            api_endpoint_name("/api/method.call/x"),
+            Some("method.call/x")
+        );
+        assert_eq!(api_endpoint_name("/api/v1/me"), Some("me"));
+        assert_eq!(api_endpoint_name("/assets/x"), None);
     }
 
     #[test]

@@ -84,6 +84,26 @@ async fn login_surfaces_of_every_api_version_are_refused_in_trusted_headers_mode
         );
     }
     assert_eq!(up.count(), 0, "{:?}", up.requests());
+    // DDP over REST under any version is read like under `/api/v1/`: no other method's URL
+    // carries a login.
+    let (uid, token) = login(&gw.url(""), "bob", "bob-password-2").await;
+    let frame = json!({"msg": "method", "id": "1", "method": "login", "params": [{"resume": "x"}]});
+    for path in ["/api/method.call/ping", "/API/V2/method.callAnon/ping/"] {
+        let r = client()
+            .post(gw.url(path))
+            .header("x-user-id", &uid)
+            .header("x-auth-token", &token)
+            .json(&json!({"message": frame.to_string()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(
+            r.text().await.unwrap(),
+            r#"{"success":false,"error":"error-bad-request","status":"error","message":"The method call does not match its URL."}"#
+        );
+    }
+    assert_eq!(up.count(), 0, "{:?}", up.requests());
     // The one login authgate answers still works, in any spelling.
     let (status, body) = post_json(
         &gw.url("/API/V1/LOGIN/"),
