@@ -188,6 +188,7 @@ fn load_checked(arg: &ConfigArg, overrides: &ConfigOverrides) -> Result<Checked,
             fix: "repair or remove the file; `authgate totp enroll` rewrites it".into(),
         });
     }
+    problems.extend(crate::secret_files::problems(&config));
     if !problems.is_empty() {
         return Err(ConfigError {
             source_name: source.name,
@@ -211,6 +212,9 @@ fn check_config(args: &ServeArgs) -> ExitCode {
         }
     };
     let config = &checked.config;
+    for warning in crate::secret_files::warnings(config) {
+        eprintln!("warning: {warning}");
+    }
     println!("configuration is valid: {}", checked.source_name);
     match (&config.directory.local, checked.local_users) {
         (Some(local), Some(0)) => eprintln!(
@@ -259,6 +263,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     crate::logging::init(&config.log);
+    for warning in crate::secret_files::warnings(&config) {
+        tracing::warn!("{warning}");
+    }
     // This thread is worker 0; `server::start` adds a thread per further worker.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -102,13 +102,14 @@ pub fn error_frame(id: &Value, error: Value) -> Value {
 const MAX_METHOD_CALL: usize = 1024 * 1024;
 
 /// The method a `method.call/<name>` or `method.callAnon/<name>` URL names (clients write `/`
-/// in method names as `:`), from the canonical path.
+/// in method names as `:`), from the canonical path, under any API version prefix.
 pub fn rest_method_name(canonical: &str) -> Option<String> {
-    let lower = canonical.to_ascii_lowercase();
-    let prefix = ["/api/v1/method.callanon/", "/api/v1/method.call/"]
+    let name = crate::route::api_endpoint_name(canonical.trim_end_matches('/'))?;
+    let lower = name.to_ascii_lowercase();
+    let prefix = ["method.callanon/", "method.call/"]
         .into_iter()
         .find(|p| lower.starts_with(p))?;
-    Some(canonical[prefix.len()..].trim_end_matches('/').to_string())
+    Some(name[prefix.len()..].to_string())
 }
 
 /// Reads a `{"message": "<DDP method frame>"}` body and lets it through only when the frame

@@ -125,7 +125,7 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName, &str) -> b
 }
 
 /// Headers a client may never set, because the upstream (or a framework in front of it) could
-/// read them as identity, client address, or the real request target.
+/// read them as identity, second factor, client address, or the real request target.
 fn is_client_forbidden(norm: &str) -> bool {
     matches!(
         norm,
@@ -137,7 +137,6 @@ fn is_client_forbidden(norm: &str) -> bool {
             | "x-rewrite-url"
             | "x-http-method-override"
             | "x-method-override"
-            | "x-2fa-code"
             | "x-client-ip"
             | "true-client-ip"
             | "cf-connecting-ip"
@@ -145,6 +144,7 @@ fn is_client_forbidden(norm: &str) -> bool {
     ) || norm.starts_with("x-forwarded-")
         || norm.starts_with("x-original-")
         || norm.starts_with("x-remote-")
+        || norm.starts_with("x-2fa-")
 }
 
 /// Cookies that Rocket.Chat reads as credentials on file and avatar routes.

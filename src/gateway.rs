@@ -57,6 +57,22 @@ fn is_cookie_route(canonical: &str) -> bool {
     c.starts_with("/file-upload/") || c.starts_with("/avatar/")
 }
 
+fn is_fetch(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// `CONNECT` and `TRACE` (and IIS's `TRACK`): refused with 405 everywhere.
+fn is_refused_method(method: &Method) -> bool {
+    method == Method::CONNECT || method == Method::TRACE || method.as_str() == "TRACK"
+}
+
+/// An `Authorization` header or an `access_token` query parameter: credentials Rocket.Chat
+/// honours (OAuth apps, tokens minted inside Rocket.Chat) that authgate never issued. Rocket.Chat
+/// drops a `Bearer ` prefix if there is one and takes the rest as a token, so any scheme counts.
+fn carries_bearer_credentials(headers: &HeaderMap, query: Option<&str>) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || route::has_access_token_param(query)
+}
+
 /// `rc_uid` / `rc_token` from the cookies, else from the query string.
 pub(crate) fn cookie_credentials(headers: &HeaderMap, query: Option<&str>) -> Option<Credentials> {
     let mut uid = None;
@@ -188,11 +204,23 @@ impl Gateway {
         facts: &mut RequestFacts,
     ) -> Result<Response<Body>, GatewayError> {
         check_framing(req.headers())?;
+        // A tunnel or an echo of the request (with its credentials) is never what a chat client
+        // wants, on any route.
+        if is_refused_method(req.method()) {
+            return Box::pin(answer_locally(req, Err(GatewayError::MethodNotAllowed))).await;
+        }
         let creds = credentials(req.headers())?;
         let route = route::route(req.uri().path(), req.uri().query(), &self.config.routes)
             .map_err(|_| GatewayError::BadRequest("The request path is not allowed."))?;
+        if self.rocketchat_mode()
+            && !self.config.upstream.allow_bearer_credentials
+            && carries_bearer_credentials(req.headers(), req.uri().query())
+        {
+            return Box::pin(answer_locally(req, Err(GatewayError::NotLoggedIn))).await;
+        }
         let creds = match creds {
-            None if is_cookie_route(&route.path) => {
+            // Browsers send cookies and URL credentials only to fetch (`<img>`, download links).
+            None if is_cookie_route(&route.path) && is_fetch(req.method()) => {
                 cookie_credentials(req.headers(), req.uri().query())
             }
             other => other,
@@ -226,10 +254,6 @@ impl Gateway {
                 return Box::pin(self.token_route(req, &route, creds, facts)).await;
             }
             RouteKind::Protected => {
-                if req.method() == Method::CONNECT {
-                    return Box::pin(answer_locally(req, Err(GatewayError::MethodNotAllowed)))
-                        .await;
-                }
                 let session = match &creds {
                     Some(c) => self.session_for(c).await?,
                     None => None,
@@ -505,21 +529,23 @@ impl Gateway {
             .await?;
         facts.user_id = Some(opened.session.client_user_id().to_string());
         let answer = self
-            .rest_login_answer(opened, &self.avatar_base(&headers), ip)
+            .rest_login_answer(opened, &self.avatar_base(), ip)
             .await?;
         Ok(json_response(StatusCode::OK, answer))
     }
 
-    pub(crate) fn avatar_base(&self, headers: &HeaderMap) -> String {
+    /// Where `me.avatarUrl` points: the configured public URL, else the first listen address.
+    /// Never the client's `Host`, which anyone can set to a page of their own.
+    pub(crate) fn avatar_base(&self) -> String {
         if let Some(u) = &self.config.server.public_url {
             return u.clone();
         }
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .filter(|h| !h.is_empty() && !h.contains(['/', '"', '\\']));
-        match host {
-            Some(h) => format!("http://{h}"),
+        let scheme = match self.config.server.tls {
+            Some(_) => "https",
+            None => "http",
+        };
+        match self.config.server.listen.first() {
+            Some(addr) => format!("{scheme}://{addr}"),
             None => String::new(),
         }
     }

@@ -24,6 +24,7 @@ pub mod regulation;
 pub mod reload;
 pub mod rocketchat;
 pub mod route;
+pub mod secret_files;
 pub mod server;
 pub mod service;
 pub mod session;

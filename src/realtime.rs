@@ -69,15 +69,23 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
         && has(header::UPGRADE, "websocket")
 }
 
-/// Decodes the DDP messages in one text frame.
+/// Decodes the DDP messages in one text frame; `None` for anything but the shapes clients send.
+/// Every message must be a single JSON object: a server may take an array (or a string holding
+/// a frame) as a batch of messages, and those would pass unread.
 fn decode(framing: Framing, text: &str) -> Option<Vec<Value>> {
+    let object = |v: Value| v.is_object().then_some(v);
     match framing {
-        Framing::Raw => serde_json::from_str(text).ok().map(|v| vec![v]),
+        Framing::Raw => serde_json::from_str(text)
+            .ok()
+            .and_then(object)
+            .map(|v| vec![v]),
+        // SockJS: a JSON array of strings, each holding one message. (A SockJS server also takes
+        // a lone string; no client sends one, so it is refused with the rest.)
         Framing::SockJs => {
             let strings: Vec<String> = serde_json::from_str(text).ok()?;
             strings
                 .iter()
-                .map(|s| serde_json::from_str(s).ok())
+                .map(|s| serde_json::from_str(s).ok().and_then(object))
                 .collect()
         }
     }
@@ -366,16 +374,7 @@ impl Gateway {
                     state.pending_settings.push(id_key);
                     routed.to_upstream.push(message);
                 }
-                m if [
-                    "registerUser",
-                    "createUser",
-                    "resetPassword",
-                    "verifyEmail",
-                    "setPassword",
-                    "sendForgotPasswordEmail",
-                ]
-                .contains(&m) =>
-                {
+                m if crate::route::is_credential_method(m) => {
                     let error = json!({"isClientSafe": true, "error": "error-not-allowed", "reason": "Not allowed", "message": "Not allowed [error-not-allowed]", "errorType": "Meteor.Error"});
                     routed.to_client.push(ddp::error_frame(&call.id, error));
                 }

@@ -1,6 +1,18 @@
 //! Which configuration changes a reload cannot apply to a running process.
 
+use std::net::SocketAddr;
+
 use crate::config::Config;
+
+/// Port 0 in `server.listen` stands for the port the system gave the listener: the config then
+/// names where authgate really listens (for `me.avatarUrl`), at start and across reloads.
+pub fn resolve_port_zero(configured: &mut [SocketAddr], bound: &[SocketAddr]) {
+    for (addr, bound) in configured.iter_mut().zip(bound) {
+        if addr.port() == 0 && addr.ip() == bound.ip() {
+            *addr = *bound;
+        }
+    }
+}
 
 /// Keys whose new values only take effect after a restart: listeners, the runtime, and the
 /// session store all outlive a reload. Everything else applies to the next request.

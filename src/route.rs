@@ -42,46 +42,116 @@ pub struct Route {
     pub forward: String,
 }
 
-const LOGIN: &str = "/api/v1/login";
-const LOGOUT: &str = "/api/v1/logout";
-const LOGIN_METHODS: [&str; 2] = ["/api/v1/method.call/login", "/api/v1/method.callanon/login"];
-/// Paths a public route may never cover: the gateway's own endpoints and the login surfaces.
-const GATEWAY_PATHS: [&str; 7] = [
-    LOGIN,
-    LOGOUT,
-    "/api/v1/method.call/login",
-    "/api/v1/method.callanon/login",
-    "/api/v1/users.createtoken",
-    "/websocket",
-    "/sockjs/",
+/// Where a path sits in Rocket.Chat's REST API. Rocket.Chat serves the same endpoints on its
+/// unversioned `/api/` as on `/api/v1/` (login and logout included), and a later version would
+/// be `/api/v2/`: every one of them is a way in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApiVersion {
+    /// `/api/<name>`.
+    Unversioned,
+    /// `/api/v1/<name>`: the only version authgate answers login surfaces on.
+    V1,
+    /// `/api/v<digits>/<name>`, any other number.
+    Other,
+}
+
+/// The API version and the endpoint name after it, for a path in comparable form.
+fn api_endpoint(c: &str) -> Option<(ApiVersion, &str)> {
+    let rest = c.strip_prefix("/api/")?;
+    if let Some((first, name)) = rest.split_once('/') {
+        if let Some(digits) = first.strip_prefix('v') {
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                let version = match digits {
+                    "1" => ApiVersion::V1,
+                    _ => ApiVersion::Other,
+                };
+                return Some((version, name));
+            }
+        }
+    }
+    Some((ApiVersion::Unversioned, rest))
+}
+
+/// The endpoint name after `/api/`, `/api/v1/` or `/api/v<N>/` (any case), case preserved.
+pub fn api_endpoint_name(path: &str) -> Option<&str> {
+    let lower = path.to_ascii_lowercase();
+    let (_, name) = api_endpoint(&lower)?;
+    Some(&path[path.len() - name.len()..])
+}
+
+/// Endpoints authgate answers itself under `/api/v1/`, by their comparable name. Under any
+/// other version (`/api/login`, `/api/v2/logout`) they are refused, never forwarded.
+const GATEWAY_ENDPOINTS: [(&str, RouteKind); 4] = [
+    ("login", RouteKind::Login),
+    ("logout", RouteKind::Logout),
+    ("method.call/login", RouteKind::LoginMethod),
+    ("method.callanon/login", RouteKind::LoginMethod),
 ];
 
-/// Meteor/Rocket.Chat methods that create an account or log the caller in upstream.
-const CREDENTIAL_METHODS: [&str; 6] = [
+/// REST endpoints that hand out upstream credentials or accounts around authgate, refused
+/// under every API version.
+const CREDENTIAL_ENDPOINTS: [&str; 4] = [
+    "users.register",
+    "users.forgotpassword",
+    "users.resetpassword",
+    // Rocket.Chat's own login token for any user: only the bridge may ask, directly.
+    "users.createtoken",
+];
+
+/// Meteor/Rocket.Chat methods that create an account, log the caller in upstream or mail a
+/// password reset (Meteor's `forgotPassword` as well as Rocket.Chat's `sendForgotPasswordEmail`).
+const CREDENTIAL_METHODS: [&str; 7] = [
     "registeruser",
     "createuser",
     "resetpassword",
     "verifyemail",
     "sendforgotpasswordemail",
+    "forgotpassword",
     "setpassword",
 ];
-/// REST endpoints and callback prefixes of the same kind.
-const CREDENTIAL_PATHS: [&str; 3] = [
-    "/api/v1/users.register",
-    "/api/v1/users.forgotpassword",
-    "/api/v1/users.resetpassword",
-];
+/// OAuth, SAML and CAS callbacks: they log a browser in upstream.
 const CREDENTIAL_PREFIXES: [&str; 3] = ["/_oauth/", "/_saml/", "/_cas/"];
+/// Realtime paths outside the REST API.
+const REALTIME_PATHS: [&str; 2] = ["/websocket", "/sockjs"];
 
-fn is_credential_path(c: &str) -> bool {
-    let method = c
-        .strip_prefix("/api/v1/method.callanon/")
-        .or_else(|| c.strip_prefix("/api/v1/method.call/"));
-    method.is_some_and(|m| CREDENTIAL_METHODS.contains(&m))
-        || CREDENTIAL_PATHS.contains(&c)
-        || CREDENTIAL_PREFIXES
-            .iter()
-            .any(|p| c.starts_with(p) || c == p.trim_end_matches('/'))
+/// True for a DDP method (any case) that must never run upstream, over REST or a socket.
+pub fn is_credential_method(name: &str) -> bool {
+    CREDENTIAL_METHODS
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(name))
+}
+
+fn is_credential_endpoint(name: &str) -> bool {
+    let method = name
+        .strip_prefix("method.callanon/")
+        .or_else(|| name.strip_prefix("method.call/"));
+    method.is_some_and(is_credential_method) || CREDENTIAL_ENDPOINTS.contains(&name)
+}
+
+/// The route of a path authgate owns (answers, refuses, or relays frame by frame); `None` for
+/// paths left to the public/protected rules. `c` is in comparable form.
+fn gateway_kind(c: &str) -> Option<RouteKind> {
+    if let Some((version, name)) = api_endpoint(c) {
+        if let Some((_, kind)) = GATEWAY_ENDPOINTS.iter().find(|(n, _)| *n == name) {
+            return Some(match version {
+                ApiVersion::V1 => *kind,
+                ApiVersion::Unversioned | ApiVersion::Other => RouteKind::Refused,
+            });
+        }
+        if is_credential_endpoint(name) {
+            return Some(RouteKind::Refused);
+        }
+    }
+    if CREDENTIAL_PREFIXES
+        .iter()
+        .any(|p| c.starts_with(p) || c == p.trim_end_matches('/'))
+    {
+        return Some(RouteKind::Refused);
+    }
+    REALTIME_PATHS
+        .iter()
+        .any(|r| c == *r || c.starts_with(&format!("{r}/")))
+        .then_some(RouteKind::Realtime)
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -163,33 +233,41 @@ fn comparable(path: &str) -> String {
     }
 }
 
-/// True when a public route (exact path, or prefix ending in `/`) would expose a gateway path.
+/// True when a public route (exact path, or prefix ending in `/`) would expose a path the
+/// gateway owns: one of them, a whole API version, or a folder holding one.
 pub fn covers_gateway_path(path: &str, is_prefix: bool) -> bool {
     let c = comparable(path);
-    GATEWAY_PATHS.iter().any(|g| {
-        let g_trim = g.trim_end_matches('/');
-        c == g_trim
-            || c.starts_with(&format!("{g_trim}/"))
-            || (is_prefix && g.starts_with(&format!("{}/", c.trim_end_matches('/'))))
-    }) || (is_prefix && c.trim_end_matches('/').is_empty())
+    if gateway_kind(&c).is_some() {
+        return true;
+    }
+    if !is_prefix {
+        return false;
+    }
+    let folder = format!("{}/", c.trim_end_matches('/'));
+    if folder == "/" {
+        return true;
+    }
+    if let Some((_, name)) = api_endpoint(&folder) {
+        let owned_names = GATEWAY_ENDPOINTS
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .chain(CREDENTIAL_ENDPOINTS.iter().map(|n| n.to_string()))
+            .chain(
+                CREDENTIAL_METHODS
+                    .iter()
+                    .flat_map(|m| [format!("method.call/{m}"), format!("method.callanon/{m}")]),
+            );
+        return name.is_empty() || owned_names.into_iter().any(|n| n.starts_with(name));
+    }
+    CREDENTIAL_PREFIXES
+        .iter()
+        .chain(REALTIME_PATHS.iter())
+        .any(|p| p.starts_with(&folder))
 }
 
 pub fn classify(path: &str, routes: &RoutesConfig) -> RouteKind {
-    let c = comparable(path);
-    if c == LOGIN {
-        RouteKind::Login
-    } else if c == LOGOUT {
-        RouteKind::Logout
-    } else if LOGIN_METHODS.contains(&c.as_str()) {
-        RouteKind::LoginMethod
-    } else if is_credential_path(&c) {
-        RouteKind::Refused
-    } else if c == "/websocket"
-        || c == "/sockjs"
-        || c.starts_with("/sockjs/")
-        || c.starts_with("/websocket/")
-    {
-        RouteKind::Realtime
+    if let Some(kind) = gateway_kind(&comparable(path)) {
+        kind
     } else if routes.public_exact.iter().any(|p| p == path)
         || routes
             .public_prefixes
@@ -200,6 +278,31 @@ pub fn classify(path: &str, routes: &RoutesConfig) -> RouteKind {
     } else {
         RouteKind::Protected
     }
+}
+
+/// A query parameter's name as Rocket.Chat's query parser reads it: percent escapes and `+`
+/// decoded, any `[...]` suffix (the parser's array and object syntax) cut off, in lower case.
+fn decoded_param_name(pair: &str) -> String {
+    let raw_name = pair.split('=').next().unwrap_or("");
+    let decoded: Vec<(String, String)> = serde_urlencoded::from_str(raw_name).unwrap_or_default();
+    let name = decoded
+        .into_iter()
+        .next()
+        .map(|(k, _)| k)
+        .unwrap_or_default();
+    let base = name.split('[').next().unwrap_or("");
+    base.to_ascii_lowercase()
+}
+
+/// Query parameters Rocket.Chat reads as credentials on file and avatar routes.
+const CREDENTIAL_PARAMS: [&str; 2] = ["rc_uid", "rc_token"];
+
+/// True when the query carries Rocket.Chat's OAuth-style `access_token`, in any spelling.
+pub fn has_access_token_param(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| decoded_param_name(pair) == "access_token")
+    })
 }
 
 /// Canonicalises a request target (path plus optional query) and decides its route.
@@ -214,18 +317,10 @@ pub fn route(path: &str, query: Option<&str>, routes: &RoutesConfig) -> Result<R
             return Err(PathError::Forbidden);
         }
         // Rocket.Chat reads credentials from these parameters on file and avatar routes; only
-        // authgate's own (as headers or cookies) may reach it.
+        // authgate's own (as headers or cookies) may reach it, whatever the spelling.
         let kept: Vec<&str> = q
             .split('&')
-            .filter(|pair| {
-                let name = pair
-                    .split('=')
-                    .next()
-                    .unwrap_or("")
-                    .to_ascii_lowercase()
-                    .replace("%5f", "_");
-                name != "rc_uid" && name != "rc_token"
-            })
+            .filter(|pair| !CREDENTIAL_PARAMS.contains(&decoded_param_name(pair).as_str()))
             .collect();
         // An empty query stays (`/me?` is what some SDKs send); one that held only credentials goes.
         if q.is_empty() || !kept.is_empty() {
@@ -330,6 +425,61 @@ mod tests {
     }
 
     #[test]
+    fn login_surfaces_of_every_api_version_are_owned_or_refused() {
+        for p in [
+            "/api/login",
+            "/API/LOGIN/",
+            "/api/logout",
+            "/api/v2/login",
+            "/api/V7/Logout/",
+            "/api/v2/method.callAnon/login",
+            "/api/method.call/login",
+            "/api/v1/users.createToken",
+            "/api/users.createToken",
+            "/api/v3/users.register",
+            "/api/v1/method.callAnon/forgotPassword",
+            "/api/v1/method.call/forgotpassword/",
+            "/api/v2/method.call/sendForgotPasswordEmail",
+            "/_cas",
+        ] {
+            assert_eq!(kind(p), Ok(RouteKind::Refused), "{p}");
+        }
+        assert_eq!(kind("/api/v1/LOGIN/"), Ok(RouteKind::Login));
+        // Not a version: an ordinary endpoint name.
+        assert_eq!(kind("/api/vx/login"), Ok(RouteKind::Protected));
+        assert_eq!(kind("/api/v1/method.call/loginx"), Ok(RouteKind::Protected));
+    }
+
+    #[test]
+    fn endpoint_names_are_found_under_every_version() {
+        assert_eq!(
+            api_endpoint_name("/API/V2/Method.Call/x"),
+            Some("Method.Call/x")
+        );
+        assert_eq!(
+            api_endpoint_name("/api/method.call/x"),
+            Some("method.call/x")
+        );
+        assert_eq!(api_endpoint_name("/api/v1/me"), Some("me"));
+        assert_eq!(api_endpoint_name("/assets/x"), None);
+    }
+
+    #[test]
+    fn credential_parameters_are_stripped_in_every_spelling() {
+        let r = route(
+            "/file-upload/x/y.png",
+            Some("%72c_uid=a&%72%63%5f%74oken=b&rc_uid[]=c&RC%5FTOKEN=d&rc_token%5B0%5D=e&x=1"),
+            &routes(),
+        )
+        .unwrap();
+        assert_eq!(r.forward, "/file-upload/x/y.png?x=1");
+        assert!(has_access_token_param(Some("a=1&%61ccess_token=x")));
+        assert!(has_access_token_param(Some("ACCESS_TOKEN")));
+        assert!(!has_access_token_param(Some("access_tokens=1")));
+        assert!(!has_access_token_param(None));
+    }
+
+    #[test]
     fn forwarded_target_is_the_canonical_one() {
         let r = route("/api/v1/%6De", Some("a=1&b=%2F"), &routes()).unwrap();
         assert_eq!(r.forward, "/api/v1/me?a=1&b=%2F");
@@ -352,5 +502,10 @@ mod tests {
         assert!(covers_gateway_path("/sockjs/", true));
         assert!(!covers_gateway_path("/assets/", true));
         assert!(!covers_gateway_path("/api/info", false));
+        assert!(covers_gateway_path("/api/login", false));
+        assert!(covers_gateway_path("/api/v2/", true));
+        assert!(covers_gateway_path("/api/v1/method.call/", true));
+        assert!(covers_gateway_path("/_oauth/", true));
+        assert!(!covers_gateway_path("/api/v1/channels.", true));
     }
 }

@@ -237,6 +237,8 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut config = config;
+    crate::reload::resolve_port_zero(&mut config.server.listen, &addrs);
     let admin_listener = match config.metrics.listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,

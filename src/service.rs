@@ -238,8 +238,9 @@ impl Service {
         result
     }
 
-    async fn prepare_and_swap(&self, config: Config) -> Result<Vec<&'static str>, String> {
+    async fn prepare_and_swap(&self, mut config: Config) -> Result<Vec<&'static str>, String> {
         let old = self.current();
+        crate::reload::resolve_port_zero(&mut config.server.listen, &old.config.server.listen);
         let restart = crate::reload::needs_restart(&old.config, &config);
         let certificate = match (&self.tls, &config.server.tls) {
             (Some(_), Some(tls)) => Some(

@@ -414,3 +414,75 @@ fn the_checked_in_config_serves() {
         assert_eq!(r.status(), 401);
     });
 }
+
+#[test]
+fn check_config_refuses_writable_secret_files_and_warns_on_readable_ones() {
+    use std::os::unix::fs::PermissionsExt;
+    let files = write_files(
+        "[directory.local]\nusers_file = \"users.toml\"\n\n[totp]\nsecrets_file = \"totp-secrets.json\"\n",
+        &users_toml(&standard_users()),
+    );
+    let users = files.dir.path().join("users.toml");
+    let secrets = files.dir.path().join("totp-secrets.json");
+    std::fs::write(&secrets, "{\"users\": {}}\n").unwrap();
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let check = |cmd: &str| {
+        run(
+            &[cmd, "--config", files.config_path.to_str().unwrap()],
+            None,
+            None,
+        )
+    };
+    chmod(&users, 0o600);
+    chmod(&secrets, 0o640);
+    let (code, out, err) = check("check-config");
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    // Readable by every local user: valid, with a warning naming the key.
+    chmod(&users, 0o644);
+    chmod(&secrets, 0o604);
+    let (code, _, err) = check("check-config");
+    assert_eq!(code, 0, "{err}");
+    for key in ["`directory.local.users_file`", "`totp.secrets_file`"] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("warning: ") && l.contains(key) && l.contains("readable")),
+            "{key} in:\n{err}"
+        );
+    }
+    // Writable by the group or by others: refused, by check-config and serve alike.
+    for (users_mode, secrets_mode, key) in [
+        (0o620, 0o600, "`directory.local.users_file`"),
+        (0o600, 0o602, "`totp.secrets_file`"),
+        (0o666, 0o600, "`directory.local.users_file`"),
+    ] {
+        chmod(&users, users_mode);
+        chmod(&secrets, secrets_mode);
+        for cmd in ["check-config", "serve"] {
+            let (code, _, err) = check(cmd);
+            assert_eq!(code, 64, "{cmd} {users_mode:o}/{secrets_mode:o}: {err}");
+            assert!(
+                err.contains(key) && err.contains("writable by other users"),
+                "{err}"
+            );
+        }
+    }
+    // Every `*_file` secret too.
+    let files = write_files(
+        "[session]\nstore = \"redis\"\nredis_url_file = \"redis-url.secret\"\n\n[directory.local]\nusers_file = \"users.toml\"\n",
+        "",
+    );
+    let url_file = files.dir.path().join("redis-url.secret");
+    std::fs::write(&url_file, "redis://:pw@127.0.0.1:6379/0\n").unwrap();
+    let config = files.config_path.to_str().unwrap();
+    chmod(&url_file, 0o600);
+    assert_eq!(run(&["check-config", "--config", config], None, None).0, 0);
+    chmod(&url_file, 0o660);
+    let (code, _, err) = run(&["check-config", "--config", config], None, None);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("`session.redis_url_file`") && err.contains("writable by other users"),
+        "{err}"
+    );
+}

@@ -404,7 +404,10 @@ pub(crate) fn secret(
         }
         let path = resolve_path(base, file);
         match std::fs::read_to_string(&path) {
-            Ok(s) => value = Some(s.trim_end_matches(['\n', '\r']).to_string()),
+            Ok(s) => {
+                value = Some(s.trim_end_matches(['\n', '\r']).to_string());
+                crate::secret_files::check_secret_file(&format!("{key}_file"), &path, problems);
+            }
             Err(e) => problems.push(problem(
                 &format!("{key}_file"),
                 format!("cannot read {}: {e}", path.display()),

@@ -70,6 +70,7 @@ pub struct RawUpstream {
     pub create_tokens_secret_file: Option<String>,
     pub token_lifetime: Option<String>,
     pub rewrite_public_settings: Option<bool>,
+    pub allow_bearer_credentials: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

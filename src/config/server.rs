@@ -12,7 +12,7 @@ pub use crate::password::HashPriority;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
-    /// Base for `avatarUrl`; when absent the request's Host is used.
+    /// Base for `avatarUrl`; when absent the first listen address is (never the client's Host).
     pub public_url: Option<String>,
     pub trusted_proxies: Vec<IpNet>,
     pub header_read_timeout: Duration,

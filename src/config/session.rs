@@ -280,7 +280,10 @@ pub fn validate_session(
     if let Some(file) = raw.redis_url_file {
         let path = resolve_path(base, &file);
         match std::fs::read_to_string(&path) {
-            Ok(s) => redis_url = s.trim().to_string(),
+            Ok(s) => {
+                redis_url = s.trim().to_string();
+                crate::secret_files::check_secret_file("session.redis_url_file", &path, problems);
+            }
             Err(e) => problems.push(problem(
                 "session.redis_url_file",
                 format!("cannot read {}: {e}", path.display()),
@@ -369,7 +372,11 @@ fn validate_redis(
     if let Some(file) = &raw.password_file {
         let path = resolve_path(base, file);
         match std::fs::read_to_string(&path) {
-            Ok(s) => password = Some(s.trim_end_matches(['\r', '\n']).to_string()),
+            Ok(s) => {
+                password = Some(s.trim_end_matches(['\r', '\n']).to_string());
+                let key = "session.redis.password_file";
+                crate::secret_files::check_secret_file(key, &path, problems);
+            }
             Err(e) => problems.push(problem(
                 "session.redis.password_file",
                 format!("cannot read {}: {e}", path.display()),

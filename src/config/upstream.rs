@@ -25,6 +25,9 @@ pub struct UpstreamConfig {
     pub token_lifetime: Duration,
     /// Report `LDAP_Enable` (and the other login settings) so clients send plain passwords.
     pub rewrite_public_settings: bool,
+    /// `rocketchat` mode: let `Authorization` and `?access_token=` through to Rocket.Chat,
+    /// which reads them as OAuth tokens authgate never issued.
+    pub allow_bearer_credentials: bool,
 }
 
 /// How authgate tells the upstream who the user is.
@@ -150,6 +153,7 @@ pub(super) fn validate(
             problems,
         ),
         rewrite_public_settings: raw.rewrite_public_settings.unwrap_or(true),
+        allow_bearer_credentials: raw.allow_bearer_credentials.unwrap_or(false),
         url,
         timeout: duration_or(
             "upstream.timeout",
