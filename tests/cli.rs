@@ -82,7 +82,7 @@ fn check_config_names_the_file_it_read_and_warns_about_an_empty_users_file() {
         "{out}"
     );
     assert!(out.contains("users.toml: 4 user(s)"), "{out}");
-    assert!(!err.contains("warning"), "{err}");
+    assert!(!err.contains("users file"), "{err}");
 
     let files = write_files("[directory.local]\nusers_file = \"users.toml\"\n", "");
     let path = files.config_path.to_str().unwrap();
