@@ -139,8 +139,10 @@ pub fn load_users(config: &LocalDirectoryConfig) -> Result<Vec<LocalUser>, Vec<C
                 ));
             }
         }
+        // Seeded with the plain lower-case name, as before logins were compared in caseless
+        // form, so existing users keep their ids (and sessions).
         let id =
-            u.id.unwrap_or_else(|| stable_user_id("local", &fold(&username)));
+            u.id.unwrap_or_else(|| stable_user_id("local", &username.trim().to_lowercase()));
         if id.is_empty()
             || !id
                 .bytes()
@@ -280,7 +282,7 @@ impl Directory for LocalDirectory {
                 profile: u.profile.clone(),
                 totp_secret: u.totp_secret.clone(),
             }),
-            Some(_) => AuthOutcome::Rejected,
+            Some(u) => AuthOutcome::RejectedUser(u.profile.id.clone()),
         })
     }
 

@@ -53,6 +53,9 @@ pub enum AuthOutcome {
     Authenticated(Authenticated),
     /// Known to this directory, but the credentials are wrong or the account is disabled.
     Rejected,
+    /// Like `Rejected`, for a user the directory resolved to this id (regulation counts the
+    /// failure against the user, whichever name was typed).
+    RejectedUser(String),
     /// Not known here: the next directory may decide.
     UnknownUser,
 }
@@ -103,20 +106,15 @@ impl Directories {
         &self,
         identity: &Identity,
         password: &Password,
-    ) -> (
-        Option<&'static str>,
-        Result<Option<Authenticated>, GatewayError>,
-    ) {
+    ) -> (Option<&'static str>, Result<AuthOutcome, GatewayError>) {
         for d in &self.list {
             match d.authenticate(identity, password).await {
-                Err(e) => return (Some(d.name()), Err(e)),
-                Ok(AuthOutcome::Authenticated(a)) => return (Some(d.name()), Ok(Some(a))),
-                // A wrong password never falls through to the next directory.
-                Ok(AuthOutcome::Rejected) => return (Some(d.name()), Ok(None)),
                 Ok(AuthOutcome::UnknownUser) => continue,
+                // A wrong password never falls through to the next directory.
+                decided => return (Some(d.name()), decided),
             }
         }
-        (None, Ok(None))
+        (None, Ok(AuthOutcome::UnknownUser))
     }
 
     /// Each directory's own readiness, for `/readyz`.
@@ -197,14 +195,33 @@ pub fn stable_user_id(namespace: &str, seed: &str) -> String {
         .collect()
 }
 
-/// Case folding used for every login comparison (and for regulation keys).
+/// The form every login comparison (and regulation key) uses: Unicode compatibility caseless
+/// matching (Unicode 3.13, D146: NFKC with full case folding), so fullwidth, mathematical and
+/// differently cased spellings of a name are that name, as directory servers match them.
 pub fn fold(s: &str) -> String {
-    s.trim().to_lowercase()
+    use caseless::Caseless;
+    use unicode_normalization::UnicodeNormalization;
+    s.trim()
+        .nfd()
+        .default_case_fold()
+        .nfkd()
+        .default_case_fold()
+        .nfkc()
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folding_joins_lookalike_and_case_spellings() {
+        assert_eq!(fold("ａｄa"), "ada");
+        assert_eq!(fold(" ADA "), "ada");
+        assert_eq!(fold("\u{1d41a}\u{1d41d}\u{1d41a}"), "ada");
+        assert_eq!(fold("Straße"), fold("STRASSE"));
+        assert_eq!(fold("Frank@Example.org"), "frank@example.org");
+    }
 
     #[test]
     fn stable_ids_have_rocket_chat_form() {

@@ -443,6 +443,33 @@ impl SessionStore for RedisStore {
         Ok(n.max(0) as u64)
     }
 
+    async fn reserve_attempt(
+        &self,
+        key: &str,
+        attempt: &str,
+        window: Duration,
+    ) -> Result<u64, StoreError> {
+        // The failure script is one atomic step: concurrent reservations on any instance get
+        // distinct running totals.
+        let mut inv = self.record_failure_script.key(self.failure_key(key));
+        inv.arg(now_unix_ms())
+            .arg(window.as_millis() as u64)
+            .arg(attempt);
+        let n: i64 = self
+            .run(|mut l| async move { inv.invoke_async(&mut l.conn).await })
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn release_attempt(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+        let key = self.failure_key(key);
+        let attempt = attempt.to_string();
+        let _: i64 = self
+            .run(|mut l| async move { l.conn.zrem(key, attempt).await })
+            .await?;
+        Ok(())
+    }
+
     async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
         let since = now_unix_ms().saturating_sub(window.as_millis() as u64);
         let key = self.failure_key(key);

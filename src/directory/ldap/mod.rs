@@ -325,14 +325,19 @@ impl Directory for LdapDirectory {
             }
             Lookup::One(e) => e,
         };
+        let identity = self.identity_of(&entry);
+        let rejected = || match &identity {
+            Ok(who) => AuthOutcome::RejectedUser(who.id.clone()),
+            Err(_) => AuthOutcome::Rejected,
+        };
         // Meteor's pre-hashed password form cannot be checked with a bind.
         let Password::Plain(plain) = password else {
-            return Ok(AuthOutcome::Rejected);
+            return Ok(rejected());
         };
         if self.pool.bind(&entry.dn, plain).await? != BindOutcome::Accepted {
-            return Ok(AuthOutcome::Rejected);
+            return Ok(rejected());
         }
-        let who = match self.identity_of(&entry) {
+        let who = match identity {
             Ok(w) => w,
             Err(why) => {
                 tracing::warn!(dn = ?entry.dn, %why, "LDAP entry cannot log in");
