@@ -9,6 +9,7 @@ pub mod config;
 pub mod conn_guard;
 pub mod ddp;
 pub mod directory;
+pub mod dummy_hash;
 pub mod error;
 pub mod forward;
 pub mod gateway;
