@@ -185,6 +185,15 @@ fn seed_ldif() -> String {
     s
 }
 
+/// Active Directory's account-state attributes (with AD's OIDs), on an auxiliary class
+/// `adAccount`, so entries can be expired, locked out or disabled as AD marks them.
+const AD_ACCOUNT_SCHEMA: &str = "\
+attributetype ( 1.2.840.113556.1.4.8 NAME 'userAccountControl' EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.4.159 NAME 'accountExpires' EQUALITY integerMatch ORDERING integerOrderingMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.4.662 NAME 'lockoutTime' EQUALITY integerMatch ORDERING integerOrderingMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+objectclass ( 1.3.6.1.4.1.55555.1.1 NAME 'adAccount' SUP top AUXILIARY MAY ( userAccountControl $ accountExpires $ lockoutTime ) )
+";
+
 #[derive(Default, Clone)]
 pub struct SlapdOptions {
     /// Also listen on ldaps:// and allow StartTLS, with a certificate from a generated CA.
@@ -303,6 +312,8 @@ impl Slapd {
         for schema in ["core", "cosine", "inetorgperson", "nis"] {
             conf.push_str(&format!("include /etc/ldap/schema/{schema}.schema\n"));
         }
+        std::fs::write(d.join("ad-account.schema"), AD_ACCOUNT_SCHEMA).unwrap();
+        conf.push_str(&format!("include {}/ad-account.schema\n", d.display()));
         conf.push_str(&format!(
             "modulepath /usr/lib/ldap\nmoduleload back_mdb\npidfile {0}/slapd.pid\nargsfile {0}/slapd.args\n\
              allow bind_anon_dn\n",
@@ -476,6 +487,38 @@ impl Slapd {
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    /// Applies an LDIF change record (`changetype: modify` ...) as the rootdn.
+    pub fn modify(&self, ldif: &str) {
+        use std::io::Write;
+        let mut child = Command::new(which("ldapmodify"))
+            .args([
+                "-x",
+                "-H",
+                &self.url(),
+                "-D",
+                &format!("cn=admin,{BASE}"),
+                "-w",
+                "admin-secret",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ldapmodify");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ldif.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "ldapmodify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Deletes an entry as the rootdn.

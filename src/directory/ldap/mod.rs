@@ -5,6 +5,7 @@
 //! entry's DN on a bind-only connection; groups found with `group_filter` map to roles. Every LDAP
 //! fault (unreachable, refused, silent, TLS) is a 503, never a credential failure.
 
+mod account_state;
 mod pool;
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use super::{stable_user_id, AuthOutcome, Authenticated, Directory, Identity, Use
 use crate::config::{fill_placeholders as fill, LdapDirectoryConfig};
 use crate::error::GatewayError;
 use crate::password::Password;
+use account_state::Moment;
 use pool::{unavailable, BindOutcome, Pool};
 
 pub struct LdapDirectory {
@@ -139,6 +141,7 @@ impl LdapDirectory {
             a.email.clone(),
         ];
         attrs.extend(a.totp_secret.clone());
+        attrs.extend(account_state::ATTRIBUTES.map(str::to_string));
         let roles = config
             .roles
             .iter()
@@ -337,6 +340,12 @@ impl Directory for LdapDirectory {
         if self.pool.bind(&entry.dn, plain).await? != BindOutcome::Accepted {
             return Ok(rejected());
         }
+        // A server that does not enforce the account's state itself (or a replica that has
+        // not caught up) must not let in an account its entry marks as unusable.
+        if let Some(why) = account_state::refusal(&entry, Moment::AfterBind) {
+            tracing::info!(dn = ?entry.dn, why, "LDAP account cannot log in");
+            return Ok(rejected());
+        }
         let who = match identity {
             Ok(w) => w,
             Err(why) => {
@@ -375,6 +384,11 @@ impl Directory for LdapDirectory {
             Ok(w) if w.id == session.id => w,
             _ => return Ok(None),
         };
+        // Expired, locked out or disabled: the server would refuse a bind, so the session ends.
+        if let Some(why) = account_state::refusal(&entry, Moment::Revalidation) {
+            tracing::info!(dn = ?entry.dn, why, "LDAP account can no longer log in; ending its sessions");
+            return Ok(None);
+        }
         let roles = self
             .roles_of(&entry.dn, &session.username, &who.username)
             .await?;
