@@ -407,9 +407,7 @@ impl SessionStore for RedisStore {
             .collect();
         let keys = &keys;
         let values: Vec<Option<String>> = self
-            .run(
-                |mut l| async move { redis::cmd("MGET").arg(&keys).query_async(&mut l.conn).await },
-            )
+            .run(|mut l| async move { redis::cmd("MGET").arg(keys).query_async(&mut l.conn).await })
             .await?;
         let now = now_unix_ms();
         let mut live = Vec::new();
