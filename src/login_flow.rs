@@ -146,25 +146,16 @@ impl Gateway {
                 password,
                 code,
             } => {
-                let (decided_by, decided) =
-                    self.directories.authenticate(&identity, &password).await;
+                // The user the directory resolves is counted too, whatever name was typed; a
+                // user over the limit is refused before the password is checked.
+                let mut gate = self.regulation.gate(reservation);
+                let (decided_by, decided) = self
+                    .directories
+                    .authenticate(&identity, &password, &mut gate)
+                    .await;
                 *directory = decided_by.map(str::to_string);
-                // The user the directory resolved is counted too, whatever name was typed; a
-                // user over the limit is refused even with the right password.
-                let user = match decided? {
-                    AuthOutcome::Authenticated(user) => {
-                        self.regulation
-                            .reserve_user(reservation, &user.profile.id)
-                            .await?;
-                        user
-                    }
-                    AuthOutcome::RejectedUser(user_id) => {
-                        self.regulation.reserve_user(reservation, &user_id).await?;
-                        return Err(GatewayError::LoginFailed);
-                    }
-                    AuthOutcome::Rejected | AuthOutcome::UnknownUser => {
-                        return Err(GatewayError::LoginFailed)
-                    }
+                let AuthOutcome::Authenticated(user) = decided? else {
+                    return Err(GatewayError::LoginFailed);
                 };
                 // Only after the password: a wrong one is the generic 401 whatever the code.
                 let totp_enabled = self

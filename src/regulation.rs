@@ -10,12 +10,16 @@
 //!
 //! Per-user counters are kept twice: under the typed login name in its Unicode compatibility
 //! caseless form (so `ＡＤＡ`, `Ada` and `ada` share one budget), and under the id of the user the
-//! directory resolved (so `frank` and `frank@example.org` share one). Both must have room.
+//! directory resolved, reserved through a [`LoginGate`] after the directory found the user and
+//! before it checks the password (so `frank` and `frank@example.org` share one). Both must have
+//! room.
 
 use std::net::IpAddr;
 
 use crate::config::RegulationConfig;
-use crate::directory::fold;
+use async_trait::async_trait;
+
+use crate::directory::{fold, LoginGate};
 use crate::error::{BlockedBy, GatewayError};
 use crate::session::{DynSessionStore, StoreError};
 
@@ -121,9 +125,17 @@ impl Regulation {
         Ok(reservation)
     }
 
-    /// Adds the user the directory resolved to the reservation, once it is known (after the
-    /// password was checked, before any second factor). Refused when that user is full: then
-    /// neither a right password nor a right code opens a session.
+    /// The gate a directory asks with the user it resolved, before checking the password.
+    pub fn gate<'a>(&'a self, reservation: &'a mut Reservation) -> impl LoginGate + 'a {
+        UserGate {
+            regulation: self,
+            reservation,
+        }
+    }
+
+    /// Adds the user the directory resolved to the reservation, once it is known (before the
+    /// password is checked). Refused when that user is full: then neither a right password nor
+    /// a right code is even looked at.
     pub async fn reserve_user(
         &self,
         reservation: &mut Reservation,
@@ -225,6 +237,20 @@ impl Regulation {
                 Ok(())
             }
         }
+    }
+}
+
+struct UserGate<'a> {
+    regulation: &'a Regulation,
+    reservation: &'a mut Reservation,
+}
+
+#[async_trait]
+impl LoginGate for UserGate<'_> {
+    async fn admit(&mut self, user_id: &str) -> Result<(), GatewayError> {
+        self.regulation
+            .reserve_user(self.reservation, user_id)
+            .await
     }
 }
 

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::slapd::Slapd;
+use support::slapd::{self, Slapd, SlapdOptions};
 use support::totp::{code, now_step, totp_users, ALICE_SECRET, TOTP_INVALID};
 use support::*;
 
@@ -331,5 +331,46 @@ async fn names_with_control_characters_are_refused_before_any_directory_is_asked
         .await,
         (401, UNAUTHORIZED.into())
     );
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_under_every_spelling_of_a_name_costs_the_directory_no_more_binds_than_the_limit() {
+    let s = Slapd::start_with(SlapdOptions {
+        log_operations: true,
+        ..Default::default()
+    });
+    let up = RecordingUpstream::start().await;
+    let gw = Gateway::start(
+        &config_text(
+            up.addr,
+            None,
+            &format!("{USER_LIMIT}\n{}", s.directory_toml("")),
+        ),
+        &users_toml(&standard_users()),
+    )
+    .await;
+    // Two spellings slapd resolves to erin, each with a budget of its own as a typed name:
+    // only the budget of the user they resolve to lets passwords through to a bind.
+    let spellings = ["erin", "erin@example.org"];
+    let guesses: Vec<Value> = (0..30)
+        .map(|i| json!({"user": spellings[i % 2], "password": format!("wrong-{i}")}))
+        .collect();
+    let answers = burst(&[gw.url("")], guesses).await;
+    assert_eq!(count(&answers, 401, UNAUTHORIZED), 3, "{answers:?}");
+    assert_eq!(count(&answers, 401, BLOCKED_USER), 27, "{answers:?}");
+    assert_eq!(s.simple_binds_as(&slapd::user_dn("erin")), 3);
+    for spelling in spellings {
+        assert_eq!(
+            post(
+                gw.url(""),
+                json!({"user": spelling, "password": "erin-ldap-pw"})
+            )
+            .await,
+            (401, BLOCKED_USER.into()),
+            "{spelling}"
+        );
+    }
+    assert_eq!(s.simple_binds_as(&slapd::user_dn("erin")), 3);
     assert_eq!(up.count(), 0);
 }

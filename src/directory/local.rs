@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{
     credentials_digest, fold, stable_user_id, AuthOutcome, Authenticated, CredentialsDigest,
-    Directory, Identity, UserProfile,
+    Directory, Identity, LoginGate, UserProfile,
 };
 use crate::config::{ConfigProblem, LocalDirectoryConfig};
 use crate::dummy_hash::{dummy_for, HashCost};
@@ -272,12 +272,16 @@ impl Directory for LocalDirectory {
         )
     }
 
-    async fn authenticate(
+    async fn authenticate_gated(
         &self,
         identity: &Identity,
         password: &Password,
+        gate: &mut dyn LoginGate,
     ) -> Result<AuthOutcome, GatewayError> {
         let user = self.find(identity);
+        if let Some(u) = user {
+            gate.admit(&u.profile.id).await?;
+        }
         // Unknown users are verified against a dummy hash with the parameters most users have,
         // so they cost what a wrong password costs.
         let stored = match (user, &self.dummy) {
@@ -292,7 +296,7 @@ impl Directory for LocalDirectory {
                 profile: u.profile.clone(),
                 totp_secret: u.totp_secret.clone(),
             }),
-            Some(u) => AuthOutcome::RejectedUser(u.profile.id.clone()),
+            Some(_) => AuthOutcome::Rejected,
         })
     }
 

@@ -53,11 +53,26 @@ pub enum AuthOutcome {
     Authenticated(Authenticated),
     /// Known to this directory, but the credentials are wrong or the account is disabled.
     Rejected,
-    /// Like `Rejected`, for a user the directory resolved to this id (regulation counts the
-    /// failure against the user, whichever name was typed).
-    RejectedUser(String),
     /// Not known here: the next directory may decide.
     UnknownUser,
+}
+
+/// Asked with the id of the user a login resolves to, after the directory found the user and
+/// before it checks the password: regulation's per-user budget, whichever name was typed. An
+/// error refuses the login with the password unchecked.
+#[async_trait]
+pub trait LoginGate: Send {
+    async fn admit(&mut self, user_id: &str) -> Result<(), GatewayError>;
+}
+
+/// A gate that admits every user (checks outside a login, tests).
+pub struct OpenGate;
+
+#[async_trait]
+impl LoginGate for OpenGate {
+    async fn admit(&mut self, _user_id: &str) -> Result<(), GatewayError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -67,6 +82,16 @@ pub trait Directory: Send + Sync {
         &self,
         identity: &Identity,
         password: &Password,
+    ) -> Result<AuthOutcome, GatewayError> {
+        self.authenticate_gated(identity, password, &mut OpenGate)
+            .await
+    }
+    /// `authenticate`, asking `gate` about the user found before checking the password.
+    async fn authenticate_gated(
+        &self,
+        identity: &Identity,
+        password: &Password,
+        gate: &mut dyn LoginGate,
     ) -> Result<AuthOutcome, GatewayError>;
     /// The current profile of a user this directory issued a session for, or None when the user
     /// is gone or disabled (their sessions must then stop working). It takes the session's whole
@@ -106,9 +131,10 @@ impl Directories {
         &self,
         identity: &Identity,
         password: &Password,
+        gate: &mut dyn LoginGate,
     ) -> (Option<&'static str>, Result<AuthOutcome, GatewayError>) {
         for d in &self.list {
-            match d.authenticate(identity, password).await {
+            match d.authenticate_gated(identity, password, gate).await {
                 Ok(AuthOutcome::UnknownUser) => continue,
                 // A wrong password never falls through to the next directory.
                 decided => return (Some(d.name()), decided),

@@ -200,6 +200,8 @@ pub struct SlapdOptions {
     pub tls: bool,
     /// slapd's `idletimeout`: it closes connections idle this many seconds.
     pub idle_timeout_secs: Option<u32>,
+    /// Log every operation (`-d stats`), for `simple_binds_as`.
+    pub log_operations: bool,
 }
 
 pub struct Slapd {
@@ -373,8 +375,13 @@ impl Slapd {
         }
         let log = std::fs::File::create(self.dir.path().join("slapd.log")).unwrap();
         // `-d 0` keeps slapd in the foreground, so it is our child and dies with `kill`.
+        let debug = if self.opts.log_operations {
+            "stats"
+        } else {
+            "0"
+        };
         let child = Command::new(which("slapd"))
-            .args(["-d", "0", "-h", &urls, "-f"])
+            .args(["-d", debug, "-h", &urls, "-f"])
             .arg(self.dir.path().join("slapd.conf"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -487,6 +494,15 @@ impl Slapd {
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    /// How many simple binds slapd received for `dn` (needs `log_operations`).
+    pub fn simple_binds_as(&self, dn: &str) -> usize {
+        let needle = format!("bind dn=\"{}\" method=128", dn.to_lowercase());
+        self.log()
+            .lines()
+            .filter(|l| l.to_lowercase().contains(&needle))
+            .count()
     }
 
     /// Applies an LDIF change record (`changetype: modify` ...) as the rootdn.

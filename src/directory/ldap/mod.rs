@@ -11,7 +11,9 @@ mod pool;
 use async_trait::async_trait;
 use ldap3::{ldap_escape, SearchEntry};
 
-use super::{stable_user_id, AuthOutcome, Authenticated, Directory, Identity, UserProfile};
+use super::{
+    stable_user_id, AuthOutcome, Authenticated, Directory, Identity, LoginGate, UserProfile,
+};
 use crate::config::{fill_placeholders as fill, LdapDirectoryConfig};
 use crate::error::GatewayError;
 use crate::password::Password;
@@ -304,10 +306,11 @@ impl Directory for LdapDirectory {
             .map_err(|e| e.to_string())
     }
 
-    async fn authenticate(
+    async fn authenticate_gated(
         &self,
         identity: &Identity,
         password: &Password,
+        gate: &mut dyn LoginGate,
     ) -> Result<AuthOutcome, GatewayError> {
         // Before any LDAP call: a DN with an empty password is an unauthenticated bind, which
         // many servers (Active Directory among them) answer with success (RFC 4513 5.1.2).
@@ -329,22 +332,23 @@ impl Directory for LdapDirectory {
             Lookup::One(e) => e,
         };
         let identity = self.identity_of(&entry);
-        let rejected = || match &identity {
-            Ok(who) => AuthOutcome::RejectedUser(who.id.clone()),
-            Err(_) => AuthOutcome::Rejected,
-        };
+        // Before the bind, so that a user over budget costs the server no password check (nor
+        // a bad-password count of its own).
+        if let Ok(who) = &identity {
+            gate.admit(&who.id).await?;
+        }
         // Meteor's pre-hashed password form cannot be checked with a bind.
         let Password::Plain(plain) = password else {
-            return Ok(rejected());
+            return Ok(AuthOutcome::Rejected);
         };
         if self.pool.bind(&entry.dn, plain).await? != BindOutcome::Accepted {
-            return Ok(rejected());
+            return Ok(AuthOutcome::Rejected);
         }
         // A server that does not enforce the account's state itself (or a replica that has
         // not caught up) must not let in an account its entry marks as unusable.
         if let Some(why) = account_state::refusal(&entry, Moment::AfterBind) {
             tracing::info!(dn = ?entry.dn, why, "LDAP account cannot log in");
-            return Ok(rejected());
+            return Ok(AuthOutcome::Rejected);
         }
         let who = match identity {
             Ok(w) => w,
