@@ -10,6 +10,7 @@ pub mod conn_framing;
 pub mod conn_guard;
 pub mod ddp;
 pub mod directory;
+pub mod dummy_hash;
 pub mod error;
 pub mod forward;
 pub mod gateway;

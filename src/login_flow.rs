@@ -11,10 +11,11 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::config::UpstreamMode;
-use crate::directory::Authenticated;
+use crate::directory::{AuthOutcome, Authenticated};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::login::LoginRequest;
+use crate::regulation::{self, Reservation, Settlement};
 use crate::session::{now_unix_ms, Session, Token};
 use crate::telemetry::NO_DIRECTORY;
 
@@ -40,29 +41,43 @@ impl Gateway {
         request_id: &HeaderValue,
     ) -> Result<Opened, GatewayError> {
         let started = Instant::now();
-        let login_name = match &request {
+        let mut login_name = match &request {
             Some(LoginRequest::Password { identity, .. }) => Some(identity.as_str().to_string()),
             _ => None,
         };
-        let mut directory = None;
-        // Blocked attempts are refused before any password is checked, with the right password too.
-        let checked = self.regulation.check(login_name.as_deref(), ip).await;
-        let outcome = match (checked, request) {
-            (Err(e), _) => Err(e),
-            (Ok(()), None) => Err(GatewayError::LoginFailed),
-            (Ok(()), Some(request)) => self.verify(request, ip, &mut directory).await,
-        };
-        let counted = match &outcome {
-            Err(GatewayError::LoginFailed | GatewayError::TotpInvalid) => {
-                self.regulation.failed(login_name.as_deref(), ip).await
+        // A name no directory may be asked about fails like an unusable body, counted per IP.
+        let request = match &login_name {
+            Some(name) if !regulation::acceptable_login(name) => {
+                login_name = Some(format!("{name:?}"));
+                None
             }
-            Ok(_) => match &login_name {
-                Some(name) => self.regulation.succeeded(name).await,
-                None => Ok(()),
-            },
-            Err(_) => Ok(()),
+            _ => request,
         };
-        let outcome = counted.and(outcome);
+        let regulated_name = request.as_ref().and(login_name.as_deref());
+        let mut directory = None;
+        // Each attempt takes its place in the counters before anything is verified, so blocked
+        // attempts are refused unchecked (the right password too) and bursts cannot overrun them.
+        let outcome = match self.regulation.reserve(regulated_name, ip).await {
+            Err(e) => Err(e),
+            Ok(mut reservation) => {
+                let outcome = match request {
+                    None => Err(GatewayError::LoginFailed),
+                    Some(request) => {
+                        self.verify(request, ip, &mut directory, &mut reservation)
+                            .await
+                    }
+                };
+                let settlement = match &outcome {
+                    Ok(_) => Settlement::Succeeded,
+                    Err(GatewayError::LoginFailed | GatewayError::TotpInvalid) => {
+                        Settlement::Failed
+                    }
+                    Err(_) => Settlement::NotCounted,
+                };
+                let settled = self.regulation.settle(reservation, settlement).await;
+                settled.and(outcome)
+            }
+        };
         let result = match &outcome {
             Ok(_) => "success",
             Err(GatewayError::LoginFailed) => "bad_credentials",
@@ -97,6 +112,7 @@ impl Gateway {
         request: LoginRequest,
         ip: IpAddr,
         directory: &mut Option<String>,
+        reservation: &mut Reservation,
     ) -> Result<Opened, GatewayError> {
         match request {
             LoginRequest::Resume(token) => {
@@ -132,9 +148,17 @@ impl Gateway {
                 password,
                 code,
             } => {
-                let (decided_by, user) = self.directories.authenticate(&identity, &password).await;
+                // The user the directory resolves is counted too, whatever name was typed; a
+                // user over the limit is refused before the password is checked.
+                let mut gate = self.regulation.gate(reservation);
+                let (decided_by, decided) = self
+                    .directories
+                    .authenticate(&identity, &password, &mut gate)
+                    .await;
                 *directory = decided_by.map(str::to_string);
-                let user = user?.ok_or(GatewayError::LoginFailed)?;
+                let AuthOutcome::Authenticated(user) = decided? else {
+                    return Err(GatewayError::LoginFailed);
+                };
                 // Only after the password: a wrong one is the generic 401 whatever the code.
                 let totp_enabled = self
                     .totp

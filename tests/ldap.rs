@@ -459,10 +459,11 @@ async fn thirty_two_concurrent_logins_share_a_pool_of_four() {
     let s = Slapd::start();
     let up = RecordingUpstream::start().await;
     // LDAP first: the local directory would spend a password hash on each unknown login.
+    // The IP budget is raised: attempts in flight count against it, and all come from one IP.
     let gw = gateway(
         &up,
         &format!(
-            "[directory]\norder = [\"ldap\", \"local\"]\n\n{}",
+            "[regulation]\nip_failures = 1000\n\n[directory]\norder = [\"ldap\", \"local\"]\n\n{}",
             s.directory_toml("pool_size = 4")
         ),
     )

@@ -379,39 +379,3 @@ async fn hashes_from_other_tools_verify() {
         assert_eq!(status, 401, "{u}");
     }
 }
-
-/// Unknown users are checked against a dummy hash: they cost as much as a wrong password, so
-/// timing does not reveal who exists. (A ratio, not a speed goal: without the dummy hash the
-/// unknown-user path is hundreds of times faster.)
-#[tokio::test(flavor = "multi_thread")]
-async fn unknown_user_costs_the_same_as_a_wrong_password() {
-    let up = RecordingUpstream::start().await;
-    let users = format!(
-        "[[users]]\nusername = \"erin\"\npassword_hash = \"{}\"\n",
-        authgate::password::hash_password("erin-password")
-    );
-    let gw = Gateway::start(&config_text(up.addr, None, ""), &users).await;
-    let base = gw.url("");
-    async fn median(base: &str, user: &str) -> std::time::Duration {
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let t = std::time::Instant::now();
-            let (status, _) =
-                login_json(base, json!({"user": user, "password": "not-the-password"})).await;
-            assert_eq!(status, 401);
-            times.push(t.elapsed());
-        }
-        times.sort();
-        times[2]
-    }
-    let wrong = median(&base, "erin").await;
-    let unknown = median(&base, "nobody-at-all").await;
-    assert!(
-        unknown * 2 >= wrong,
-        "unknown user {unknown:?} vs wrong password {wrong:?}"
-    );
-    assert!(
-        wrong * 2 >= unknown,
-        "unknown user {unknown:?} vs wrong password {wrong:?}"
-    );
-}

@@ -8,9 +8,10 @@ use serde::Deserialize;
 
 use super::{
     credentials_digest, fold, stable_user_id, AuthOutcome, Authenticated, CredentialsDigest,
-    Directory, Identity, UserProfile,
+    Directory, Identity, LoginGate, UserProfile,
 };
 use crate::config::{ConfigProblem, LocalDirectoryConfig};
+use crate::dummy_hash::{dummy_for, HashCost};
 use crate::error::GatewayError;
 use crate::password::{check_hash_format, Password, Prehash, Verifier};
 
@@ -45,6 +46,8 @@ pub struct LocalDirectory {
     by_email: HashMap<String, usize>,
     by_id: HashMap<String, usize>,
     verifier: Verifier,
+    /// Derived from the users' hashes (see `dummy_hash`), so it follows every reload.
+    dummy: Option<(String, HashCost)>,
 }
 
 fn problem(
@@ -202,8 +205,10 @@ pub fn load_users(config: &LocalDirectoryConfig) -> Result<Vec<LocalUser>, Vec<C
                 ));
             }
         }
+        // Seeded with the plain lower-case name, as before logins were compared in caseless
+        // form, so existing users keep their ids (and sessions).
         let id =
-            u.id.unwrap_or_else(|| stable_user_id("local", &fold(&username)));
+            u.id.unwrap_or_else(|| stable_user_id("local", &username.trim().to_lowercase()));
         if id.is_empty()
             || !id
                 .bytes()
@@ -281,13 +286,20 @@ impl LocalDirectory {
             }
             by_id.insert(u.profile.id.clone(), i);
         }
+        let dummy = dummy_for(users.iter().map(|u| u.password_hash.as_str()));
         Self {
             users,
             by_username,
             by_email,
             by_id,
             verifier,
+            dummy,
         }
+    }
+
+    /// The parameters unknown users are verified with (None: the verifier's own dummy).
+    pub fn dummy_cost(&self) -> Option<&HashCost> {
+        self.dummy.as_ref().map(|(_, cost)| cost)
     }
 
     fn find(&self, identity: &Identity) -> Option<&LocalUser> {
@@ -323,20 +335,24 @@ impl Directory for LocalDirectory {
         )
     }
 
-    async fn authenticate(
+    async fn authenticate_gated(
         &self,
         identity: &Identity,
         password: &Password,
+        gate: &mut dyn LoginGate,
     ) -> Result<AuthOutcome, GatewayError> {
         let user = self.find(identity);
-        // Unknown users are verified against a dummy hash, so they cost the same as a wrong password.
-        let ok = self
-            .verifier
-            .verify(
-                password,
-                user.map(|u| (u.password_hash.as_str(), u.password_prehash)),
-            )
-            .await?;
+        if let Some(u) = user {
+            gate.admit(&u.profile.id).await?;
+        }
+        // Unknown users are verified against a dummy hash with the parameters most users have,
+        // so they cost what a wrong password costs.
+        let stored = match (user, &self.dummy) {
+            (Some(u), _) => Some((u.password_hash.as_str(), u.password_prehash)),
+            (None, Some((dummy, _))) => Some((dummy.as_str(), Prehash::None)),
+            (None, None) => None,
+        };
+        let ok = self.verifier.verify(password, stored).await? && user.is_some();
         Ok(match user {
             None => AuthOutcome::UnknownUser,
             Some(u) if ok && u.active => AuthOutcome::Authenticated(Authenticated {
@@ -372,5 +388,84 @@ impl Directory for LocalDirectory {
                 profile: u.profile.clone(),
                 totp_secret: u.totp_secret.clone(),
             }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::password::HashPriority;
+
+    fn argon2_hash(m: u32, t: u32) -> String {
+        use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+        let params = argon2::Params::new(m, t, 1, None).unwrap();
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(b"pw", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string()
+    }
+
+    /// Loads a users file the way start and reload do.
+    fn directory_from(dir: &Path, hashes: &[String]) -> LocalDirectory {
+        let mut text = String::new();
+        for (i, h) in hashes.iter().enumerate() {
+            text.push_str(&format!(
+                "[[users]]\nusername = \"user{i}\"\npassword_hash = \"{h}\"\n"
+            ));
+        }
+        let path = dir.join("users.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = LocalDirectoryConfig {
+            users_file: path,
+            missing_is_empty: false,
+            watch: Duration::ZERO,
+        };
+        let users = load_users(&config).unwrap_or_else(|p| panic!("{p:?}"));
+        let verifier = Verifier::new(1, Duration::from_secs(5), HashPriority::Normal);
+        LocalDirectory::new(users, verifier)
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_follows_the_users_file_at_load_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        // Imported from Rocket.Chat: mostly bcrypt.
+        let bcrypt5 = || bcrypt::hash("pw", 5).unwrap();
+        let first = directory_from(dir.path(), &[bcrypt5(), argon2_hash(256, 1), bcrypt5()]);
+        assert_eq!(first.dummy_cost(), Some(&HashCost::Bcrypt { cost: 5 }));
+        let unknown = Identity::Username("nobody".into());
+        let outcome = first
+            .authenticate(&unknown, &Password::Plain("pw".into()))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, AuthOutcome::UnknownUser), "{outcome:?}");
+
+        // Reloaded with hashes made by another tool.
+        let second = directory_from(
+            dir.path(),
+            &[argon2_hash(512, 3), bcrypt5(), argon2_hash(512, 3)],
+        );
+        assert!(
+            matches!(
+                second.dummy_cost(),
+                Some(HashCost::Argon2 {
+                    memory_kib: 512,
+                    passes: 3,
+                    ..
+                })
+            ),
+            "{:?}",
+            second.dummy_cost()
+        );
+        // The dummy's own password never logs an unknown user in.
+        let outcome = second
+            .authenticate(
+                &unknown,
+                &Password::Plain("authgate dummy password for unknown users".into()),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(outcome, AuthOutcome::UnknownUser), "{outcome:?}");
     }
 }

@@ -57,6 +57,24 @@ pub enum AuthOutcome {
     UnknownUser,
 }
 
+/// Asked with the id of the user a login resolves to, after the directory found the user and
+/// before it checks the password: regulation's per-user budget, whichever name was typed. An
+/// error refuses the login with the password unchecked.
+#[async_trait]
+pub trait LoginGate: Send {
+    async fn admit(&mut self, user_id: &str) -> Result<(), GatewayError>;
+}
+
+/// A gate that admits every user (checks outside a login, tests).
+pub struct OpenGate;
+
+#[async_trait]
+impl LoginGate for OpenGate {
+    async fn admit(&mut self, _user_id: &str) -> Result<(), GatewayError> {
+        Ok(())
+    }
+}
+
 #[async_trait]
 pub trait Directory: Send + Sync {
     fn name(&self) -> &'static str;
@@ -64,6 +82,16 @@ pub trait Directory: Send + Sync {
         &self,
         identity: &Identity,
         password: &Password,
+    ) -> Result<AuthOutcome, GatewayError> {
+        self.authenticate_gated(identity, password, &mut OpenGate)
+            .await
+    }
+    /// `authenticate`, asking `gate` about the user found before checking the password.
+    async fn authenticate_gated(
+        &self,
+        identity: &Identity,
+        password: &Password,
+        gate: &mut dyn LoginGate,
     ) -> Result<AuthOutcome, GatewayError>;
     /// The current profile of a user this directory issued a session for, or None when the user
     /// is gone or disabled (their sessions must then stop working). It takes the session's whole
@@ -114,20 +142,16 @@ impl Directories {
         &self,
         identity: &Identity,
         password: &Password,
-    ) -> (
-        Option<&'static str>,
-        Result<Option<Authenticated>, GatewayError>,
-    ) {
+        gate: &mut dyn LoginGate,
+    ) -> (Option<&'static str>, Result<AuthOutcome, GatewayError>) {
         for d in &self.list {
-            match d.authenticate(identity, password).await {
-                Err(e) => return (Some(d.name()), Err(e)),
-                Ok(AuthOutcome::Authenticated(a)) => return (Some(d.name()), Ok(Some(a))),
-                // A wrong password never falls through to the next directory.
-                Ok(AuthOutcome::Rejected) => return (Some(d.name()), Ok(None)),
+            match d.authenticate_gated(identity, password, gate).await {
                 Ok(AuthOutcome::UnknownUser) => continue,
+                // A wrong password never falls through to the next directory.
+                decided => return (Some(d.name()), decided),
             }
         }
-        (None, Ok(None))
+        (None, Ok(AuthOutcome::UnknownUser))
     }
 
     /// How many users may log in through the named directory, for directories that hold their
@@ -229,14 +253,33 @@ pub fn stable_user_id(namespace: &str, seed: &str) -> String {
         .collect()
 }
 
-/// Case folding used for every login comparison (and for regulation keys).
+/// The form every login comparison (and regulation key) uses: Unicode compatibility caseless
+/// matching (Unicode 3.13, D146: NFKC with full case folding), so fullwidth, mathematical and
+/// differently cased spellings of a name are that name, as directory servers match them.
 pub fn fold(s: &str) -> String {
-    s.trim().to_lowercase()
+    use caseless::Caseless;
+    use unicode_normalization::UnicodeNormalization;
+    s.trim()
+        .nfd()
+        .default_case_fold()
+        .nfkd()
+        .default_case_fold()
+        .nfkc()
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folding_joins_lookalike_and_case_spellings() {
+        assert_eq!(fold("ａｄa"), "ada");
+        assert_eq!(fold(" ADA "), "ada");
+        assert_eq!(fold("\u{1d41a}\u{1d41d}\u{1d41a}"), "ada");
+        assert_eq!(fold("Straße"), fold("STRASSE"));
+        assert_eq!(fold("Frank@Example.org"), "frank@example.org");
+    }
 
     #[test]
     fn stable_ids_have_rocket_chat_form() {

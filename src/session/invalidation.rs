@@ -63,6 +63,9 @@ pub(super) fn spawn(connector: Arc<Connector>, cache: Weak<SessionCache>, channe
             match subscribe_and_listen(&connector, &cache, &channel).await {
                 Ok(()) => return,
                 Err(why) => {
+                    // The server that broke the subscription has likely dropped the shared
+                    // connection too.
+                    connector.forget_current();
                     if !reported {
                         tracing::warn!(%why, "session revocation channel down; sessions are read from Redis until it is back");
                         reported = true;
@@ -93,6 +96,10 @@ async fn subscribe_and_listen(
         // Whatever was cached before this subscription may have missed revocations.
         Some(c) => c.flush(),
         None => return Ok(()),
+    }
+    // The server is (back) up: open the shared connection now, before a request needs it.
+    if let Err(e) = connector.lease().await {
+        tracing::debug!(error = %e, "could not open the session store connection ahead of use");
     }
     tracing::debug!(%channel, "subscribed to session revocations");
     let mut ticker = tokio::time::interval(PING_EVERY);

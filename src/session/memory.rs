@@ -17,8 +17,9 @@ struct Inner {
     sessions: HashMap<TokenHash, Arc<Session>>,
     by_user: HashMap<String, HashSet<TokenHash>>,
     creates_since_sweep: usize,
-    /// Failure times (unix ms) per regulation key, oldest first.
-    failures: HashMap<String, VecDeque<u64>>,
+    /// Failure (and reserved attempt) times in unix ms, with the attempt's id, per regulation
+    /// key, oldest first.
+    failures: HashMap<String, VecDeque<(u64, String)>>,
     /// User id -> (last accepted TOTP step, record expiry in unix ms).
     totp_steps: HashMap<String, (u64, u64)>,
 }
@@ -40,7 +41,7 @@ impl Inner {
         let Some(times) = self.failures.get_mut(key) else {
             return 0;
         };
-        while times.front().is_some_and(|&t| t <= since) {
+        while times.front().is_some_and(|(t, _)| *t <= since) {
             times.pop_front();
         }
         let n = times.len() as u64;
@@ -171,8 +172,35 @@ impl SessionStore for MemoryStore {
             .failures
             .entry(key.to_string())
             .or_default()
-            .push_back(now);
+            .push_back((now, String::new()));
         Ok(inner.prune_failures(key, now, window))
+    }
+
+    async fn reserve_attempt(
+        &self,
+        key: &str,
+        attempt: &str,
+        window: Duration,
+    ) -> Result<u64, StoreError> {
+        let now = now_unix_ms();
+        let mut inner = self.lock();
+        inner
+            .failures
+            .entry(key.to_string())
+            .or_default()
+            .push_back((now, attempt.to_string()));
+        Ok(inner.prune_failures(key, now, window))
+    }
+
+    async fn release_attempt(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some(times) = inner.failures.get_mut(key) {
+            times.retain(|(_, id)| id != attempt);
+            if times.is_empty() {
+                inner.failures.remove(key);
+            }
+        }
+        Ok(())
     }
 
     async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError> {

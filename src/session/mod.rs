@@ -291,6 +291,18 @@ pub trait SessionStore: Send + Sync {
     async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError>;
     /// Forgets the failures under `key` (after a successful login).
     async fn clear_failures(&self, key: &str) -> Result<(), StoreError>;
+    // Regulation reservations: an attempt is counted before it is evaluated, in one atomic
+    // step, so concurrent attempts (on any instance) can never all see room under the limit.
+    /// Records the attempt `attempt` (a unique id) under `key` and returns how many attempts
+    /// and failures under it fall within the last `window`, this one included.
+    async fn reserve_attempt(
+        &self,
+        key: &str,
+        attempt: &str,
+        window: Duration,
+    ) -> Result<u64, StoreError>;
+    /// Takes back one reserved attempt that turned out not to be a failure.
+    async fn release_attempt(&self, key: &str, attempt: &str) -> Result<(), StoreError>;
     /// One-time use of TOTP codes (RFC 6238 section 5.2): atomically records `step` as the
     /// user's last accepted time step when it is greater than the recorded one, and returns
     /// true; returns false, changing nothing, for a step at or below it. The record lives for

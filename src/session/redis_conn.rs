@@ -214,6 +214,12 @@ impl Connector {
         }
     }
 
+    /// Forgets the shared connection whatever it is: the subscriber saw the server go away, so
+    /// the next command must not be the one to find the connection dead.
+    pub fn forget_current(&self) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     fn plain_config(&self) -> AsyncConnectionConfig {
         AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))

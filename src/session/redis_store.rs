@@ -106,6 +106,12 @@ pub struct RedisStore {
     accept_totp_step_script: Script,
 }
 
+/// Whether a command failed because its connection was already gone: the server closed it (a
+/// restart) or the socket broke, as opposed to an answer or a timeout.
+fn found_dropped(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() && !e.is_timeout()
+}
+
 fn decode(raw: &str) -> Result<Session, StoreError> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -184,6 +190,7 @@ impl RedisStore {
         if let Some((digest, keep_for)) = credentials {
             inv.arg(digest).arg(keep_for.as_millis() as u64);
         }
+        let inv = &inv;
         let n: i64 = self
             .run_durably(&index, |mut l| async move {
                 inv.invoke_async(&mut l.conn).await
@@ -232,22 +239,39 @@ impl RedisStore {
         }
     }
 
-    /// Runs one command on the shared connection; a failure drops that connection.
+    /// Runs one command on the shared connection; a failure drops that connection. A command
+    /// that finds the connection already dropped (Redis restarted since it was opened) is tried
+    /// once more on a fresh one: it never reached a server, so running it again is safe.
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(Lease) -> Fut,
+        F: Fn(Lease) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let lease = self.connector.lease().await?;
-        match tokio::time::timeout(self.timeout, f(lease.clone())).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.connector.failed(&lease);
-                Err(unavailable(e))
-            }
-            Err(_) => {
-                self.connector.failed(&lease);
-                Err(StoreError::Timeout)
+        self.attempt(&f).await.map(|(_, v)| v)
+    }
+
+    /// `run`, also answering the connection the command finally ran on.
+    async fn attempt<T, F, Fut>(&self, f: &F) -> Result<(Lease, T), StoreError>
+    where
+        F: Fn(Lease) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let mut retried = false;
+        loop {
+            let lease = self.connector.lease().await?;
+            match tokio::time::timeout(self.timeout, f(lease.clone())).await {
+                Ok(Ok(v)) => return Ok((lease, v)),
+                Ok(Err(e)) => {
+                    self.connector.failed(&lease);
+                    if retried || !found_dropped(&e) {
+                        return Err(unavailable(e));
+                    }
+                    retried = true;
+                }
+                Err(_) => {
+                    self.connector.failed(&lease);
+                    return Err(StoreError::Timeout);
+                }
             }
         }
     }
@@ -256,21 +280,10 @@ impl RedisStore {
     /// failover cannot undo it.
     async fn run_durably<T, F, Fut>(&self, key: &str, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(Lease) -> Fut,
+        F: Fn(Lease) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let lease = self.connector.lease().await?;
-        let value = match tokio::time::timeout(self.timeout, f(lease.clone())).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                self.connector.failed(&lease);
-                return Err(unavailable(e));
-            }
-            Err(_) => {
-                self.connector.failed(&lease);
-                return Err(StoreError::Timeout);
-            }
-        };
+        let (lease, value) = self.attempt(&f).await?;
         tokio::time::timeout(
             self.timeout,
             self.connector
@@ -289,6 +302,7 @@ impl RedisStore {
         self.ensure_subscribed();
         let epoch = self.cache.as_ref().map(|c| c.epoch());
         let key = self.session_key(user_id, hash);
+        let key = &key;
         let raw: Option<String> = self
             .run(|mut l| async move { l.conn.get(key).await })
             .await?;
@@ -320,6 +334,7 @@ impl SessionStore for RedisStore {
         // The resume pointer lives in another slot; it is written first, so a session never
         // exists without it (a pointer without a session leads nowhere).
         let pointer = self.pointer_key(hash);
+        let pointer = &pointer;
         self.run(|mut l| async move {
             match ttl_ms {
                 Some(ms) => {
@@ -337,6 +352,7 @@ impl SessionStore for RedisStore {
             .arg(json)
             .arg(ttl_ms)
             .arg(&hash.0);
+        let inv = &inv;
         let _: i64 = self
             .run(|mut l| async move { inv.invoke_async(&mut l.conn).await })
             .await?;
@@ -366,6 +382,7 @@ impl SessionStore for RedisStore {
 
     async fn find_uncached(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
         let pointer = self.pointer_key(hash);
+        let pointer = &pointer;
         let user_id: Option<String> = self
             .run(|mut l| async move { l.conn.get(pointer).await })
             .await?;
@@ -382,6 +399,7 @@ impl SessionStore for RedisStore {
             .arg(&hash.0)
             .arg(self.channel())
             .arg(invalidation::token_message(&hash.0));
+        let inv = &inv;
         let deleted: i64 = self
             .run_durably(
                 &key,
@@ -410,10 +428,9 @@ impl SessionStore for RedisStore {
             .iter()
             .map(|h| self.session_key(user_id, &TokenHash(h.clone())))
             .collect();
+        let keys = &keys;
         let values: Vec<Option<String>> = self
-            .run(
-                |mut l| async move { redis::cmd("MGET").arg(&keys).query_async(&mut l.conn).await },
-            )
+            .run(|mut l| async move { redis::cmd("MGET").arg(keys).query_async(&mut l.conn).await })
             .await?;
         let now = now_unix_ms();
         let mut live = Vec::new();
@@ -425,6 +442,8 @@ impl SessionStore for RedisStore {
             }
         }
         if !stale.is_empty() {
+            let stale = &stale;
+            let index = &index;
             let _: i64 = self
                 .run(|mut l| async move { l.conn.srem(index, stale).await })
                 .await?;
@@ -460,15 +479,47 @@ impl SessionStore for RedisStore {
         inv.arg(now_unix_ms())
             .arg(window.as_millis() as u64)
             .arg(member);
+        let inv = &inv;
         let n: i64 = self
             .run(|mut l| async move { inv.invoke_async(&mut l.conn).await })
             .await?;
         Ok(n.max(0) as u64)
     }
 
+    async fn reserve_attempt(
+        &self,
+        key: &str,
+        attempt: &str,
+        window: Duration,
+    ) -> Result<u64, StoreError> {
+        // The failure script is one atomic step: concurrent reservations on any instance get
+        // distinct running totals.
+        let mut inv = self.record_failure_script.key(self.failure_key(key));
+        inv.arg(now_unix_ms())
+            .arg(window.as_millis() as u64)
+            .arg(attempt);
+        let inv = &inv;
+        let n: i64 = self
+            .run(|mut l| async move { inv.invoke_async(&mut l.conn).await })
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn release_attempt(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+        let key = self.failure_key(key);
+        let attempt = attempt.to_string();
+        let key = &key;
+        let attempt = &attempt;
+        let _: i64 = self
+            .run(|mut l| async move { l.conn.zrem(key, attempt).await })
+            .await?;
+        Ok(())
+    }
+
     async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
         let since = now_unix_ms().saturating_sub(window.as_millis() as u64);
         let key = self.failure_key(key);
+        let key = &key;
         let n: i64 = self
             .run(|mut l| async move { l.conn.zcount(key, format!("({since}"), "+inf").await })
             .await?;
@@ -477,6 +528,7 @@ impl SessionStore for RedisStore {
 
     async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
         let key = self.failure_key(key);
+        let key = &key;
         let _: i64 = self
             .run(|mut l| async move { l.conn.del(key).await })
             .await?;
@@ -493,6 +545,7 @@ impl SessionStore for RedisStore {
         let mut inv = self.accept_totp_step_script.key(&key);
         inv.arg(step).arg(keep_for.as_millis().max(1) as u64);
         // A used step lost in a failover would let the same code in twice.
+        let inv = &inv;
         let accepted: i64 = self
             .run_durably(
                 &key,

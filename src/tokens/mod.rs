@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::regulation::Settlement;
 use crate::session::{PersonalToken, Session, StoreError, Token, TokenHash};
 
 /// The REST endpoints this module answers, as compared: lower case, no trailing slash.
@@ -419,7 +420,12 @@ impl Gateway {
             .await?
             .ok_or(GatewayError::NotLoggedIn)?;
         let login = Some(user.profile.username.as_str());
-        self.regulation.check(login, ip).await?;
+        // Codes are guesses like passwords: each takes its place in the user's and the IP's
+        // counters before it is checked.
+        let mut reservation = self.regulation.reserve(login, ip).await?;
+        self.regulation
+            .reserve_user(&mut reservation, &user.profile.id)
+            .await?;
         // authgate's only second factor is TOTP; a code of another method cannot satisfy it.
         let code = call.code.as_deref().filter(|c| !c.is_empty()).filter(|_| {
             call.code_method
@@ -427,9 +433,12 @@ impl Gateway {
                 .is_none_or(|m| m.eq_ignore_ascii_case("totp"))
         });
         let checked = self.totp.check(&user, code, self.store.as_ref()).await;
-        if let Err(GatewayError::TotpInvalid) = &checked {
-            self.regulation.failed(login, ip).await?;
-        }
+        // A right code proves the second factor, not the password: it clears no counter.
+        let settlement = match &checked {
+            Err(GatewayError::TotpInvalid) => Settlement::Failed,
+            _ => Settlement::NotCounted,
+        };
+        self.regulation.settle(reservation, settlement).await?;
         checked.map(|_| ())
     }
 }

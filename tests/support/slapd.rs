@@ -185,6 +185,15 @@ fn seed_ldif() -> String {
     s
 }
 
+/// Active Directory's account-state attributes (with AD's OIDs), on an auxiliary class
+/// `adAccount`, so entries can be expired, locked out or disabled as AD marks them.
+const AD_ACCOUNT_SCHEMA: &str = "\
+attributetype ( 1.2.840.113556.1.4.8 NAME 'userAccountControl' EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.4.159 NAME 'accountExpires' EQUALITY integerMatch ORDERING integerOrderingMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.4.662 NAME 'lockoutTime' EQUALITY integerMatch ORDERING integerOrderingMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+objectclass ( 1.3.6.1.4.1.55555.1.1 NAME 'adAccount' SUP top AUXILIARY MAY ( userAccountControl $ accountExpires $ lockoutTime ) )
+";
+
 #[derive(Default, Clone)]
 pub struct SlapdOptions {
     /// Also listen on ldaps:// and allow StartTLS, with a certificate from a generated CA.
@@ -193,6 +202,8 @@ pub struct SlapdOptions {
     pub idle_timeout_secs: Option<u32>,
     /// Another directory than the one above, e.g. docker/'s seed and ACL.
     pub directory: Option<CustomDirectory>,
+    /// Log every operation (`-d stats`), for `simple_binds_as`.
+    pub log_operations: bool,
 }
 
 /// The slapd.conf `access` lines and the LDIF (base entry included) of a directory under the
@@ -313,6 +324,8 @@ impl Slapd {
         for schema in ["core", "cosine", "inetorgperson", "nis"] {
             conf.push_str(&format!("include /etc/ldap/schema/{schema}.schema\n"));
         }
+        std::fs::write(d.join("ad-account.schema"), AD_ACCOUNT_SCHEMA).unwrap();
+        conf.push_str(&format!("include {}/ad-account.schema\n", d.display()));
         conf.push_str(&format!(
             "modulepath /usr/lib/ldap\nmoduleload back_mdb\npidfile {0}/slapd.pid\nargsfile {0}/slapd.args\n\
              allow bind_anon_dn\n",
@@ -382,8 +395,13 @@ impl Slapd {
         }
         let log = std::fs::File::create(self.dir.path().join("slapd.log")).unwrap();
         // `-d 0` keeps slapd in the foreground, so it is our child and dies with `kill`.
+        let debug = if self.opts.log_operations {
+            "stats"
+        } else {
+            "0"
+        };
         let child = Command::new(which("slapd"))
-            .args(["-d", "0", "-h", &urls, "-f"])
+            .args(["-d", debug, "-h", &urls, "-f"])
             .arg(self.dir.path().join("slapd.conf"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -500,6 +518,47 @@ impl Slapd {
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    /// How many simple binds slapd received for `dn` (needs `log_operations`).
+    pub fn simple_binds_as(&self, dn: &str) -> usize {
+        let needle = format!("bind dn=\"{}\" method=128", dn.to_lowercase());
+        self.log()
+            .lines()
+            .filter(|l| l.to_lowercase().contains(&needle))
+            .count()
+    }
+
+    /// Applies an LDIF change record (`changetype: modify` ...) as the rootdn.
+    pub fn modify(&self, ldif: &str) {
+        use std::io::Write;
+        let mut child = Command::new(which("ldapmodify"))
+            .args([
+                "-x",
+                "-H",
+                &self.url(),
+                "-D",
+                &format!("cn=admin,{BASE}"),
+                "-w",
+                "admin-secret",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ldapmodify");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ldif.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "ldapmodify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Deletes an entry as the rootdn.

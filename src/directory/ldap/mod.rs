@@ -5,15 +5,19 @@
 //! entry's DN on a bind-only connection; groups found with `group_filter` map to roles. Every LDAP
 //! fault (unreachable, refused, silent, TLS) is a 503, never a credential failure.
 
+mod account_state;
 mod pool;
 
 use async_trait::async_trait;
 use ldap3::{ldap_escape, SearchEntry};
 
-use super::{stable_user_id, AuthOutcome, Authenticated, Directory, Identity, UserProfile};
+use super::{
+    stable_user_id, AuthOutcome, Authenticated, Directory, Identity, LoginGate, UserProfile,
+};
 use crate::config::{fill_placeholders as fill, LdapDirectoryConfig};
 use crate::error::GatewayError;
 use crate::password::Password;
+use account_state::Moment;
 use pool::{unavailable, BindOutcome, Pool};
 
 pub struct LdapDirectory {
@@ -139,6 +143,7 @@ impl LdapDirectory {
             a.email.clone(),
         ];
         attrs.extend(a.totp_secret.clone());
+        attrs.extend(account_state::ATTRIBUTES.map(str::to_string));
         let roles = config
             .roles
             .iter()
@@ -307,10 +312,11 @@ impl Directory for LdapDirectory {
         }
     }
 
-    async fn authenticate(
+    async fn authenticate_gated(
         &self,
         identity: &Identity,
         password: &Password,
+        gate: &mut dyn LoginGate,
     ) -> Result<AuthOutcome, GatewayError> {
         // Before any LDAP call: a DN with an empty password is an unauthenticated bind, which
         // many servers (Active Directory among them) answer with success (RFC 4513 5.1.2).
@@ -331,6 +337,12 @@ impl Directory for LdapDirectory {
             }
             Lookup::One(e) => e,
         };
+        let identity = self.identity_of(&entry);
+        // Before the bind, so that a user over budget costs the server no password check (nor
+        // a bad-password count of its own).
+        if let Ok(who) = &identity {
+            gate.admit(&who.id).await?;
+        }
         // Meteor's pre-hashed password form cannot be checked with a bind.
         let Password::Plain(plain) = password else {
             return Ok(AuthOutcome::Rejected);
@@ -338,7 +350,13 @@ impl Directory for LdapDirectory {
         if self.pool.bind(&entry.dn, plain).await? != BindOutcome::Accepted {
             return Ok(AuthOutcome::Rejected);
         }
-        let who = match self.identity_of(&entry) {
+        // A server that does not enforce the account's state itself (or a replica that has
+        // not caught up) must not let in an account its entry marks as unusable.
+        if let Some(why) = account_state::refusal(&entry, Moment::AfterBind) {
+            tracing::info!(dn = ?entry.dn, why, "LDAP account cannot log in");
+            return Ok(AuthOutcome::Rejected);
+        }
+        let who = match identity {
             Ok(w) => w,
             Err(why) => {
                 tracing::warn!(dn = %entry.dn.escape_debug(), %why, "LDAP entry cannot log in");
@@ -400,6 +418,11 @@ impl Directory for LdapDirectory {
             Ok(w) if w.id == session.id => w,
             _ => return Ok(None),
         };
+        // Expired, locked out or disabled: the server would refuse a bind, so the session ends.
+        if let Some(why) = account_state::refusal(&entry, Moment::Revalidation) {
+            tracing::info!(dn = ?entry.dn, why, "LDAP account can no longer log in; ending its sessions");
+            return Ok(None);
+        }
         let roles = self
             .roles_of(&entry.dn, &session.username, &who.username)
             .await?;
