@@ -1,5 +1,6 @@
 //! authgate: an authentication gateway in front of Rocket.Chat-compatible chat backends.
-//! See DESIGN.md for the request flow; `gateway.rs` is where a request is decided.
+//! docs/ARCHITECTURE.md describes the layers, the request flow, the two upstream modes and where
+//! to add a route kind, a directory, a session store or a mode; README.md is the operator's guide.
 #![forbid(unsafe_code)]
 
 pub mod access;

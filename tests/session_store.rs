@@ -287,25 +287,10 @@ async fn instances_sharing_redis_share_sessions_and_logouts() {
     let a = Gateway::start(&config_text(up.addr, Some(&redis.url()), ""), &users).await;
     let b = Gateway::start(&config_text(up.addr, Some(&redis.url()), ""), &users).await;
     let (id, token) = login(&a.url(""), "bob", "bob-password-2").await;
-    let me = |gw: &Gateway| {
-        let url = gw.url("/api/v1/me");
-        let (id, token) = (id.clone(), token.clone());
-        async move {
-            client()
-                .get(url)
-                .header("x-auth-token", token)
-                .header("x-user-id", id)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(me(&b).await, 200);
+    assert_eq!(protected_status(&b, &id, &token).await, 200);
     assert_eq!(logout_status(&b, &id, &token).await, 200);
-    assert_eq!(me(&a).await, 401);
-    assert_eq!(me(&b).await, 401);
+    assert_eq!(protected_status(&a, &id, &token).await, 401);
+    assert_eq!(protected_status(&b, &id, &token).await, 401);
     assert_eq!(up.count(), 1);
 }
 
@@ -319,20 +304,9 @@ async fn session_ttl_comes_from_config() {
     );
     let gw = Gateway::start(&cfg, &users_toml(&standard_users())).await;
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    let status = || async {
-        client()
-            .get(gw.url("/api/v1/me"))
-            .header("x-auth-token", &token)
-            .header("x-user-id", &id)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
-    assert_eq!(status().await, 200);
+    assert_eq!(protected_status(&gw, &id, &token).await, 200);
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    assert_eq!(status().await, 401);
+    assert_eq!(protected_status(&gw, &id, &token).await, 401);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -346,22 +320,13 @@ async fn redis_outage_fails_closed_and_recovers() {
     .await;
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
     redis.kill();
-    let r = client()
-        .get(gw.url("/api/v1/me"))
-        .header("x-auth-token", &token)
-        .header("x-user-id", &id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(v["status"], "error");
-    let (status, _) = login_json(
-        &gw.url(""),
-        serde_json::json!({"user": "alice", "password": "alice-password-1"}),
-    )
-    .await;
+    let (status, body) = protected_json(&gw, &id, &token).await;
     assert_eq!(status, 503);
+    assert_eq!(body["status"], "error");
+    assert_eq!(
+        login_status(&gw.url(""), "alice", "alice-password-1").await,
+        503
+    );
     assert_eq!(
         up.count(),
         0,
@@ -371,12 +336,7 @@ async fn redis_outage_fails_closed_and_recovers() {
     // Sessions were in the killed (non-persistent) Redis: they are gone, logins work again.
     let mut recovered = false;
     for _ in 0..50 {
-        let (status, _) = login_json(
-            &gw.url(""),
-            serde_json::json!({"user": "alice", "password": "alice-password-1"}),
-        )
-        .await;
-        if status == 200 {
+        if login_status(&gw.url(""), "alice", "alice-password-1").await == 200 {
             recovered = true;
             break;
         }
@@ -395,37 +355,24 @@ async fn a_silent_redis_times_out_into_503_and_recovers() {
     )
     .await;
     let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    let me = || async {
-        client()
-            .get(gw.url("/api/v1/me"))
-            .header("x-auth-token", &token)
-            .header("x-user-id", &id)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
-    assert_eq!(me().await, 200);
+    assert_eq!(protected_status(&gw, &id, &token).await, 200);
     redis.signal("STOP");
     let started = std::time::Instant::now();
-    assert_eq!(me().await, 503);
+    assert_eq!(protected_status(&gw, &id, &token).await, 503);
     // redis_timeout is 1s in the test config: the answer comes from the bound, not a hang.
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
-    let (status, _) = login_json(
-        &gw.url(""),
-        serde_json::json!({"user": "bob", "password": "bob-password-2"}),
-    )
-    .await;
-    assert_eq!(status, 503);
+    assert_eq!(
+        login_status(&gw.url(""), "bob", "bob-password-2").await,
+        503
+    );
     redis.signal("CONT");
     let mut recovered = false;
     for _ in 0..50 {
-        if me().await == 200 {
+        if protected_status(&gw, &id, &token).await == 200 {
             recovered = true;
             break;
         }

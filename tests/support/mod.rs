@@ -549,6 +549,20 @@ pub async fn protected_status(gw: &Gateway, id: &str, token: &str) -> u16 {
     status_as(reqwest::Method::GET, &gw.url("/api/v1/me"), id, token).await
 }
 
+/// Status and JSON body of a protected request made with a session, for answers whose body
+/// matters (a 503 must still be the JSON error shape).
+pub async fn protected_json(gw: &Gateway, id: &str, token: &str) -> (u16, serde_json::Value) {
+    let r = client()
+        .get(gw.url("/api/v1/me"))
+        .header("x-user-id", id)
+        .header("x-auth-token", token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
 /// Status of a logout made with a session.
 pub async fn logout_status(gw: &Gateway, id: &str, token: &str) -> u16 {
     status_as(reqwest::Method::POST, &gw.url("/api/v1/logout"), id, token).await
@@ -589,6 +603,16 @@ pub async fn login_json(gw_url: &str, body: serde_json::Value) -> (u16, serde_js
         .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
+}
+
+/// Status of a password login, for tests where only the outcome matters (a dependency down).
+pub async fn login_status(gw_url: &str, user: &str, password: &str) -> u16 {
+    login_json(
+        gw_url,
+        serde_json::json!({"user": user, "password": password}),
+    )
+    .await
+    .0
 }
 
 /// Logs in and returns (user id, token).
