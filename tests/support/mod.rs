@@ -531,12 +531,23 @@ impl Drop for GatewayProcess {
     }
 }
 
-/// Status of a request carrying a session's credential headers.
-pub async fn status_as(method: reqwest::Method, url: &str, id: &str, token: &str) -> u16 {
+/// A request carrying a session's credential headers, for the caller to finish (a body, more
+/// headers) and send.
+pub fn request_as(
+    method: reqwest::Method,
+    url: &str,
+    id: &str,
+    token: &str,
+) -> reqwest::RequestBuilder {
     client()
         .request(method, url)
         .header("x-user-id", id)
         .header("x-auth-token", token)
+}
+
+/// Status of a request carrying a session's credential headers.
+pub async fn status_as(method: reqwest::Method, url: &str, id: &str, token: &str) -> u16 {
+    request_as(method, url, id, token)
         .send()
         .await
         .unwrap()
@@ -552,10 +563,7 @@ pub async fn protected_status(gw: &Gateway, id: &str, token: &str) -> u16 {
 /// Status and JSON body of a protected request made with a session, for answers whose body
 /// matters (a 503 must still be the JSON error shape).
 pub async fn protected_json(gw: &Gateway, id: &str, token: &str) -> (u16, serde_json::Value) {
-    let r = client()
-        .get(gw.url("/api/v1/me"))
-        .header("x-user-id", id)
-        .header("x-auth-token", token)
+    let r = request_as(reqwest::Method::GET, &gw.url("/api/v1/me"), id, token)
         .send()
         .await
         .unwrap();
