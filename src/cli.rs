@@ -317,6 +317,7 @@ async fn wait_for_stop_signal(args: &ServeArgs, running: &crate::server::Running
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => {
+                tracing::info!("SIGHUP received; reloading the configuration");
                 reload(args, running).await;
                 users_file = UsersFileWatch::new(running);
             }
@@ -367,7 +368,6 @@ impl UsersFileWatch {
 
 /// Re-reads the config and the files it names. A config with problems changes nothing.
 async fn reload(args: &ServeArgs, running: &crate::server::RunningGateway) {
-    tracing::info!("SIGHUP received; reloading the configuration");
     let config = match load_serving_config(args) {
         Ok(c) => c.config,
         Err(e) => {
