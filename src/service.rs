@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::access::{request_id, AccessScope, Peer, RequestFacts};
+use crate::access::{ip_header_value, request_id, AccessScope, Peer, RequestFacts, X_REQUEST_ID};
 use crate::config::Config;
 use crate::directory::SignOut;
 use crate::error::{Body, GatewayError};
@@ -125,7 +125,7 @@ impl Service {
             client_value: if client_ip == peer.ip() {
                 peer_value.clone()
             } else {
-                forward::ip_header_value(client_ip)
+                ip_header_value(client_ip)
             },
             peer_value,
             tls,
@@ -169,7 +169,7 @@ impl Service {
             }
         };
         resp.headers_mut()
-            .insert(forward::X_REQUEST_ID, scope.facts.request_id.clone());
+            .insert(X_REQUEST_ID, scope.facts.request_id.clone());
         scope.finish(resp.status().as_u16());
         resp
     }
@@ -259,7 +259,7 @@ impl Service {
         // Reading the users file and preparing the password verifier block; keep them off the
         // threads that serve requests.
         let gateway = tokio::task::spawn_blocking(move || {
-            crate::server::build_snapshot(config, store, metrics, Some(&upstream))
+            crate::compose::build_snapshot(config, store, metrics, Some(&upstream))
         })
         .await
         .map_err(|e| format!("reload task failed: {e}"))?
