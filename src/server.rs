@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::access::Peer;
 use crate::config::Config;
 use crate::conn_guard::{ConnLimits, GuardedIo};
-use crate::error::{Body, GatewayError};
+use crate::error::Body;
 use crate::service::Service;
 use crate::telemetry::ConnectionClose;
 use crate::tls::CertResolver;
@@ -406,8 +406,7 @@ fn conn_limits(server: &crate::config::ServerConfig) -> ConnLimits {
 }
 
 /// The tower service one connection's requests go through: each is decided by the current
-/// configuration's gateway, and a panic anywhere inside answers 500 (the connection and the
-/// process carry on).
+/// configuration's gateway ([`Service::handle`], which also rescues a panicking handler).
 #[derive(Clone)]
 struct PerRequest {
     service: Arc<Service>,
@@ -434,7 +433,7 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
                 .handle(req, self.peer.clone(), self.flags.ambiguous_framing());
         if self.flags.is_h2() {
             let in_progress = self.flags.request_started();
-            return Box::pin(rescue_panics(handled).map(move |resp| {
+            return Box::pin(handled.map(move |resp| {
                 drop(in_progress);
                 Ok(resp)
             }));
@@ -443,7 +442,7 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
         // not followed by the guard, so it is never read as a request.
         if self.flags.lost_track() {
             let metrics = self.service.metrics.clone();
-            return Box::pin(rescue_panics(handled).map(move |mut resp| {
+            return Box::pin(handled.map(move |mut resp| {
                 if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                     metrics.connection_closed(ConnectionClose::UnfollowedFraming);
                     resp.headers_mut().insert(
@@ -454,7 +453,7 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
                 Ok(resp)
             }));
         }
-        Box::pin(rescue_panics(handled).map(Ok))
+        Box::pin(handled.map(Ok))
     }
 }
 
@@ -465,45 +464,3 @@ type Decided = std::pin::Pin<
             + Send,
     >,
 >;
-
-/// A panic in one request answers 500 and leaves the process and other requests alone.
-///
-/// A plain function, not an `async fn`: an async fn would keep its argument and the future
-/// built from it side by side, doubling the request future it wraps.
-pub fn rescue_panics(
-    handler: impl std::future::Future<Output = http::Response<Body>>,
-) -> impl std::future::Future<Output = http::Response<Body>> {
-    std::panic::AssertUnwindSafe(handler)
-        .catch_unwind()
-        .map(|answer| {
-            answer.unwrap_or_else(|_| {
-                tracing::error!("request handler panicked");
-                GatewayError::Internal("handler panicked".into()).into_response()
-            })
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    #[tokio::test]
-    async fn a_panicking_handler_answers_500_with_the_contract_body() {
-        let resp = rescue_panics(async {
-            if std::hint::black_box(true) {
-                panic!("boom");
-            }
-            crate::error::json_response(http::StatusCode::OK, "{}")
-        })
-        .await;
-        assert_eq!(resp.status(), 500);
-        assert_eq!(resp.headers()["content-type"], "application/json");
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], crate::error::INTERNAL_ERROR_BODY.as_bytes());
-        // The runtime and this task survive the panic.
-        let ok =
-            rescue_panics(async { crate::error::json_response(http::StatusCode::OK, "{}") }).await;
-        assert_eq!(ok.status(), 200);
-    }
-}
