@@ -17,6 +17,8 @@ use crate::session::{build_store, DynSessionStore};
 use crate::telemetry::Metrics;
 use crate::totp::SecondFactor;
 
+/// Why a start, or a reload's build, failed. `Config` holds problem lines already formatted
+/// ("  - `key`: problem"), which the command line prints under "invalid configuration:".
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
