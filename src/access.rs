@@ -8,9 +8,28 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::telemetry::{InFlight, Metrics};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Where a request came from, as the forwarding headers write it.
+pub struct Origin<'a> {
+    /// The client's address (`X-Real-IP`).
+    pub client: &'a HeaderValue,
+    /// The TCP peer's address, appended to `X-Forwarded-For`.
+    pub peer: &'a HeaderValue,
+    /// Whether the peer is a trusted proxy, whose `X-Forwarded-For` is kept and extended.
+    pub peer_trusted: bool,
+    /// The client spoke TLS to authgate.
+    pub https: bool,
+}
+
+/// An address as a header value. Per connection, not per request: formatting shows in profiles.
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP is a valid header value")
+}
 
 /// The longest `X-Request-Id` taken from a trusted proxy; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
@@ -29,7 +48,7 @@ impl Peer {
     pub fn new(addr: std::net::SocketAddr, tls: bool) -> Self {
         Self {
             addr,
-            addr_value: crate::forward::ip_header_value(addr.ip()),
+            addr_value: ip_header_value(addr.ip()),
             tls,
         }
     }
@@ -57,8 +76,8 @@ pub struct RequestFacts {
 }
 
 impl RequestFacts {
-    pub fn origin(&self) -> crate::forward::Origin<'_> {
-        crate::forward::Origin {
+    pub fn origin(&self) -> Origin<'_> {
+        Origin {
             client: &self.client_value,
             peer: &self.peer_value,
             peer_trusted: self.peer_trusted,
@@ -79,7 +98,7 @@ fn acceptable_id(v: &HeaderValue) -> bool {
 /// fresh random one (a client could otherwise forge ids to muddle the logs).
 pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> HeaderValue {
     if peer_trusted {
-        let mut given = headers.get_all(&crate::forward::X_REQUEST_ID).iter();
+        let mut given = headers.get_all(&X_REQUEST_ID).iter();
         if let (Some(v), None) = (given.next(), given.next()) {
             if acceptable_id(v) {
                 return v.clone();

@@ -1,21 +1,21 @@
 //! The management listener (`[metrics] listen`): `/metrics` (Prometheus text), `/healthz` (the
 //! process answers) and `/readyz` (it can serve: session store and upstream answer, and it is
-//! not stopping; a directory that is down is reported as `degraded` with a 200). Never mounted on the public listeners (SECURITY 1.18). Also the client side used
-//! by `authgate healthcheck`.
+//! not stopping; a directory that is down is reported as `degraded` with a 200). Never mounted on
+//! the public listeners: readiness details and metrics are for operators, not for clients. Also
+//! the client side used by `authgate healthcheck` (hyper's HTTP/1 client).
 
 use std::convert::Infallible;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -24,7 +24,9 @@ use crate::service::{Readiness, Service};
 
 /// How often recorded histogram samples are folded in when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `authgate healthcheck` waits for the whole exchange: `/readyz` may itself spend up
+/// to 3 s on a hung dependency, and should still get to say which one.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
 
 pub async fn serve(listener: TcpListener, service: Arc<Service>, mut stop: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
@@ -141,7 +143,21 @@ fn local_target(addr: SocketAddr) -> SocketAddr {
 /// `authgate healthcheck`: with the management listener on, GET `/readyz` (or `/healthz` when
 /// `live`) and require a 200; without it, require the first public listener to accept a
 /// connection. Ok holds a one-line description of what answered.
+///
+/// Called from the command line, outside any runtime: it runs its own single-threaded one.
 pub fn probe(config: &Config, live: bool) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        tokio::time::timeout(PROBE_TIMEOUT, probe_within(config, live))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")))
+    })
+}
+
+async fn probe_within(config: &Config, live: bool) -> Result<String, String> {
     let Some(admin) = config.metrics.listen else {
         let addr = local_target(
             *config
@@ -150,30 +166,40 @@ pub fn probe(config: &Config, live: bool) -> Result<String, String> {
                 .first()
                 .ok_or("no server.listen address")?,
         );
-        TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| format!("{addr}: {e}"))?;
+        TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
         return Ok(format!("{addr} accepts connections"));
     };
     let addr = local_target(admin);
     let path = if live { "/healthz" } else { "/readyz" };
-    let mut stream =
-        TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| format!("{addr}: {e}"))?;
-    let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT + Duration::from_secs(1)));
-    let _ = stream.set_write_timeout(Some(PROBE_TIMEOUT));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("{addr}: {e}"))?;
-    let mut reply = Vec::new();
-    stream
-        .read_to_end(&mut reply)
+    let (status, body) = get(addr, path)
+        .await
         .map_err(|e| format!("{addr}{path}: {e}"))?;
-    let reply = String::from_utf8_lossy(&reply);
-    let status_line = reply.lines().next().unwrap_or("");
-    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").trim();
-    if status_line.split_whitespace().nth(1) == Some("200") {
+    let body = String::from_utf8_lossy(&body);
+    let body = body.trim();
+    if status == StatusCode::OK {
         Ok(format!("{addr}{path}: {body}"))
     } else {
-        Err(format!("{addr}{path}: {status_line} {body}"))
+        Err(format!("{addr}{path}: {status} {body}"))
     }
+}
+
+/// One GET over a fresh HTTP/1.1 connection, with hyper's client.
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(StatusCode, Bytes), Box<dyn std::error::Error + Send + Sync>> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // Drives the connection; it ends with the exchange, or with the runtime if the answer hangs.
+    tokio::spawn(connection);
+    let req = Request::get(path)
+        .header(header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
 }

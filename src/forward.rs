@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
+pub use crate::access::{ip_header_value, Origin, X_REQUEST_ID};
 use crate::config::UpstreamConfig;
 use crate::error::{Body, GatewayError};
 use crate::upstream_pool::{Pool, PoolError, UpstreamBody};
@@ -36,7 +37,6 @@ fn is_hop_by_hop(norm: &str) -> bool {
 
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -63,23 +63,6 @@ pub struct Identity<'a> {
     pub token: &'a str,
     /// Also as Rocket.Chat's `rc_uid` / `rc_token` cookies (file downloads and avatars read them).
     pub as_cookies: bool,
-}
-
-/// Where a request came from, as the forwarding headers write it.
-pub struct Origin<'a> {
-    /// The client's address (`X-Real-IP`).
-    pub client: &'a HeaderValue,
-    /// The TCP peer's address, appended to `X-Forwarded-For`.
-    pub peer: &'a HeaderValue,
-    /// Whether the peer is a trusted proxy, whose `X-Forwarded-For` is kept and extended.
-    pub peer_trusted: bool,
-    /// The client spoke TLS to authgate.
-    pub https: bool,
-}
-
-/// An address as a header value. Per connection, not per request: formatting shows in profiles.
-pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string()).expect("an IP is a valid header value")
 }
 
 /// Header names compared as the backends may normalise them: lower case (as `HeaderName`

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod admin;
 pub mod cli;
+pub mod compose;
 pub mod config;
 pub mod conn_framing;
 pub mod conn_guard;

@@ -16,38 +16,14 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access::Peer;
-use crate::config::{Config, DirectoryKind};
+use crate::config::Config;
 use crate::conn_guard::{ConnLimits, GuardedIo};
-use crate::directory::ldap::LdapDirectory;
-use crate::directory::local::{load_users, LocalDirectory};
-use crate::directory::{Directories, DynDirectory};
-use crate::error::{Body, GatewayError};
-use crate::forward::Upstream;
-use crate::gateway::Gateway;
-use crate::password::Verifier;
-use crate::regulation::Regulation;
+use crate::error::Body;
 use crate::service::Service;
-use crate::session::{build_store, DynSessionStore};
 use crate::telemetry::ConnectionClose;
-use crate::telemetry::Metrics;
 use crate::tls::CertResolver;
-use crate::totp::SecondFactor;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Config(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot start worker thread {index}: {source}")]
-    Worker {
-        index: usize,
-        source: std::io::Error,
-    },
-}
+pub use crate::compose::StartError;
 
 /// A gateway that is accepting connections.
 pub struct RunningGateway {
@@ -134,75 +110,6 @@ impl RunningGateway {
     }
 }
 
-/// Builds what one configuration asks for around a session store that outlives it. A reload
-/// passes the running upstream, kept when its settings did not change so its pool stays warm.
-pub fn build_snapshot(
-    config: Config,
-    store: DynSessionStore,
-    metrics: Metrics,
-    running_upstream: Option<&Arc<Upstream>>,
-) -> Result<Gateway, StartError> {
-    let verifier = Verifier::new(
-        config.server.password_hash_concurrency,
-        config.server.login_queue_timeout,
-        config.server.password_hash_priority,
-    );
-    let mut directories: Vec<DynDirectory> = Vec::new();
-    for kind in &config.directory.order {
-        match kind {
-            DirectoryKind::Local => {
-                if let Some(local) = &config.directory.local {
-                    let users = load_users(local).map_err(|problems| {
-                        StartError::Config(problems.iter().map(|p| format!("  - {p}\n")).collect())
-                    })?;
-                    directories.push(Arc::new(LocalDirectory::new(users, verifier.clone())));
-                }
-            }
-            DirectoryKind::Ldap => {
-                if let Some(ldap) = &config.directory.ldap {
-                    let dir = LdapDirectory::new(ldap.clone())
-                        .map_err(|e| StartError::Config(format!("  - {e}\n")))?;
-                    directories.push(Arc::new(dir));
-                }
-            }
-        }
-    }
-    let upstream = match running_upstream {
-        Some(u) if u.config() == &config.upstream => u.clone(),
-        _ => Arc::new(Upstream::new(
-            &config.upstream,
-            config.server.worker_threads,
-        )),
-    };
-    let bridge = (config.upstream.mode == crate::config::UpstreamMode::RocketChat)
-        .then(|| crate::rocketchat::Bridge::new(&config.upstream));
-    let regulation = Regulation::new(config.regulation.clone(), store.clone());
-    let totp = SecondFactor::new(&config.totp)
-        .map_err(|why| StartError::Config(format!("  - `totp.secrets_file`: {why}\n")))?;
-    Ok(Gateway {
-        config: Arc::new(config),
-        store,
-        totp,
-        directories: Directories::new(directories),
-        upstream,
-        regulation,
-        bridge,
-        metrics,
-    })
-}
-
-/// Builds everything the config asks for.
-pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
-    let store = build_store(&config.session)
-        .map_err(|e| StartError::Config(format!("  - `session.redis_url`: {e}\n")))?;
-    let metrics = if config.metrics.listen.is_some() {
-        Metrics::enabled()
-    } else {
-        Metrics::disabled()
-    };
-    Ok(Arc::new(build_snapshot(config, store, metrics, None)?))
-}
-
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -251,7 +158,7 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     };
     let acceptor = tls.clone().map(crate::tls::acceptor);
     let watched = tls.clone();
-    let gateway = build_gateway(config).await?;
+    let gateway = crate::compose::build_gateway(config).await?;
     if let Err(e) = gateway.store.ping().await {
         tracing::warn!(error = %e, "session store not reachable yet; logins and protected requests answer 503 until it is");
     }
@@ -288,9 +195,10 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
         }
     }
     if let Some(resolver) = watched {
+        let service = service.clone();
         tasks.spawn(crate::tls::watch_files(
             resolver,
-            service.clone(),
+            move || service.current().config.server.tls.clone(),
             shutdown_rx.clone(),
         ));
     }
@@ -498,8 +406,7 @@ fn conn_limits(server: &crate::config::ServerConfig) -> ConnLimits {
 }
 
 /// The tower service one connection's requests go through: each is decided by the current
-/// configuration's gateway, and a panic anywhere inside answers 500 (the connection and the
-/// process carry on).
+/// configuration's gateway ([`Service::handle`], which also rescues a panicking handler).
 #[derive(Clone)]
 struct PerRequest {
     service: Arc<Service>,
@@ -526,7 +433,7 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
                 .handle(req, self.peer.clone(), self.flags.ambiguous_framing());
         if self.flags.is_h2() {
             let in_progress = self.flags.request_started();
-            return Box::pin(rescue_panics(handled).map(move |resp| {
+            return Box::pin(handled.map(move |resp| {
                 drop(in_progress);
                 Ok(resp)
             }));
@@ -535,7 +442,7 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
         // not followed by the guard, so it is never read as a request.
         if self.flags.lost_track() {
             let metrics = self.service.metrics.clone();
-            return Box::pin(rescue_panics(handled).map(move |mut resp| {
+            return Box::pin(handled.map(move |mut resp| {
                 if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                     metrics.connection_closed(ConnectionClose::UnfollowedFraming);
                     resp.headers_mut().insert(
@@ -546,7 +453,7 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
                 Ok(resp)
             }));
         }
-        Box::pin(rescue_panics(handled).map(Ok))
+        Box::pin(handled.map(Ok))
     }
 }
 
@@ -557,45 +464,3 @@ type Decided = std::pin::Pin<
             + Send,
     >,
 >;
-
-/// A panic in one request answers 500 and leaves the process and other requests alone.
-///
-/// A plain function, not an `async fn`: an async fn would keep its argument and the future
-/// built from it side by side, doubling the request future it wraps.
-pub fn rescue_panics(
-    handler: impl std::future::Future<Output = http::Response<Body>>,
-) -> impl std::future::Future<Output = http::Response<Body>> {
-    std::panic::AssertUnwindSafe(handler)
-        .catch_unwind()
-        .map(|answer| {
-            answer.unwrap_or_else(|_| {
-                tracing::error!("request handler panicked");
-                GatewayError::Internal("handler panicked".into()).into_response()
-            })
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    #[tokio::test]
-    async fn a_panicking_handler_answers_500_with_the_contract_body() {
-        let resp = rescue_panics(async {
-            if std::hint::black_box(true) {
-                panic!("boom");
-            }
-            crate::error::json_response(http::StatusCode::OK, "{}")
-        })
-        .await;
-        assert_eq!(resp.status(), 500);
-        assert_eq!(resp.headers()["content-type"], "application/json");
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], crate::error::INTERNAL_ERROR_BODY.as_bytes());
-        // The runtime and this task survive the panic.
-        let ok =
-            rescue_panics(async { crate::error::json_response(http::StatusCode::OK, "{}") }).await;
-        assert_eq!(ok.status(), 200);
-    }
-}

@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::access::{request_id, AccessScope, Peer, RequestFacts};
+use crate::access::{ip_header_value, request_id, AccessScope, Peer, RequestFacts, X_REQUEST_ID};
 use crate::config::Config;
 use crate::directory::SignOut;
 use crate::error::{Body, GatewayError};
@@ -125,7 +125,7 @@ impl Service {
             client_value: if client_ip == peer.ip() {
                 peer_value.clone()
             } else {
-                forward::ip_header_value(client_ip)
+                ip_header_value(client_ip)
             },
             peer_value,
             tls,
@@ -140,13 +140,7 @@ impl Service {
                 "Content-Length with Transfer-Encoding is not allowed.",
             ))
         } else {
-            std::panic::AssertUnwindSafe(gw.dispatch(req, &mut scope.facts))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::error!("request handler panicked");
-                    Err(GatewayError::Internal("handler panicked".into()))
-                })
+            rescue_panics(gw.dispatch(req, &mut scope.facts)).await
         };
         let mut resp = match result {
             Ok(resp) => resp,
@@ -169,7 +163,7 @@ impl Service {
             }
         };
         resp.headers_mut()
-            .insert(forward::X_REQUEST_ID, scope.facts.request_id.clone());
+            .insert(X_REQUEST_ID, scope.facts.request_id.clone());
         scope.finish(resp.status().as_u16());
         resp
     }
@@ -259,7 +253,7 @@ impl Service {
         // Reading the users file and preparing the password verifier block; keep them off the
         // threads that serve requests.
         let gateway = tokio::task::spawn_blocking(move || {
-            crate::server::build_snapshot(config, store, metrics, Some(&upstream))
+            crate::compose::build_snapshot(config, store, metrics, Some(&upstream))
         })
         .await
         .map_err(|e| format!("reload task failed: {e}"))?
@@ -282,6 +276,25 @@ impl Service {
         }
         Ok(restart)
     }
+}
+
+/// The one place a panic is caught: a request whose handler panics answers 500 through the same
+/// path as any other error (request id, access line, metrics), and the connection, the other
+/// requests and the process carry on.
+///
+/// A plain function, not an `async fn`: an async fn would keep its argument and the future
+/// built from it side by side, doubling the request future it wraps.
+fn rescue_panics(
+    handler: impl std::future::Future<Output = Result<Response<Body>, GatewayError>>,
+) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> {
+    std::panic::AssertUnwindSafe(handler)
+        .catch_unwind()
+        .map(|answer| {
+            answer.unwrap_or_else(|_| {
+                tracing::error!("request handler panicked");
+                Err(GatewayError::Internal("handler panicked".into()))
+            })
+        })
 }
 
 /// Ends the sessions of a user the reload signed out, and says so in the log.
@@ -323,5 +336,33 @@ async fn revoke_signed_out(
             error = %e,
             "could not revoke the sessions of a user removed, disabled or given new credentials"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_the_contract_body() {
+        let answer = rescue_panics(async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            Ok(crate::error::json_response(http::StatusCode::OK, "{}"))
+        })
+        .await;
+        let resp = answer.expect_err("a panic is an error").into_response();
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], crate::error::INTERNAL_ERROR_BODY.as_bytes());
+        // The runtime and this task survive the panic.
+        let ok =
+            rescue_panics(async { Ok(crate::error::json_response(http::StatusCode::OK, "{}")) })
+                .await
+                .expect("no panic, no error");
+        assert_eq!(ok.status(), 200);
     }
 }

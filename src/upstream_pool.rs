@@ -1,7 +1,8 @@
 //! Keep-alive connections to the upstream, on hyper's own HTTP/1 client connections.
 //!
 //! hyper-util's legacy `Client` spawns an extra task per streamed response to hand the
-//! connection back, and shares one mutex-guarded pool across threads (PERFORMANCE.md §3.7, §5.4).
+//! connection back, and shares one mutex-guarded pool across threads (measured in
+//! bench/NOTES.md, "What made the difference", item 1).
 //! Here each worker runtime keeps its own idle list, a connection's driver task lives on the
 //! worker that opened it, and a connection goes back to its list the moment the response body
 //! has been read to the end, from inside the body itself.

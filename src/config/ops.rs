@@ -102,7 +102,7 @@ pub(super) fn validate_tls(
     let cert = path_of("server.tls.cert", raw.cert, "certificate chain");
     let key = path_of("server.tls.key", raw.key, "private key");
     let (cert, key) = (cert?, key?);
-    if let Err(e) = crate::tls::load_certified_key(&cert, &key) {
+    if let Err(e) = crate::tls::certs::load_certified_key(&cert, &key) {
         problems.push(problem(e.key(), e.to_string(), e.fix()));
     }
     Some(TlsConfig { cert, key, watch })

@@ -1,10 +1,20 @@
 //! Connections to the LDAP server, in two separate stacks: service-bound connections that only
 //! search, and connections that only bind as users. A connection bound as a user therefore never
-//! runs a search with that user's rights (SECURITY.md 1.9).
+//! runs a search with that user's rights: what a lookup finds (the user's entry, their groups)
+//! never depends on whose password went over that connection last, nor on that user's ACLs.
 //!
 //! A semaphore of `pool_size` slots bounds how many logins talk to LDAP at once; each holds its
 //! slot (an RAII permit) for its whole search-bind-groups sequence, so failures and timeouts can
 //! never leak a slot. A connection that errors or times out is dropped, never returned.
+//!
+//! Why not deadpool or bb8: they pool one kind of interchangeable object and bound how many are
+//! checked out. Here the bound is per login, across both kinds (a login holds one slot while it
+//! uses a search connection and then a bind connection), so the semaphore would stay even with
+//! such a crate, which would then replace only the two idle `Vec`s and their `is_closed` check.
+//! Their recycling (a health check before reuse) would also cost an LDAP round trip per login
+//! or go unused: a stale connection here is found by its first failed operation and replaced
+//! once, without a second `timeout` on a silent server. Kept hand-written for that; see also
+//! bench/NOTES.md, "Crates considered and kept out".
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

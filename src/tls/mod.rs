@@ -1,6 +1,13 @@
 //! TLS on the public listeners (rustls with the ring provider). ALPN offers h2 and http/1.1.
 //! The certificate sits behind an atomic swap: a reload changes what new handshakes get, and
 //! connections already established keep going on the key they negotiated.
+//!
+//! Reading and checking a certificate pair lives in [`certs`], a leaf the config validation
+//! also uses; this module adds what serving needs (the resolver, the acceptor, the file watcher).
+
+pub mod certs;
+
+pub use certs::{load_certified_key, TlsError};
 
 use std::fmt;
 use std::path::Path;
@@ -10,62 +17,9 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
-use crate::service::Service;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot use the certificate chain {0}")]
-    Cert(String),
-    #[error("cannot use the private key {0}")]
-    Key(String),
-    #[error("the private key does not belong to the certificate ({0})")]
-    Mismatch(String),
-}
-
-impl TlsError {
-    /// The config key the problem concerns.
-    pub fn key(&self) -> &'static str {
-        match self {
-            TlsError::Cert(_) => "server.tls.cert",
-            TlsError::Key(_) | TlsError::Mismatch(_) => "server.tls.key",
-        }
-    }
-
-    pub fn fix(&self) -> &'static str {
-        match self {
-            TlsError::Cert(_) => "point it at a readable PEM file holding the leaf certificate first, then its intermediates",
-            TlsError::Key(_) => "point it at a readable PEM private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519)",
-            TlsError::Mismatch(_) => "give the key the certificate was issued for",
-        }
-    }
-}
-
-/// Reads and checks a certificate chain and its key.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| TlsError::Cert(format!("{}: {e}", cert.display())))?;
-    if chain.is_empty() {
-        return Err(TlsError::Cert(format!(
-            "{}: no CERTIFICATE block",
-            cert.display()
-        )));
-    }
-    let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::Key(format!("{}: {e}", key.display())))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
-        .map_err(|e| TlsError::Key(format!("{}: {e}", key.display())))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| TlsError::Mismatch(e.to_string()))?;
-    Ok(certified)
-}
 
 /// Hands every handshake the current certificate.
 pub struct CertResolver {
@@ -127,14 +81,17 @@ fn stamps(tls: &TlsConfig) -> [(std::path::PathBuf, Stamp); 2] {
 /// Reloads the certificate when its files change (`server.tls.watch`), until `stop`. A pair that
 /// does not load (say, the certificate written but not yet its key) is retried on every later
 /// change and the current certificate stays meanwhile.
+///
+/// `current` reads `[server.tls]` from the configuration in force, so a reload that changes
+/// the files or the interval is followed without this module knowing how configurations swap.
 pub async fn watch_files(
     resolver: Arc<CertResolver>,
-    service: Arc<Service>,
+    current: impl Fn() -> Option<TlsConfig> + Send,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut seen = service.current().config.server.tls.as_ref().map(stamps);
+    let mut seen = current().as_ref().map(stamps);
     loop {
-        let tls = service.current().config.server.tls.clone();
+        let tls = current();
         let every = match &tls {
             Some(t) if !t.watch.is_zero() => t.watch,
             // Off for now; a reload may turn it on.
