@@ -212,6 +212,15 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
+    async fn failure_records(&self) -> Result<Vec<(String, Vec<u64>)>, StoreError> {
+        Ok(self
+            .lock()
+            .failures
+            .iter()
+            .map(|(key, times)| (key.clone(), times.iter().map(|(t, _)| *t).collect()))
+            .collect())
+    }
+
     async fn accept_totp_step(
         &self,
         user_id: &str,

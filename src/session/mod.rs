@@ -9,6 +9,7 @@ pub mod command;
 mod invalidation;
 mod memory;
 mod redis_conn;
+mod redis_scripts;
 mod redis_store;
 
 pub use cache::SessionCache;
@@ -147,6 +148,43 @@ pub struct Session {
     /// Set for a personal access token: named by its user, no expiry until removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub personal: Option<PersonalToken>,
+    /// Where the login that created the session came from, so an operator listing a user's
+    /// sessions can tell which one to revoke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<SessionOrigin>,
+}
+
+/// The client a session was created for, as the gateway saw it at login.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionOrigin {
+    /// The client IP (the forwarded one when the peer is a trusted proxy).
+    pub ip: String,
+    /// The `User-Agent` the login sent, cut to [`MAX_USER_AGENT_CHARS`]: it is the client's
+    /// text, stored and shown, so it must not grow a record without bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// The `User-Agent` a login request carries, for [`SessionOrigin`].
+pub fn user_agent(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// How much of a `User-Agent` a session keeps; real ones are far shorter.
+pub const MAX_USER_AGENT_CHARS: usize = 256;
+
+impl SessionOrigin {
+    pub fn new(ip: std::net::IpAddr, user_agent: Option<&str>) -> Self {
+        SessionOrigin {
+            ip: ip.to_string(),
+            user_agent: user_agent
+                .map(str::trim)
+                .filter(|ua| !ua.is_empty())
+                .map(|ua| ua.chars().take(MAX_USER_AGENT_CHARS).collect()),
+        }
+    }
 }
 
 /// What marks a session as a personal access token, and what its owner sees of it in a list.
@@ -192,7 +230,14 @@ impl Session {
             expires_ms: now + ttl.as_millis() as u64,
             upstream: None,
             personal: None,
+            origin: None,
         }
+    }
+
+    /// The session, recording the client whose login created it.
+    pub fn with_origin(mut self, ip: std::net::IpAddr, user_agent: Option<&str>) -> Self {
+        self.origin = Some(SessionOrigin::new(ip, user_agent));
+        self
     }
 
     /// A personal access token of `user`: it lives until it is removed.
@@ -208,6 +253,7 @@ impl Session {
                 last_token_part: secret[secret.len().saturating_sub(6)..].to_string(),
                 bypass_two_factor,
             }),
+            origin: None,
         }
     }
 
@@ -267,6 +313,17 @@ pub trait SessionStore: Send + Sync {
     async fn revoke(&self, user_id: &str, hash: &TokenHash) -> Result<bool, StoreError>;
     /// The live sessions of one user, by token hash.
     async fn list_user(&self, user_id: &str) -> Result<Vec<(TokenHash, Arc<Session>)>, StoreError>;
+    /// When each of the user's sessions `hashes` was last used, in unix ms, as far as the
+    /// store tracks it (None: not since it was created, or not tracked). Approximate by design:
+    /// recording every use would cost a write per request.
+    async fn last_used(
+        &self,
+        user_id: &str,
+        hashes: &[TokenHash],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let _ = user_id;
+        Ok(vec![None; hashes.len()])
+    }
     /// Revokes every session of one user; returns how many were live.
     async fn revoke_user(&self, user_id: &str) -> Result<usize, StoreError>;
     /// Revokes every session of a user whose credentials changed to `credentials` (a digest),
@@ -291,6 +348,10 @@ pub trait SessionStore: Send + Sync {
     async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError>;
     /// Forgets the failures under `key` (after a successful login).
     async fn clear_failures(&self, key: &str) -> Result<(), StoreError>;
+    /// Every regulation key with failures (or reserved attempts) on record, with their times in
+    /// unix ms, oldest first: what `authgate blocks list` reads. Entries older than any window
+    /// may be included; the caller applies the window.
+    async fn failure_records(&self) -> Result<Vec<(String, Vec<u64>)>, StoreError>;
     // Regulation reservations: an attempt is counted before it is evaluated, in one atomic
     // step, so concurrent attempts (on any instance) can never all see room under the limit.
     /// Records the attempt `attempt` (a unique id) under `key` and returns how many attempts
