@@ -14,6 +14,8 @@
 //! before it checks the password (so `frank` and `frank@example.org` share one). Both must have
 //! room.
 
+pub mod command;
+
 use std::net::IpAddr;
 
 use crate::config::RegulationConfig;

@@ -190,9 +190,9 @@ fn utc(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// `s` with control characters escaped: user agents and token names are client text, and an
-/// escape sequence must not reach the operator's terminal.
-fn printable(s: &str) -> String {
+/// `s` with control characters escaped: user agents, token names and login names are client
+/// text, and an escape sequence must not reach the operator's terminal.
+pub fn printable(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             let escaped: Vec<char> = if c.is_control() {
