@@ -174,10 +174,10 @@ fn list(arg: &ConfigArg, only_blocked: bool) -> Result<(), Failure> {
     if shown.is_empty() {
         println!(
             "{}",
-            if only_blocked || counters.is_empty() {
-                "Nothing is blocked."
+            if counters.is_empty() {
+                "No failed logins on record: nothing is blocked."
             } else {
-                "No failed logins on record."
+                "Nothing is blocked."
             }
         );
         return Ok(());
