@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{now_unix_ms, Session, SessionStore, StoreError, TokenHash};
+use super::store::{Session, SessionStore, StoreError};
+use super::token::{now_unix_ms, TokenHash};
 
 /// Sessions for a single instance. Lost on restart, which fails closed (users log in again).
 #[derive(Default)]

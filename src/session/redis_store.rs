@@ -23,9 +23,11 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 
 use super::cache::SessionCache;
-use super::redis_conn::{unavailable, Connector, Lease};
+use super::invalidation;
+use super::redis_conn::{escape_glob, unavailable, Connector, Lease};
 use super::redis_scripts;
-use super::{invalidation, now_unix_ms, Session, SessionStore, StoreError, TokenHash};
+use super::store::{Session, SessionStore, StoreError};
+use super::token::{now_unix_ms, TokenHash};
 use crate::config::{RedisConfig, SessionConfig};
 
 /// Each command is bounded by `timeout`; a dead Redis gives `StoreError`, never a pass, and the
@@ -256,49 +258,6 @@ impl RedisStore {
         if let Err(e) = touched {
             tracing::debug!(error = %e, "could not record a session's last use");
         }
-    }
-
-    /// The keys holding regulation failures. `SCAN` on one server; a Cluster spreads them over
-    /// its primaries, where the client sends `KEYS` to each (an operator's occasional command,
-    /// never on a request's path).
-    async fn failure_keys(&self) -> Result<Vec<String>, StoreError> {
-        let pattern = format!("{}fail:*", escape_glob(&self.prefix));
-        let pattern = &pattern;
-        let lease = self.connector.lease().await?;
-        if matches!(lease.conn, super::redis_conn::Conn::Cluster(_)) {
-            return self
-                .run(|mut l| async move {
-                    redis::cmd("KEYS")
-                        .arg(pattern)
-                        .query_async(&mut l.conn)
-                        .await
-                })
-                .await;
-        }
-        let mut keys = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .run(|mut l| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut l.conn)
-                        .await
-                })
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort();
-        keys.dedup();
-        Ok(keys)
     }
 
     async fn read_session(
@@ -587,7 +546,8 @@ impl SessionStore for RedisStore {
     async fn failure_records(&self) -> Result<Vec<(String, Vec<u64>)>, StoreError> {
         let prefix = self.failure_key("");
         let mut records = Vec::new();
-        for key in self.failure_keys().await? {
+        let pattern = format!("{}*", escape_glob(&prefix));
+        for key in self.connector.keys_matching(&pattern, self.timeout).await? {
             let key = &key;
             // Member -> time in ms; a key that expired since the scan gives an empty list.
             let entries: Vec<(String, f64)> = self
@@ -622,16 +582,4 @@ impl SessionStore for RedisStore {
             .await?;
         Ok(accepted == 1)
     }
-}
-
-/// `s` as a literal in a Redis glob pattern: a key prefix may hold `*`, `?`, `[` or a backslash.
-fn escape_glob(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
