@@ -309,3 +309,114 @@ async fn blocks_with_the_memory_store_say_they_cannot_be_reached() {
         );
     }
 }
+
+/// An LDAP user is found through the directory for both commands; a name it does not know is
+/// an error that says where it looked.
+#[tokio::test(flavor = "multi_thread")]
+async fn ldap_users_are_listed_and_unblocked_through_the_directory() {
+    let slapd = support::slapd::Slapd::start();
+    let redis = Redis::start();
+    let up = RecordingUpstream::start().await;
+    let extra = format!(
+        "{}\n[regulation]\nuser_failures = 2\nip_failures = 1000\n",
+        slapd.directory_toml("")
+    );
+    let files = write_files(
+        &config_text(up.addr, Some(&redis.url()), &extra),
+        &users_toml(&standard_users()),
+    );
+    let gw = GatewayProcess::spawn(&files.config_path);
+    let base = gw.url("");
+    let (status, body) = login_as(&base, "erin", "erin-ldap-pw", BROWSER).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["data"]["authToken"].as_str().unwrap().to_string();
+
+    let (code, out, err) = authgate(&["sessions", "list", "erin"], &files);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 live session(s) of erin"), "{out}");
+    assert_eq!(
+        &row(&out, &token)[4..],
+        ["session", "127.0.0.1", BROWSER],
+        "{out}"
+    );
+    let (code, out, err) = authgate(&["sessions", "list", "eriin"], &files);
+    assert_eq!(code, 64, "{out}{err}");
+    assert!(
+        err.contains("unknown user `eriin`") && err.contains("the LDAP directory"),
+        "{err}"
+    );
+
+    for _ in 0..2 {
+        let (status, _) = login_as(&base, "erin", "wrong-password", BROWSER).await;
+        assert_eq!(status, 401);
+    }
+    let (status, body) = login_as(&base, "erin", "erin-ldap-pw", BROWSER).await;
+    assert_eq!((status, body.to_string().as_str()), (401, BLOCKED_USER));
+    let (code, out, err) = authgate(&["blocks", "clear", "--user", "erin"], &files);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Cleared login erin: 2 failed login(s)"),
+        "{out}"
+    );
+    assert!(out.contains("Cleared user-id "), "{out}");
+    let (status, body) = login_as(&base, "erin", "erin-ldap-pw", BROWSER).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// On a Redis Cluster the counters are spread over the primaries: listed from all of them, and
+/// last use is recorded there too.
+#[tokio::test(flavor = "multi_thread")]
+async fn blocks_and_sessions_work_on_a_redis_cluster() {
+    let cluster = tokio::task::spawn_blocking(support::redis_topology::Cluster::start)
+        .await
+        .unwrap();
+    let up = RecordingUpstream::start().await;
+    let session = format!(
+        "[session]\nstore = \"redis\"\nredis_timeout = \"1s\"\ncache_ttl = \"0s\"\n\n\
+         [session.redis]\ncluster = {}\n",
+        cluster.toml_list()
+    );
+    let text = config_text(up.addr, None, "")
+        .replace("[session]\nstore = \"memory\"\n", &session)
+        .replace(
+            "[directory.local]",
+            "[regulation]\nuser_failures = 2\nip_failures = 1000\n\n[directory.local]",
+        );
+    let files = write_files(&text, &users());
+    let gw = GatewayProcess::spawn(&files.config_path);
+    let base = gw.url("");
+    let (status, body) = login_as(&base, "bob", "bob-password-2", MOBILE).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["userId"].as_str().unwrap().to_string();
+    let token = body["data"]["authToken"].as_str().unwrap().to_string();
+    assert_eq!(me(&gw, &id, &token).await, 200);
+    let (code, out, err) = authgate(&["sessions", "list", "bob"], &files);
+    assert_eq!(code, 0, "{err}");
+    let r = row(&out, &token);
+    parse_utc(r[2]);
+    assert_eq!(&r[4..], ["session", "127.0.0.1", MOBILE], "{out}");
+
+    // Several login names, so the counters land in several slots (and on several primaries).
+    for name in ["bob", "eve", "mallory", "trent", "peggy", "victor"] {
+        for _ in 0..2 {
+            let (status, _) = login_as(&base, name, "wrong-password", BROWSER).await;
+            assert_eq!(status, 401);
+        }
+    }
+    let (code, out, err) = authgate(&["blocks", "list", "--blocked"], &files);
+    assert_eq!(code, 0, "{err}");
+    for name in ["bob", "eve", "mallory", "trent", "peggy", "victor"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("login ") && l.contains(&format!(" {name} "))),
+            "{name} missing from:\n{out}"
+        );
+    }
+    let (code, out, err) = authgate(&["blocks", "clear", "--all"], &files);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Cleared login mallory"), "{out}");
+    let (status, body) = login_as(&base, "bob", "bob-password-2", BROWSER).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, out, _) = authgate(&["blocks", "list"], &files);
+    assert!(!out.contains("blocked until"), "{out}");
+}
