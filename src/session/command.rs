@@ -348,3 +348,16 @@ fn revoke(args: &SessionsArgs, token_id: Option<&str>, all: bool) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    // Spelled from the crate root: `super` here is this file, not the session module.
+    use crate::session::command::printable;
+
+    #[test]
+    fn client_text_reaches_the_terminal_without_control_characters() {
+        assert_eq!(printable("Mozilla/5.0 (X11)"), "Mozilla/5.0 (X11)");
+        assert_eq!(printable("evil\u{1b}[2Jua\r\n"), "evil\\u{1b}[2Jua\\r\\n");
+        assert_eq!(printable("ｆｕｌｌ ü"), "ｆｕｌｌ ü");
+    }
+}

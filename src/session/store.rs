@@ -232,3 +232,36 @@ pub trait SessionStore: Send + Sync {
 }
 
 pub type DynSessionStore = Arc<dyn SessionStore>;
+
+#[cfg(test)]
+mod tests {
+    // Spelled from the crate root: `super` here is this file, not the session module.
+    use crate::session::store::*;
+
+    #[test]
+    fn an_origin_keeps_a_bounded_user_agent_and_none_for_a_blank_one() {
+        let ip = "203.0.113.9".parse().unwrap();
+        let long = "x".repeat(10_000);
+        let origin = SessionOrigin::new(ip, Some(&long));
+        assert_eq!(origin.ip, "203.0.113.9");
+        assert_eq!(
+            origin.user_agent.unwrap().chars().count(),
+            MAX_USER_AGENT_CHARS
+        );
+        assert_eq!(SessionOrigin::new(ip, Some("  ")).user_agent, None);
+        assert_eq!(
+            SessionOrigin::new(ip, Some(" curl/8.5.0 "))
+                .user_agent
+                .as_deref(),
+            Some("curl/8.5.0")
+        );
+    }
+
+    #[test]
+    fn sessions_stored_before_origins_existed_still_read() {
+        let old = r#"{"user":{"id":"u1","username":"ada","name":"Ada","email":null,"roles":[],"directory":"local"},"created_ms":1,"expires_ms":2}"#;
+        let session: Session = serde_json::from_str(old).unwrap();
+        assert_eq!(session.origin, None);
+        assert!(!serde_json::to_string(&session).unwrap().contains("origin"));
+    }
+}
