@@ -420,3 +420,22 @@ async fn blocks_and_sessions_work_on_a_redis_cluster() {
     let (_, out, _) = authgate(&["blocks", "list"], &files);
     assert!(!out.contains("blocked until"), "{out}");
 }
+
+/// A dead Redis is a runtime failure (exit 1) with the reason, never a crash or an empty answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_redis_is_a_plain_runtime_failure() {
+    let mut redis = Redis::start();
+    let up = RecordingUpstream::start().await;
+    let files = write_files(&config(up.addr, &redis, 3, 1000), &users());
+    redis.kill();
+    for args in [
+        &["blocks", "list"][..],
+        &["blocks", "clear", "--ip", "192.0.2.7"],
+        &["sessions", "list", "bob"],
+    ] {
+        let (code, out, err) = authgate(args, &files);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains("session store"), "{args:?}: {err}");
+    }
+}
