@@ -9,7 +9,8 @@
 //! - `P{u:<user id>}:totp`: the user's last accepted TOTP step;
 //! - `Ptoken:<token hash>`: the user id, so `{"resume": token}` logins, which carry no user id,
 //!   find the session;
-//! - `Pfail:<regulation key>`: failed-login times;
+//! - `Pfail:<regulation key>` (`ip:…`, `user:…`, `uid:…`): failed-login times, which
+//!   `authgate blocks` lists and clears;
 //! - channel `Prevocations`: `t:<token hash>` / `u:<user id>` for every revocation.
 //!
 //! The braces are Redis Cluster hash tags: all of one user's keys live in one slot, so each Lua
