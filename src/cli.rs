@@ -53,6 +53,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::session::command::SessionsCommand,
     },
+    /// List or lift brute-force login blocks (users, login names, client IPs) in Redis.
+    Blocks {
+        #[command(subcommand)]
+        command: crate::regulation::command::BlocksCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,6 +256,7 @@ pub fn run(cli: Cli) -> ExitCode {
         } => crate::import::run_rocketchat(&file),
         Command::Totp { command } => crate::totp::command::run(command),
         Command::Sessions { command } => crate::session::command::run(command),
+        Command::Blocks { command } => crate::regulation::command::run(command),
     }
 }
 

@@ -188,7 +188,15 @@ impl Gateway {
             .filter(|c| c.method == "login");
         let id = call.as_ref().map(|c| c.id.clone()).unwrap_or(Value::Null);
         let request = call.as_ref().and_then(login_request);
-        let opened = match self.log_in(request, ip, &facts.request_id).await {
+        let opened = match self
+            .log_in(
+                request,
+                ip,
+                crate::session::user_agent(&headers),
+                &facts.request_id,
+            )
+            .await
+        {
             Ok(o) => o,
             Err(e) => {
                 return login_error(&e)

@@ -524,6 +524,7 @@ impl Gateway {
             .log_in(
                 login::parse(kind, &body, header_code),
                 ip,
+                crate::session::user_agent(&headers),
                 &facts.request_id,
             )
             .await?;

@@ -38,6 +38,7 @@ impl Gateway {
         &self,
         request: Option<LoginRequest>,
         ip: IpAddr,
+        user_agent: Option<&str>,
         request_id: &HeaderValue,
     ) -> Result<Opened, GatewayError> {
         let started = Instant::now();
@@ -63,7 +64,7 @@ impl Gateway {
                 let outcome = match request {
                     None => Err(GatewayError::LoginFailed),
                     Some(request) => {
-                        self.verify(request, ip, &mut directory, &mut reservation)
+                        self.verify(request, (ip, user_agent), &mut directory, &mut reservation)
                             .await
                     }
                 };
@@ -110,7 +111,7 @@ impl Gateway {
     async fn verify(
         &self,
         request: LoginRequest,
-        ip: IpAddr,
+        (ip, user_agent): (IpAddr, Option<&str>),
         directory: &mut Option<String>,
         reservation: &mut Reservation,
     ) -> Result<Opened, GatewayError> {
@@ -164,7 +165,7 @@ impl Gateway {
                     .totp
                     .check(&user, code.as_deref(), self.store.as_ref())
                     .await?;
-                let (token, session) = self.open_session(&user, ip).await?;
+                let (token, session) = self.open_session(&user, ip, user_agent).await?;
                 Ok(Opened {
                     token,
                     session,
@@ -178,10 +179,12 @@ impl Gateway {
     async fn open_session(
         &self,
         user: &Authenticated,
-        _ip: IpAddr,
+        ip: IpAddr,
+        user_agent: Option<&str>,
     ) -> Result<(Token, Session), GatewayError> {
         let token = Token::generate();
-        let mut session = Session::new(user.profile.clone(), self.config.session.ttl);
+        let mut session =
+            Session::new(user.profile.clone(), self.config.session.ttl).with_origin(ip, user_agent);
         if let Some(bridge) = &self.bridge {
             let rc_user_id = bridge.provision(&user.profile).await?;
             let rc_token = bridge.create_token(&rc_user_id).await?;

@@ -398,7 +398,7 @@ impl Gateway {
         }
         let is_resume = matches!(request, Some(LoginRequest::Resume(_)));
         let mut opened = match self
-            .log_in(request, ip, &http::HeaderValue::from_static("-"))
+            .log_in(request, ip, None, &http::HeaderValue::from_static("-"))
             .await
         {
             Ok(o) => o,

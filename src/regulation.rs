@@ -13,6 +13,10 @@
 //! directory resolved, reserved through a [`LoginGate`] after the directory found the user and
 //! before it checks the password (so `frank` and `frank@example.org` share one). Both must have
 //! room.
+//!
+//! Operators list and lift blocks with `authgate blocks` (`regulation/command.rs`).
+
+pub mod command;
 
 use std::net::IpAddr;
 

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{now_unix_ms, Session};
+use super::store::Session;
+use super::token::now_unix_ms;
 
 const SHARDS: usize = 16;
 
@@ -160,8 +161,9 @@ impl SessionCache {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    // Spelled from the crate root: `super` here is this file, not the session module.
     use crate::directory::UserProfile;
+    use crate::session::cache::*;
 
     fn session(id: &str, ttl: Duration) -> Arc<Session> {
         Arc::new(Session::new(

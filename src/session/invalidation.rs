@@ -133,9 +133,11 @@ async fn subscribe_and_listen(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    // Spelled from the crate root: `super` here is this file, not the session module.
     use crate::directory::UserProfile;
-    use crate::session::{Session, Token};
+    use crate::session::invalidation::*;
+    use crate::session::store::Session;
+    use crate::session::token::Token;
 
     #[test]
     fn messages_evict_what_they_name_and_unknown_ones_flush() {

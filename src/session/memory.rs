@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{now_unix_ms, Session, SessionStore, StoreError, TokenHash};
+use super::store::{Session, SessionStore, StoreError};
+use super::token::{now_unix_ms, TokenHash};
 
 /// Sessions for a single instance. Lost on restart, which fails closed (users log in again).
 #[derive(Default)]
@@ -210,6 +211,15 @@ impl SessionStore for MemoryStore {
     async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
         self.lock().failures.remove(key);
         Ok(())
+    }
+
+    async fn failure_records(&self) -> Result<Vec<(String, Vec<u64>)>, StoreError> {
+        Ok(self
+            .lock()
+            .failures
+            .iter()
+            .map(|(key, times)| (key.clone(), times.iter().map(|(t, _)| *t).collect()))
+            .collect())
     }
 
     async fn accept_totp_step(

@@ -16,7 +16,7 @@ use redis::{
     RedisFuture, TlsMode, Value,
 };
 
-use super::StoreError;
+use super::store::StoreError;
 use crate::config::{NodeAuth, RedisConfig, RedisTopology};
 
 pub(super) fn unavailable(e: redis::RedisError) -> StoreError {
@@ -343,4 +343,68 @@ impl Connector {
         }
         Ok(())
     }
+
+    /// Every key matching a glob `pattern`: `SCAN` on one server; a Cluster spreads keys over
+    /// its primaries, where the client sends `KEYS` to each. For operator commands, never on a
+    /// request's path.
+    pub async fn keys_matching(
+        &self,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let lease = self.lease().await?;
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let mut conn = lease.conn.clone();
+            let page = async {
+                if matches!(conn, Conn::Cluster(_)) {
+                    let all: Vec<String> = redis::cmd("KEYS")
+                        .arg(pattern)
+                        .query_async(&mut conn)
+                        .await?;
+                    return Ok((0, all));
+                }
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async::<(u64, Vec<String>)>(&mut conn)
+                    .await
+            };
+            let (next, batch) = match tokio::time::timeout(timeout, page).await {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) => {
+                    self.failed(&lease);
+                    return Err(unavailable(e));
+                }
+                Err(_) => {
+                    self.failed(&lease);
+                    return Err(StoreError::Timeout);
+                }
+            };
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+}
+
+/// `s` as a literal in a Redis glob pattern: a key prefix may hold `*`, `?`, `[` or a backslash.
+pub(super) fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -4,10 +4,13 @@
 //! - `P{u:<user id>}:session:<token hash>`: the session (JSON), expiring with it (personal
 //!   access tokens do not expire);
 //! - `P{u:<user id>}:sessions`: the set of the user's token hashes;
+//! - `P{u:<user id>}:seen`: token hash -> when the session was last read from Redis (unix ms),
+//!   written at most once per [`LAST_USED_RESOLUTION_MS`] per session, never per request;
 //! - `P{u:<user id>}:totp`: the user's last accepted TOTP step;
 //! - `Ptoken:<token hash>`: the user id, so `{"resume": token}` logins, which carry no user id,
 //!   find the session;
-//! - `Pfail:<regulation key>`: failed-login times;
+//! - `Pfail:<regulation key>` (`ip:…`, `user:…`, `uid:…`): failed-login times, which
+//!   `authgate blocks` lists and clears;
 //! - channel `Prevocations`: `t:<token hash>` / `u:<user id>` for every revocation.
 //!
 //! The braces are Redis Cluster hash tags: all of one user's keys live in one slot, so each Lua
@@ -21,73 +24,12 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 
 use super::cache::SessionCache;
-use super::redis_conn::{unavailable, Connector, Lease};
-use super::{invalidation, now_unix_ms, Session, SessionStore, StoreError, TokenHash};
+use super::invalidation;
+use super::redis_conn::{escape_glob, unavailable, Connector, Lease};
+use super::redis_scripts;
+use super::store::{Session, SessionStore, StoreError};
+use super::token::{now_unix_ms, TokenHash};
 use crate::config::{RedisConfig, SessionConfig};
-
-/// A TTL of 0 is a session without expiry (a personal access token): it and the user's index
-/// are kept until removed. The index otherwise lives as long as its longest-lived session.
-const CREATE_SCRIPT: &str = r#"
-local ms = tonumber(ARGV[2])
-local fresh = redis.call('EXISTS', KEYS[2]) == 0
-if ms > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ms)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('SADD', KEYS[2], ARGV[3])
-if ms == 0 then
-  redis.call('PERSIST', KEYS[2])
-else
-  local ttl = redis.call('PTTL', KEYS[2])
-  if fresh or (ttl >= 0 and ttl < ms) then redis.call('PEXPIRE', KEYS[2], ms) end
-end
-return 1
-"#;
-
-/// Deletes and announces in one step, so no instance can miss a revocation that happened.
-const REVOKE_SCRIPT: &str = r#"
-local n = redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return n
-"#;
-
-// The session keys are built here from the index; they share the index's hash tag (slot).
-const REVOKE_USER_SCRIPT: &str = r#"
-if KEYS[2] then
-  -- Credentials already recorded: another instance revoked for this change, and the
-  -- sessions issued since then stay.
-  if redis.call('GET', KEYS[2]) == ARGV[4] then return -1 end
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
-end
-local n = 0
-for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  n = n + redis.call('DEL', ARGV[1] .. h)
-end
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return n
-"#;
-
-/// Failures are a sorted set of timestamps: the count within any window is exact, and the
-/// key expires with the window, so blocked users unblock by themselves.
-const RECORD_FAILURE_SCRIPT: &str = r#"
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-redis.call('ZADD', KEYS[1], now, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], window)
-return redis.call('ZCARD', KEYS[1])
-"#;
-
-// Steps are below 2^53, so Lua's doubles compare them exactly.
-const ACCEPT_TOTP_STEP_SCRIPT: &str = r#"
-local last = redis.call('GET', KEYS[1])
-if last and tonumber(ARGV[1]) <= tonumber(last) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"#;
 
 /// Each command is bounded by `timeout`; a dead Redis gives `StoreError`, never a pass, and the
 /// connection is re-established (with Sentinel: re-resolved) on the next call.
@@ -102,9 +44,14 @@ pub struct RedisStore {
     create_script: Script,
     revoke_script: Script,
     revoke_user_script: Script,
+    touch_script: Script,
     record_failure_script: Script,
     accept_totp_step_script: Script,
 }
+
+/// How stale a session's recorded last use may get before a read from Redis renews it: the
+/// listing is approximate so that a busy session costs one write a minute, not one a request.
+pub const LAST_USED_RESOLUTION_MS: u64 = 60_000;
 
 /// Whether a command failed because its connection was already gone: the server closed it (a
 /// restart) or the socket broke, as opposed to an answer or a timeout.
@@ -147,11 +94,12 @@ impl RedisStore {
             wait_timeout: redis.wait_timeout,
             cache: cache.map(Arc::new),
             subscriber: Once::new(),
-            create_script: Script::new(CREATE_SCRIPT),
-            revoke_script: Script::new(REVOKE_SCRIPT),
-            revoke_user_script: Script::new(REVOKE_USER_SCRIPT),
-            record_failure_script: Script::new(RECORD_FAILURE_SCRIPT),
-            accept_totp_step_script: Script::new(ACCEPT_TOTP_STEP_SCRIPT),
+            create_script: Script::new(redis_scripts::CREATE),
+            revoke_script: Script::new(redis_scripts::REVOKE),
+            revoke_user_script: Script::new(redis_scripts::REVOKE_USER),
+            touch_script: Script::new(redis_scripts::TOUCH),
+            record_failure_script: Script::new(redis_scripts::RECORD_FAILURE),
+            accept_totp_step_script: Script::new(redis_scripts::ACCEPT_TOTP_STEP),
         })
     }
 
@@ -172,6 +120,10 @@ impl RedisStore {
         format!("{}:sessions", self.user_tag(user_id))
     }
 
+    fn seen_key(&self, user_id: &str) -> String {
+        format!("{}:seen", self.user_tag(user_id))
+    }
+
     /// Revokes every session of `user_id`; with `credentials`, only when they are not already
     /// recorded for the user (None then), recording them for `keep_for`.
     async fn revoke_user_once(
@@ -181,6 +133,7 @@ impl RedisStore {
     ) -> Result<Option<usize>, StoreError> {
         let index = self.user_key(user_id);
         let mut inv = self.revoke_user_script.key(&index);
+        inv.key(self.seen_key(user_id));
         if credentials.is_some() {
             inv.key(self.credentials_key(user_id));
         }
@@ -294,6 +247,20 @@ impl RedisStore {
         Ok(value)
     }
 
+    /// Records a session's last use. Best effort: the request it serves has its session
+    /// already, and a lost record only makes the listing older.
+    async fn touch(&self, user_id: &str, hash: &TokenHash, now: u64) {
+        let mut inv = self.touch_script.key(self.user_key(user_id));
+        inv.key(self.seen_key(user_id)).arg(&hash.0).arg(now);
+        let inv = &inv;
+        let touched: Result<i64, StoreError> = self
+            .run(|mut l| async move { inv.invoke_async(&mut l.conn).await })
+            .await;
+        if let Err(e) = touched {
+            tracing::debug!(error = %e, "could not record a session's last use");
+        }
+    }
+
     async fn read_session(
         &self,
         user_id: &str,
@@ -302,15 +269,27 @@ impl RedisStore {
         self.ensure_subscribed();
         let epoch = self.cache.as_ref().map(|c| c.epoch());
         let key = self.session_key(user_id, hash);
-        let key = &key;
-        let raw: Option<String> = self
-            .run(|mut l| async move { l.conn.get(key).await })
+        let seen = self.seen_key(user_id);
+        let (key, seen) = (&key, &seen);
+        // One round trip: the session, and when its last use was recorded.
+        let (raw, last_used): (Option<String>, Option<u64>) = self
+            .run(|mut l| async move {
+                redis::pipe()
+                    .get(key)
+                    .hget(seen, &hash.0)
+                    .query_async(&mut l.conn)
+                    .await
+            })
             .await?;
         let Some(raw) = raw else { return Ok(None) };
         let session = decode(&raw)?;
+        let now = now_unix_ms();
         // The key's TTL already bounds it; this guards against a clock-skewed writer.
-        if !session.is_live(now_unix_ms()) || session.user.id != user_id {
+        if !session.is_live(now) || session.user.id != user_id {
             return Ok(None);
+        }
+        if last_used.is_none_or(|t| now.saturating_sub(t) >= LAST_USED_RESOLUTION_MS) {
+            self.touch(user_id, hash, now).await;
         }
         let session = Arc::new(session);
         if let (Some(cache), Some(epoch), Some(digest)) = (&self.cache, epoch, hash.digest()) {
@@ -349,6 +328,7 @@ impl SessionStore for RedisStore {
         let ttl_ms = ttl_ms.unwrap_or(0);
         let mut inv = self.create_script.key(self.session_key(user_id, hash));
         inv.key(self.user_key(user_id))
+            .key(self.seen_key(user_id))
             .arg(json)
             .arg(ttl_ms)
             .arg(&hash.0);
@@ -396,6 +376,7 @@ impl SessionStore for RedisStore {
         let key = self.session_key(user_id, hash);
         let mut inv = self.revoke_script.key(&key);
         inv.key(self.user_key(user_id))
+            .key(self.seen_key(user_id))
             .arg(&hash.0)
             .arg(self.channel())
             .arg(invalidation::token_message(&hash.0));
@@ -444,11 +425,39 @@ impl SessionStore for RedisStore {
         if !stale.is_empty() {
             let stale = &stale;
             let index = &index;
-            let _: i64 = self
-                .run(|mut l| async move { l.conn.srem(index, stale).await })
+            let seen = &self.seen_key(user_id);
+            let _: (i64, i64) = self
+                .run(|mut l| async move {
+                    redis::pipe()
+                        .srem(index, stale)
+                        .hdel(seen, stale)
+                        .query_async(&mut l.conn)
+                        .await
+                })
                 .await?;
         }
         Ok(live)
+    }
+
+    async fn last_used(
+        &self,
+        user_id: &str,
+        hashes: &[TokenHash],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seen = &self.seen_key(user_id);
+        let fields: Vec<&str> = hashes.iter().map(|h| h.0.as_str()).collect();
+        let fields = &fields;
+        self.run(|mut l| async move {
+            redis::cmd("HMGET")
+                .arg(seen)
+                .arg(fields)
+                .query_async(&mut l.conn)
+                .await
+        })
+        .await
     }
 
     async fn revoke_user(&self, user_id: &str) -> Result<usize, StoreError> {
@@ -533,6 +542,26 @@ impl SessionStore for RedisStore {
             .run(|mut l| async move { l.conn.del(key).await })
             .await?;
         Ok(())
+    }
+
+    async fn failure_records(&self) -> Result<Vec<(String, Vec<u64>)>, StoreError> {
+        let prefix = self.failure_key("");
+        let mut records = Vec::new();
+        let pattern = format!("{}*", escape_glob(&prefix));
+        for key in self.connector.keys_matching(&pattern, self.timeout).await? {
+            let key = &key;
+            // Member -> time in ms; a key that expired since the scan gives an empty list.
+            let entries: Vec<(String, f64)> = self
+                .run(|mut l| async move { l.conn.zrange_withscores(key, 0, -1).await })
+                .await?;
+            if let (Some(name), false) = (key.strip_prefix(&prefix), entries.is_empty()) {
+                records.push((
+                    name.to_string(),
+                    entries.iter().map(|(_, t)| *t as u64).collect(),
+                ));
+            }
+        }
+        Ok(records)
     }
 
     async fn accept_totp_step(
