@@ -57,6 +57,8 @@ pub struct Reservation {
     attempt: String,
     /// Keys this attempt is counted under, with whether they are per-user (cleared on success).
     keys: Vec<(String, bool)>,
+    /// Keys this attempt took the last place of: if it fails, they are blocked from now on.
+    filling: Vec<String>,
 }
 
 /// How an attempt ended, for settling its reservation.
@@ -93,6 +95,7 @@ impl Regulation {
         let mut reservation = Reservation {
             attempt: format!("{:032x}", rand::random::<u128>()),
             keys: Vec::new(),
+            filling: Vec::new(),
         };
         if !self.config.enabled {
             return Ok(reservation);
@@ -191,16 +194,17 @@ impl Regulation {
         by: BlockedBy,
     ) -> Result<(), GatewayError> {
         match taken {
-            Ok(n) if n <= limit => Ok(()),
-            Ok(n) => {
-                if n == limit + 1 {
-                    // The first refusal only, so that a flood does not flood the log too.
-                    let key = reservation.keys.last().map(|(k, _)| k.as_str());
-                    tracing::warn!(
-                        key = key.unwrap_or("-"),
-                        "login blocked after repeated failures"
-                    );
+            Ok(n) if n <= limit => {
+                if n == limit {
+                    if let Some((key, _)) = reservation.keys.last() {
+                        reservation.filling.push(key.clone());
+                    }
                 }
+                Ok(())
+            }
+            Ok(_) => {
+                // Refused attempts give their place back, so every one of them sees the same
+                // total: the block is logged once, by the failure that fills the counter.
                 self.release(std::mem::take(reservation)).await?;
                 Err(GatewayError::LoginBlocked(by))
             }
@@ -227,7 +231,12 @@ impl Regulation {
         settlement: Settlement,
     ) -> Result<(), GatewayError> {
         match settlement {
-            Settlement::Failed => Ok(()),
+            Settlement::Failed => {
+                for key in &reservation.filling {
+                    tracing::warn!(key = key.as_str(), "login blocked after repeated failures");
+                }
+                Ok(())
+            }
             Settlement::NotCounted => self.release(reservation).await,
             Settlement::Succeeded => {
                 // A success resets the user's counters, not the IP's: one valid account must
