@@ -5,7 +5,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{count_or, duration_or, problem, ConfigProblem};
+use super::problem::{count_or, duration_or, problem, ConfigProblem};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawRegulation {

@@ -1,7 +1,8 @@
 //! `[routes]`: which paths are served without a session, and what happens to anonymous requests.
 
+use super::problem::{problem, ConfigProblem};
 use super::raw;
-use super::*;
+use super::upstream::UpstreamMode;
 
 #[derive(Debug, Clone)]
 pub struct RoutesConfig {

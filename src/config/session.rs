@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{count_or, duration_or, env_secret, problem, resolve_path, ConfigProblem};
+use super::problem::{count_or, duration_or, problem, resolve_path, ConfigProblem};
+use super::secret::{check_secret_file, env_secret};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawSession {
@@ -282,7 +283,7 @@ pub fn validate_session(
         match std::fs::read_to_string(&path) {
             Ok(s) => {
                 redis_url = s.trim().to_string();
-                crate::secret_files::check_secret_file("session.redis_url_file", &path, problems);
+                check_secret_file("session.redis_url_file", &path, problems);
             }
             Err(e) => problems.push(problem(
                 "session.redis_url_file",
@@ -375,7 +376,7 @@ fn validate_redis(
             Ok(s) => {
                 password = Some(s.trim_end_matches(['\r', '\n']).to_string());
                 let key = "session.redis.password_file";
-                crate::secret_files::check_secret_file(key, &path, problems);
+                check_secret_file(key, &path, problems);
             }
             Err(e) => problems.push(problem(
                 "session.redis.password_file",
@@ -501,7 +502,7 @@ fn validate_redis(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::config::session::*;
 
     #[test]
     fn sentinel_urls_parse() {

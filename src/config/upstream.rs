@@ -4,8 +4,9 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use super::problem::{count_or, duration_or, problem, ConfigProblem};
 use super::raw::RawUpstream;
-use super::{count_or, duration_or, problem, secret, ConfigProblem};
+use super::secret::secret;
 
 #[derive(Clone, PartialEq)]
 pub struct UpstreamConfig {
