@@ -1,4 +1,6 @@
-//! `[regulation]`: brute-force blocking, with Rocket.Chat's defaults (contract section 4).
+//! `[regulation]`: brute-force blocking. The defaults are Rocket.Chat's own
+//! (`Block_Multiple_Failed_Logins_*`: 10 failures per user, 50 per IP, 5 minutes each), so a
+//! client sees the blocking it would see from Rocket.Chat; README.md describes the semantics.
 
 use std::time::Duration;
 
