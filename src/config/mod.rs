@@ -26,7 +26,7 @@ pub use keys::accepted_keys;
 pub use ldap::{fill as fill_placeholders, LdapAttributes, LdapDirectoryConfig, LdapPreset};
 pub use ops::{check_log_level, LogConfig, LogFormat, MetricsConfig, TlsConfig};
 pub use overrides::ConfigOverrides;
-pub use problem::{parse_duration, ConfigError, ConfigProblem};
+pub use problem::{parse_duration, problem_list, ConfigError, ConfigProblem};
 pub use regulation::RegulationConfig;
 pub use routes::RoutesConfig;
 pub use secret::{ExposeSecret, SecretString};

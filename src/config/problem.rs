@@ -2,7 +2,8 @@
 //!
 //! A leaf: it imports nothing of the crate, so every section's validator and every caller
 //! outside the config layer can use it without pulling the config's composition along.
-//! The one format operators read, "`key`: problem (fix: …)", is written here and nowhere else.
+//! The one format operators read, "`key`: problem (fix: …)", and the list of such lines are
+//! written here and nowhere else.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -37,15 +38,19 @@ impl fmt::Display for ConfigError {
             self.source_name,
             self.problems.len()
         )?;
-        for p in &self.problems {
-            writeln!(f, "  - {p}")?;
-        }
-        Ok(())
+        f.write_str(&problem_list(&self.problems))
     }
+}
+
+/// Problems as an indented list, one per line: how `check-config`, startup and a rejected
+/// reload show them, so an operator reads the same lines whichever found the problem.
+pub fn problem_list<'a>(problems: impl IntoIterator<Item = &'a ConfigProblem>) -> String {
+    problems.into_iter().map(|p| format!("  - {p}\n")).collect()
 }
 
 impl std::error::Error for ConfigError {}
 
+/// Builds a problem; the argument order reads like its message.
 pub fn problem(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigProblem {
     ConfigProblem {
         key: key.to_string(),
@@ -124,5 +129,38 @@ pub fn resolve_path(base: &Path, value: &str) -> PathBuf {
         p
     } else {
         base.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::problem::{problem, problem_list, ConfigError};
+
+    #[test]
+    fn a_problem_reads_key_problem_and_fix_and_a_list_indents_one_per_line() {
+        let problems = vec![
+            problem("server.listen", "missing", "add an address"),
+            problem("log.format", "`xml` is not a log format", "use \"json\""),
+        ];
+        assert_eq!(
+            problems[0].to_string(),
+            "`server.listen`: missing (fix: add an address)"
+        );
+        assert_eq!(
+            problem_list(&problems),
+            "  - `server.listen`: missing (fix: add an address)\n  \
+             - `log.format`: `xml` is not a log format (fix: use \"json\")\n"
+        );
+        let error = ConfigError {
+            source_name: "a.toml".into(),
+            problems,
+        };
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "invalid configuration in a.toml (2 problem(s)):\n{}",
+                problem_list(&error.problems)
+            )
+        );
     }
 }
