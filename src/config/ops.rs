@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::problem::{duration_or, problem, resolve_path, ConfigProblem};
+use crate::tls::certs::load_certified_key;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawMetrics {
@@ -102,7 +103,7 @@ pub(super) fn validate_tls(
     let cert = path_of("server.tls.cert", raw.cert, "certificate chain");
     let key = path_of("server.tls.key", raw.key, "private key");
     let (cert, key) = (cert?, key?);
-    if let Err(e) = crate::tls::load_certified_key(&cert, &key) {
+    if let Err(e) = load_certified_key(&cert, &key) {
         problems.push(problem(e.key(), e.to_string(), e.fix()));
     }
     Some(TlsConfig { cert, key, watch })
