@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::{EXIT_RUNTIME, EXIT_USAGE};
+use crate::cli::common::{EXIT_RUNTIME, EXIT_USAGE};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ImportedUser {

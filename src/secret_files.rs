@@ -2,11 +2,14 @@
 //! the TOTP enrollment store and every `*_file` secret (admin token, bind and Redis passwords).
 //! Anyone who can write one can add a user, a second factor or swap a credential, so a file
 //! writable by its group or by others is refused; a users or TOTP file every local user can
-//! read is worth a warning (hashes can be cracked offline, secrets copied).
+//! read is worth a warning (hashes can be cracked offline, secrets copied). The `*_file`
+//! secrets are checked as the config reads them (`config::secret`); this module checks the
+//! files of a loaded config.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::config::secret::{writable_by_others, writable_problem};
 use crate::config::{Config, ConfigProblem};
 
 /// A secret-holding file the config names, with the key that names it.
@@ -35,34 +38,6 @@ fn secret_files(config: &Config) -> Vec<SecretFile> {
             })
         })
         .collect()
-}
-
-fn writable_by_others(mode: u32) -> bool {
-    mode & 0o022 != 0
-}
-
-fn writable_problem(key: &str, path: &Path, mode: u32) -> ConfigProblem {
-    ConfigProblem {
-        key: key.into(),
-        problem: format!(
-            "{} holds secrets and is writable by other users (mode {mode:03o})",
-            path.display()
-        ),
-        fix: format!(
-            "chmod go-w {} (600, or 640 for a group authgate runs in)",
-            path.display()
-        ),
-    }
-}
-
-/// For a `*_file` secret just read: refused when its group or others may write it.
-pub fn check_secret_file(key: &str, path: &Path, problems: &mut Vec<ConfigProblem>) {
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if writable_by_others(mode) {
-            problems.push(writable_problem(key, path, mode));
-        }
-    }
 }
 
 /// Users and TOTP files writable by their group or by others: the config is refused.

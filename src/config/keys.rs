@@ -193,7 +193,7 @@ impl<'de> MapAccess<'de> for Fields<'_> {
 mod tests {
     #[test]
     fn every_section_and_nested_key_is_traced() {
-        let keys = super::accepted_keys();
+        let keys = crate::config::keys::accepted_keys();
         for k in [
             "server.listen",
             "server.tls.cert",

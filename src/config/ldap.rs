@@ -8,22 +8,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{count_or, duration_or, problem, resolve_path, secret, ConfigProblem};
+use super::problem::{count_or, duration_or, problem, resolve_path, ConfigProblem};
+use super::secret::{secret, ExposeSecret, SecretString};
 
 mod presets;
 
 pub use presets::LdapPreset;
-
-/// A string that never shows up in `Debug` output.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct SecretString(pub String);
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawLdapDirectory {
@@ -111,21 +101,6 @@ impl fmt::Debug for LdapDirectoryConfig {
             .field("roles", &self.roles)
             .field("attributes", &self.attributes)
             .finish()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DirectoryKind {
-    Local,
-    Ldap,
-}
-
-impl DirectoryKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            DirectoryKind::Local => "local",
-            DirectoryKind::Ldap => "ldap",
-        }
     }
 }
 
@@ -281,19 +256,20 @@ fn bind_password(
     base: &Path,
     problems: &mut Vec<ConfigProblem>,
 ) -> SecretString {
-    let inline = raw.bind_password.clone().map(|p| p.0);
+    let inline = raw
+        .bind_password
+        .as_ref()
+        .map(|p| p.expose_secret().to_owned());
     let env = "AUTHGATE_DIRECTORY_LDAP_BIND_PASSWORD";
-    SecretString(
-        secret(
-            &key("bind_password"),
-            inline,
-            raw.bind_password_file.as_ref(),
-            env,
-            base,
-            problems,
-        )
-        .unwrap_or_default(),
-    )
+    let password = secret(
+        &key("bind_password"),
+        inline,
+        raw.bind_password_file.as_ref(),
+        env,
+        base,
+        problems,
+    );
+    SecretString::from(password.unwrap_or_default())
 }
 
 pub(super) fn validate_ldap(
@@ -353,14 +329,14 @@ pub(super) fn validate_ldap(
     }
     let bind_dn = raw.bind_dn.clone().unwrap_or_default().trim().to_string();
     let bind_password = bind_password(&raw, base, problems);
-    if !bind_dn.is_empty() && bind_password.0.is_empty() {
+    if !bind_dn.is_empty() && bind_password.expose_secret().is_empty() {
         problems.push(problem(
             &key("bind_password"),
             "bind_dn is set without a password (an empty password makes an unauthenticated bind)",
             "set bind_password, bind_password_file or AUTHGATE_DIRECTORY_LDAP_BIND_PASSWORD",
         ));
     }
-    if bind_dn.is_empty() && !bind_password.0.is_empty() {
+    if bind_dn.is_empty() && !bind_password.expose_secret().is_empty() {
         problems.push(problem(
             &key("bind_dn"),
             "a bind password is set without bind_dn",
@@ -496,69 +472,6 @@ pub(super) fn validate_ldap(
         roles,
         attributes,
     }
-}
-
-/// `[directory] order`: which configured directories are asked, first to last.
-pub(super) fn directory_order(
-    raw: Option<Vec<String>>,
-    local: bool,
-    ldap: bool,
-    problems: &mut Vec<ConfigProblem>,
-) -> Vec<DirectoryKind> {
-    let configured = |k: DirectoryKind| match k {
-        DirectoryKind::Local => local,
-        DirectoryKind::Ldap => ldap,
-    };
-    let Some(names) = raw else {
-        return [DirectoryKind::Local, DirectoryKind::Ldap]
-            .into_iter()
-            .filter(|k| configured(*k))
-            .collect();
-    };
-    let mut order = Vec::new();
-    for (i, n) in names.iter().enumerate() {
-        let k = format!("directory.order[{i}]");
-        let kind = match n.as_str() {
-            "local" => DirectoryKind::Local,
-            "ldap" => DirectoryKind::Ldap,
-            other => {
-                problems.push(problem(
-                    &k,
-                    format!("`{other}` is not a directory"),
-                    "use \"local\" and/or \"ldap\"",
-                ));
-                continue;
-            }
-        };
-        if order.contains(&kind) {
-            problems.push(problem(
-                &k,
-                format!("`{n}` is listed twice"),
-                "name each directory once",
-            ));
-        } else if !configured(kind) {
-            problems.push(problem(
-                &k,
-                format!("`{n}` is listed but [directory.{n}] is not configured"),
-                format!("add a [directory.{n}] section or remove \"{n}\" from the order"),
-            ));
-        } else {
-            order.push(kind);
-        }
-    }
-    for kind in [DirectoryKind::Local, DirectoryKind::Ldap] {
-        if configured(kind) && !order.contains(&kind) {
-            problems.push(problem(
-                "directory.order",
-                format!("[directory.{}] is configured but not listed", kind.name()),
-                format!(
-                    "add \"{}\" to the order, or remove its section",
-                    kind.name()
-                ),
-            ));
-        }
-    }
-    order
 }
 
 #[cfg(test)]

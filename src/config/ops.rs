@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{duration_or, problem, resolve_path, ConfigProblem};
+use super::problem::{duration_or, problem, resolve_path, ConfigProblem};
+use crate::tls::certs::load_certified_key;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawMetrics {
@@ -102,7 +103,7 @@ pub(super) fn validate_tls(
     let cert = path_of("server.tls.cert", raw.cert, "certificate chain");
     let key = path_of("server.tls.key", raw.key, "private key");
     let (cert, key) = (cert?, key?);
-    if let Err(e) = crate::tls::certs::load_certified_key(&cert, &key) {
+    if let Err(e) = load_certified_key(&cert, &key) {
         problems.push(problem(e.key(), e.to_string(), e.fix()));
     }
     Some(TlsConfig { cert, key, watch })
@@ -147,4 +148,40 @@ pub fn check_log_level(key: &str, level: &str, problems: &mut Vec<ConfigProblem>
             fix,
         ));
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+pub(super) fn validate_log(raw: RawLog, problems: &mut Vec<ConfigProblem>) -> LogConfig {
+    let level = raw.level.unwrap_or_else(|| "info".into());
+    check_log_level("log.level", &level, problems);
+    let format = match raw.format.as_deref().unwrap_or("pretty") {
+        "pretty" => LogFormat::Pretty,
+        "json" => LogFormat::Json,
+        other => {
+            problems.push(problem(
+                "log.format",
+                format!("`{other}` is not a log format"),
+                "use \"pretty\" or \"json\"",
+            ));
+            LogFormat::Pretty
+        }
+    };
+    LogConfig { level, format }
 }

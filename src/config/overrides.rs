@@ -4,8 +4,8 @@
 //! validation, so they are checked exactly as the file's keys are, and a problem names the
 //! override it came from.
 
+use super::problem::ConfigProblem;
 use super::raw::{OneOrMany, RawConfig};
-use super::ConfigProblem;
 
 /// Values that win over the config file. Empty: the file decides.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

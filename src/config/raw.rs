@@ -11,7 +11,7 @@ pub struct RawConfig {
     pub directory: Option<RawDirectory>,
     pub routes: Option<RawRoutes>,
     pub regulation: Option<super::regulation::RawRegulation>,
-    pub log: Option<RawLog>,
+    pub log: Option<super::ops::RawLog>,
     pub totp: Option<RawTotp>,
     pub realtime: Option<RawRealtime>,
     pub metrics: Option<super::ops::RawMetrics>,
@@ -90,12 +90,6 @@ pub struct RawLocalDirectory {
 pub struct RawRoutes {
     pub public: Option<Vec<String>>,
     pub anonymous: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct RawLog {
-    pub level: Option<String>,
-    pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

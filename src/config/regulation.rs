@@ -1,11 +1,13 @@
-//! `[regulation]`: brute-force blocking, with Rocket.Chat's defaults (contract section 4).
+//! `[regulation]`: brute-force blocking. The defaults are Rocket.Chat's own
+//! (`Block_Multiple_Failed_Logins_*`: 10 failures per user, 50 per IP, 5 minutes each), so a
+//! client sees the blocking it would see from Rocket.Chat; README.md describes the semantics.
 
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{count_or, duration_or, problem, ConfigProblem};
+use super::problem::{count_or, duration_or, problem, ConfigProblem};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawRegulation {

@@ -1,7 +1,9 @@
 //! `[routes]`: which paths are served without a session, and what happens to anonymous requests.
 
+use super::problem::{problem, ConfigProblem};
 use super::raw;
-use super::*;
+use super::upstream::UpstreamMode;
+use crate::route::{canonical_path, covers_gateway_path};
 
 #[derive(Debug, Clone)]
 pub struct RoutesConfig {
@@ -32,9 +34,9 @@ pub(super) fn validate_routes(
             Some(p) => (p.to_string(), true),
             None => (entry.clone(), false),
         };
-        match crate::route::canonical_path(&path) {
+        match canonical_path(&path) {
             Ok(c) if !path.contains('*') && !path.contains('?') => {
-                if crate::route::covers_gateway_path(&c, is_prefix) {
+                if covers_gateway_path(&c, is_prefix) {
                     problems.push(problem(&key, format!("`{entry}` covers a login, logout or realtime path"), "public routes cannot include the gateway's own endpoints; use a narrower path"));
                 } else if is_prefix {
                     if c.ends_with('/') {

@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use std::path::Path;
+
+use super::ops::{validate_tls, TlsConfig};
+use super::problem::{count_or, duration_or, problem, ConfigProblem};
 use super::raw::{self, OneOrMany};
-use super::*;
 pub use crate::password::HashPriority;
 
 #[derive(Debug, Clone)]
@@ -117,7 +120,7 @@ pub(super) fn validate_server(
     let bound = |key: &str, raw: Option<&String>, default: Duration, problems: &mut Vec<_>| {
         duration_or(key, raw, default, Duration::from_millis(100), problems)
     };
-    let tls = ops::validate_tls(raw.tls, base, problems);
+    let tls = validate_tls(raw.tls, base, problems);
     ServerConfig {
         listen,
         public_url,
@@ -229,7 +232,8 @@ pub(super) fn validate_server(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    // The module under test, named in full: `super` here is `server`, not the config root.
+    use crate::config::server::*;
 
     fn server(raw: raw::RawServer) -> (ServerConfig, Vec<ConfigProblem>) {
         let mut problems = Vec::new();

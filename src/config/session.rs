@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{count_or, duration_or, env_secret, problem, resolve_path, ConfigProblem};
+use super::problem::{count_or, duration_or, problem, resolve_path, ConfigProblem};
+use super::secret::{check_secret_file, env_secret, ExposeSecret, SecretString};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawSession {
@@ -77,12 +78,24 @@ impl fmt::Debug for SessionConfig {
 }
 
 /// Credentials and transport shared by every node of a Sentinel or Cluster deployment.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct NodeAuth {
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     pub tls: bool,
 }
+
+// By value, secrets included: a reload compares topologies to see whether Redis changed.
+impl PartialEq for NodeAuth {
+    fn eq(&self, other: &Self) -> bool {
+        let password = |a: &NodeAuth| a.password.as_ref().map(|p| p.expose_secret().to_owned());
+        self.username == other.username
+            && password(self) == password(other)
+            && self.tls == other.tls
+    }
+}
+
+impl Eq for NodeAuth {}
 
 impl fmt::Debug for NodeAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -165,21 +178,21 @@ fn parse_host_port(entry: &str) -> Option<(String, u16)> {
     (!host.is_empty() && !host.contains(['/', '@', ' '])).then(|| (host.to_string(), port))
 }
 
+/// Decodes the user or password of a Sentinel URL. A malformed escape is refused rather than
+/// kept as written (what `percent_decode_str` alone would do): the operator typed a credential
+/// that cannot be what they meant.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let malformed = s.match_indices('%').any(|(i, _)| {
+        !s.get(i + 1..i + 3)
+            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if malformed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
 }
 
 /// `redis+sentinel://[[user]:password@]host:port[,host:port...]/master_name[/db]`, with
@@ -205,7 +218,9 @@ pub fn parse_sentinel_url(url: &str) -> Result<RedisTopology, String> {
         let (user, pass) = u.split_once(':').unwrap_or((u, ""));
         let bad = || "the user or password is not valid percent-encoding".to_string();
         auth.username = Some(percent_decode(user).ok_or_else(bad)?).filter(|s| !s.is_empty());
-        auth.password = Some(percent_decode(pass).ok_or_else(bad)?).filter(|s| !s.is_empty());
+        auth.password = Some(percent_decode(pass).ok_or_else(bad)?)
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from);
     }
     let sentinels: Vec<(String, u16)> = hosts
         .split(',')
@@ -282,7 +297,7 @@ pub fn validate_session(
         match std::fs::read_to_string(&path) {
             Ok(s) => {
                 redis_url = s.trim().to_string();
-                crate::secret_files::check_secret_file("session.redis_url_file", &path, problems);
+                check_secret_file("session.redis_url_file", &path, problems);
             }
             Err(e) => problems.push(problem(
                 "session.redis_url_file",
@@ -375,7 +390,7 @@ fn validate_redis(
             Ok(s) => {
                 password = Some(s.trim_end_matches(['\r', '\n']).to_string());
                 let key = "session.redis.password_file";
-                crate::secret_files::check_secret_file(key, &path, problems);
+                check_secret_file(key, &path, problems);
             }
             Err(e) => problems.push(problem(
                 "session.redis.password_file",
@@ -389,7 +404,7 @@ fn validate_redis(
     }
     let auth = NodeAuth {
         username: raw.username.clone(),
-        password,
+        password: password.map(SecretString::from),
         tls: raw.tls.unwrap_or(false),
     };
     let sentinel_url =
@@ -501,7 +516,7 @@ fn validate_redis(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::config::session::*;
 
     #[test]
     fn sentinel_urls_parse() {
@@ -524,6 +539,28 @@ mod tests {
         assert!(parse_sentinel_url("redis+sentinel://h:1").is_err());
         assert!(parse_sentinel_url("redis+sentinel://h/m").is_err());
         assert!(parse_sentinel_url("redis://h:1/m").is_err());
+    }
+
+    #[test]
+    fn sentinel_credentials_are_percent_decoded_and_malformed_escapes_refused() {
+        let auth = |url: &str| match parse_sentinel_url(url) {
+            Ok(RedisTopology::Sentinel { auth, .. }) => Ok(auth),
+            other => Err(format!("{other:?}")),
+        };
+        let decoded = auth("redis+sentinel://us%65r:p%2Fss%20w@h:1/m").unwrap();
+        assert_eq!(decoded.username.as_deref(), Some("user"));
+        assert_eq!(
+            decoded.password.as_ref().map(|p| p.expose_secret()),
+            Some("p/ss w")
+        );
+        for bad in ["p%zz", "p%4", "p%", "%ff"] {
+            let url = format!("redis+sentinel://:{bad}@h:1/m");
+            assert_eq!(
+                auth(&url).unwrap_err(),
+                "Err(\"the user or password is not valid percent-encoding\")",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{count_or, parse_duration, problem, raw::RawTotp, resolve_path, ConfigProblem};
+use super::problem::{count_or, parse_duration, problem, resolve_path, ConfigProblem};
+use super::raw::RawTotp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TotpAlgorithm {

@@ -4,10 +4,11 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use super::problem::{count_or, duration_or, problem, ConfigProblem};
 use super::raw::RawUpstream;
-use super::{count_or, duration_or, problem, secret, ConfigProblem};
+use super::secret::{secret, ExposeSecret, SecretString};
 
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct UpstreamConfig {
     pub url: http::Uri,
     pub timeout: Duration,
@@ -18,9 +19,9 @@ pub struct UpstreamConfig {
     pub mode: UpstreamMode,
     /// Rocket.Chat admin credentials (`rocketchat` mode).
     pub admin_user_id: String,
-    pub admin_token: String,
+    pub admin_token: SecretString,
     /// `CREATE_TOKENS_FOR_USERS_SECRET`, for servers that require it.
-    pub create_tokens_secret: Option<String>,
+    pub create_tokens_secret: Option<SecretString>,
     /// Rocket.Chat's `Accounts_LoginExpiration`: upstream tokens are renewed before it runs out.
     pub token_lifetime: Duration,
     /// Report `LDAP_Enable` (and the other login settings) so clients send plain passwords.
@@ -37,6 +38,42 @@ pub enum UpstreamMode {
     TrustedHeaders,
     /// A stock Rocket.Chat: authgate provisions users and swaps in tokens Rocket.Chat minted.
     RocketChat,
+}
+
+impl PartialEq for UpstreamConfig {
+    // Secrets compare by value: a rotated admin token is a different upstream configuration.
+    // Destructured, so a new field cannot be left out of the comparison.
+    fn eq(&self, other: &Self) -> bool {
+        let UpstreamConfig {
+            url,
+            timeout,
+            connect_timeout,
+            pool_idle_timeout,
+            pool_max_idle_per_host,
+            preserve_host,
+            mode,
+            admin_user_id,
+            admin_token,
+            create_tokens_secret,
+            token_lifetime,
+            rewrite_public_settings,
+            allow_bearer_credentials,
+        } = self;
+        let exposed = |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_owned());
+        *url == other.url
+            && *timeout == other.timeout
+            && *connect_timeout == other.connect_timeout
+            && *pool_idle_timeout == other.pool_idle_timeout
+            && *pool_max_idle_per_host == other.pool_max_idle_per_host
+            && *preserve_host == other.preserve_host
+            && *mode == other.mode
+            && *admin_user_id == other.admin_user_id
+            && admin_token.expose_secret() == other.admin_token.expose_secret()
+            && exposed(create_tokens_secret) == exposed(&other.create_tokens_secret)
+            && *token_lifetime == other.token_lifetime
+            && *rewrite_public_settings == other.rewrite_public_settings
+            && *allow_bearer_credentials == other.allow_bearer_credentials
+    }
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -143,8 +180,8 @@ pub(super) fn validate(
     UpstreamConfig {
         mode,
         admin_user_id,
-        admin_token: admin_token.unwrap_or_default(),
-        create_tokens_secret,
+        admin_token: SecretString::from(admin_token.unwrap_or_default()),
+        create_tokens_secret: create_tokens_secret.map(SecretString::from),
         token_lifetime: duration_or(
             "upstream.token_lifetime",
             raw.token_lifetime.as_ref(),

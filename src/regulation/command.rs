@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use clap::Subcommand;
 
 use super::{ip_key, user_id_key, user_key};
-use crate::cli::{load_config, ConfigArg, EXIT_RUNTIME, EXIT_USAGE};
+use crate::cli::common::{load_config, ConfigArg, EXIT_RUNTIME, EXIT_USAGE};
 use crate::config::{Config, RegulationConfig, StoreKind};
 use crate::session::command::{find_known_user, printable};
 use crate::session::{build_store, now_unix_ms, DynSessionStore, StoreError};

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{json, Value};
 
-use crate::config::UpstreamConfig;
+use crate::config::{ExposeSecret, UpstreamConfig};
 use crate::directory::UserProfile;
 use crate::error::GatewayError;
 
@@ -71,8 +71,11 @@ impl Bridge {
             base: format!("http://{authority}"),
             host: HeaderValue::from_str(&authority).expect("authority is a valid header value"),
             admin_user_id: config.admin_user_id.clone(),
-            admin_token: config.admin_token.clone(),
-            create_tokens_secret: config.create_tokens_secret.clone(),
+            admin_token: config.admin_token.expose_secret().to_owned(),
+            create_tokens_secret: config
+                .create_tokens_secret
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
             timeout: config.timeout,
             token_lifetime: config.token_lifetime,
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use clap::Subcommand;
 
 use super::{build_store, DynSessionStore, TokenHash};
-use crate::cli::{load_config, ConfigArg, EXIT_RUNTIME, EXIT_USAGE};
+use crate::cli::common::{load_config, ConfigArg, EXIT_RUNTIME, EXIT_USAGE};
 use crate::config::{Config, StoreKind};
 use crate::directory::ldap::LdapDirectory;
 use crate::directory::{fold, Directory};

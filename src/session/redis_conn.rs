@@ -17,7 +17,7 @@ use redis::{
 };
 
 use super::store::StoreError;
-use crate::config::{NodeAuth, RedisConfig, RedisTopology};
+use crate::config::{ExposeSecret, NodeAuth, RedisConfig, RedisTopology};
 
 pub(super) fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -146,7 +146,7 @@ impl Connector {
                         .set_client_to_redis_username(u)
                         .set_client_to_sentinel_username(u);
                 }
-                if let Some(p) = &auth.password {
+                if let Some(p) = auth.password.as_ref().map(|p| p.expose_secret()) {
                     b = b
                         .set_client_to_redis_password(p)
                         .set_client_to_sentinel_password(p);
@@ -254,7 +254,7 @@ impl Connector {
                 if let Some(u) = &auth.username {
                     b = b.username(u);
                 }
-                if let Some(p) = &auth.password {
+                if let Some(p) = auth.password.as_ref().map(|p| p.expose_secret()) {
                     b = b.password(p);
                 }
                 let client = b.build().map_err(unavailable)?;
@@ -285,7 +285,7 @@ impl Connector {
                         if let Some(u) = &auth.username {
                             settings = settings.set_username(u);
                         }
-                        if let Some(p) = &auth.password {
+                        if let Some(p) = auth.password.as_ref().map(|p| p.expose_secret()) {
                             settings = settings.set_password(p);
                         }
                         let info = node.clone().set_redis_settings(settings);

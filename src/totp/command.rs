@@ -10,7 +10,7 @@ use rand::RngCore;
 use totp_rs::Secret;
 
 use super::enrollment::{self, Enrollment, StoreLock};
-use crate::cli::{load_config, ConfigArg, EXIT_RUNTIME, EXIT_USAGE};
+use crate::cli::common::{load_config, ConfigArg, EXIT_RUNTIME, EXIT_USAGE};
 use crate::config::{Config, StoreKind};
 use crate::directory::ldap::LdapDirectory;
 use crate::directory::{fold, Directory};

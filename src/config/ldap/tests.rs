@@ -1,10 +1,11 @@
 use super::*;
+use crate::config::DirectoryKind;
 
 fn load(
     text: &str,
     base_dir: &std::path::Path,
-) -> Result<super::super::Config, super::super::ConfigError> {
-    super::super::Config::load(&super::super::ConfigSource {
+) -> Result<crate::config::Config, crate::config::ConfigError> {
+    crate::config::Config::load(&crate::config::ConfigSource {
         name: "test".into(),
         text: text.into(),
         base_dir: base_dir.to_path_buf(),
@@ -34,7 +35,7 @@ fn the_reference_ldap_section_is_valid() {
                 !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
             })
     };
-    let full = super::super::EMBEDDED_DEFAULT;
+    let full = crate::config::EMBEDDED_DEFAULT;
     let start = full
         .find("# Directories are asked")
         .expect("directory docs");
@@ -50,13 +51,13 @@ fn the_reference_ldap_section_is_valid() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert!(text.contains("\n[directory.ldap]\n") && text.contains("\norder = "));
-    let source = super::super::ConfigSource {
+    let source = crate::config::ConfigSource {
         name: "uncommented config.toml".into(),
         text,
         base_dir: std::path::PathBuf::from("."),
         embedded: false,
     };
-    let config = super::super::Config::load(&source).unwrap_or_else(|e| panic!("{e}"));
+    let config = crate::config::Config::load(&source).unwrap_or_else(|e| panic!("{e}"));
     let ldap = config.directory.ldap.expect("ldap section");
     assert_eq!(ldap.roles.len(), 1);
     assert_eq!(
@@ -69,7 +70,7 @@ fn the_reference_ldap_section_is_valid() {
     );
     // As checked in, only the local directory is configured.
     let plain =
-        super::super::Config::load(&super::super::ConfigSource::embedded_default()).unwrap();
+        crate::config::Config::load(&crate::config::ConfigSource::embedded_default()).unwrap();
     assert!(plain.directory.ldap.is_none());
     assert_eq!(plain.directory.order, [DirectoryKind::Local]);
 }

@@ -26,7 +26,7 @@ use ldap3::{
 };
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::config::LdapDirectoryConfig;
+use crate::config::{ExposeSecret, LdapDirectoryConfig};
 use crate::error::{Dependency, GatewayError};
 
 pub(super) fn unavailable(why: impl Into<String>) -> GatewayError {
@@ -86,7 +86,7 @@ impl Pool {
             settings,
             timeout: config.timeout,
             bind_dn: config.bind_dn.clone(),
-            bind_password: config.bind_password.0.clone(),
+            bind_password: config.bind_password.expose_secret().to_owned(),
             size: config.pool_size,
             slots: Semaphore::new(config.pool_size),
             searchers: Mutex::new(Vec::new()),
