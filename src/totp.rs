@@ -6,11 +6,12 @@
 
 pub mod command;
 pub mod enrollment;
+mod secret;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use subtle::ConstantTimeEq;
-use totp_rs::{Secret, TOTP};
+use totp_rs::TOTP;
 
 use crate::config::TotpConfig;
 use crate::directory::{fold, Authenticated};
@@ -18,35 +19,8 @@ use crate::error::{Dependency, GatewayError};
 use crate::session::SessionStore;
 
 use enrollment::EnrollmentStore;
-
-/// The canonical form of a base32 secret: upper case, without the spaces, dashes and `=`
-/// padding that apps and operators add for readability.
-pub fn normalize_secret(secret: &str) -> String {
-    secret
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .collect::<String>()
-        .trim_end_matches('=')
-        .to_ascii_uppercase()
-}
-
-fn secret_bytes(secret: &str) -> Result<Vec<u8>, String> {
-    Secret::Encoded(normalize_secret(secret))
-        .to_bytes()
-        .map_err(|_| "not valid base32".to_string())
-}
-
-/// Secrets must be base32 and at least 128 bits (RFC 4226 section 4).
-pub fn secret_problem(secret: &str) -> Result<(), String> {
-    let bytes = secret_bytes(secret)?;
-    if bytes.len() < 16 {
-        return Err(format!(
-            "only {} bits; at least 128 are required",
-            bytes.len() * 8
-        ));
-    }
-    Ok(())
-}
+use secret::secret_bytes;
+pub use secret::{normalize_secret, secret_problem};
 
 /// A code is exactly `digits` ASCII digits; anything else is invalid before any comparison.
 pub fn well_formed(code: &str, digits: usize) -> bool {

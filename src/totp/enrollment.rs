@@ -58,7 +58,7 @@ pub fn read(path: &Path) -> Result<EnrollmentFile, String> {
         if *name != fold(name) || name.is_empty() {
             problems.push(format!("user `{name}` is not a case-folded username"));
         }
-        if let Err(why) = super::secret_problem(&e.secret) {
+        if let Err(why) = super::secret::secret_problem(&e.secret) {
             problems.push(format!("the secret of `{name}` is unusable: {why}"));
         }
     }

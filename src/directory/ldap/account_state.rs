@@ -40,7 +40,7 @@ pub enum Moment {
 }
 
 fn integer(entry: &SearchEntry, attr: &str) -> Option<i64> {
-    super::first_text(entry, attr).and_then(|v| v.parse().ok())
+    super::entry::first_text(entry, attr).and_then(|v| v.parse().ok())
 }
 
 /// Now as a Windows FILETIME (100 ns intervals since 1601).
@@ -57,7 +57,9 @@ pub fn refusal(entry: &SearchEntry, moment: Moment) -> Option<&'static str> {
     if integer(entry, "userAccountControl").is_some_and(|uac| uac & UF_ACCOUNTDISABLE != 0) {
         return Some("disabled");
     }
-    if super::first_text(entry, "nsAccountLock").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+    if super::entry::first_text(entry, "nsAccountLock")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
         return Some("disabled");
     }
     if integer(entry, "accountExpires")
@@ -77,7 +79,7 @@ pub fn refusal(entry: &SearchEntry, moment: Moment) -> Option<&'static str> {
         Some(c) => c & UF_LOCKOUT != 0,
         None => {
             integer(entry, "lockoutTime").is_some_and(|t| t > 0)
-                || super::first_text(entry, "pwdAccountLockedTime").is_some()
+                || super::entry::first_text(entry, "pwdAccountLockedTime").is_some()
         }
     };
     locked.then_some("locked out")

@@ -6,6 +6,7 @@
 //! fault (unreachable, refused, silent, TLS) is a 503, never a credential failure.
 
 mod account_state;
+mod entry;
 mod pool;
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use crate::config::{fill_placeholders as fill, LdapDirectoryConfig};
 use crate::error::GatewayError;
 use crate::password::Password;
 use account_state::Moment;
+use entry::{first_text, values};
 use pool::{unavailable, BindOutcome, Pool};
 
 pub struct LdapDirectory {
@@ -79,21 +81,6 @@ pub fn normalize_dn(dn: &str) -> String {
         out.pop();
     }
     out
-}
-
-fn values<'a>(entry: &'a SearchEntry, attr: &'a str) -> impl Iterator<Item = &'a String> {
-    entry
-        .attrs
-        .iter()
-        .filter(move |(k, _)| k.eq_ignore_ascii_case(attr))
-        .flat_map(|(_, v)| v.iter())
-}
-
-fn first_text(entry: &SearchEntry, attr: &str) -> Option<String> {
-    values(entry, attr)
-        .map(|v| v.trim())
-        .find(|v| !v.is_empty())
-        .map(str::to_string)
 }
 
 /// The value the user id is derived from. Binary ids are hex-encoded; text ids are lower-cased
