@@ -1,17 +1,11 @@
 //! DDP (Meteor's protocol) as Rocket.Chat clients speak it: method frames, result frames and
 //! the login method, whether it arrives over REST (`method.call[Anon]/login`) or a WebSocket.
 
-use std::net::IpAddr;
-
-use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
-use crate::access::RequestFacts;
-use crate::error::{json_response, BlockedBy, Body, GatewayError};
-use crate::gateway::Gateway;
+use crate::error::{BlockedBy, GatewayError};
 use crate::login::{self, LoginRequest};
-use crate::login_flow::Opened;
 
 /// A `{"msg": "method"}` frame.
 #[derive(Debug, Clone)]
@@ -147,99 +141,14 @@ pub async fn checked_method_call(
     }
 }
 
-/// `{"message": "<frame>", "success": true}`: how `method.call*` answers over REST.
-fn rest_envelope(frame: &Value) -> Response<Body> {
-    json_response(
-        StatusCode::OK,
-        json!({"message": frame.to_string(), "success": true}).to_string(),
-    )
-}
-
-impl Gateway {
-    /// `POST /api/v1/method.callAnon/login` and `method.call/login`: the web and desktop clients'
-    /// password login. Answered like Rocket.Chat: HTTP 200 with the result or error frame.
-    pub async fn login_method(
-        &self,
-        req: Request<Incoming>,
-        facts: &mut RequestFacts,
-        anonymous: bool,
-    ) -> Result<Response<Body>, GatewayError> {
-        if req.method() != Method::POST {
-            return Err(GatewayError::MethodNotAllowed);
-        }
-        let ip = facts.client_ip;
-        let (headers, body) = self.read_login_body(req).await?;
-        let is_json = login::body_kind(
-            headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-        ) == login::BodyKind::Json;
-        let frame: Option<Value> = is_json
-            .then(|| serde_json::from_slice::<Value>(&body).ok())
-            .flatten()
-            .and_then(|b| {
-                b.get("message")
-                    .and_then(Value::as_str)
-                    .and_then(|m| serde_json::from_str(m).ok())
-            });
-        let call = frame
-            .as_ref()
-            .and_then(parse_method)
-            .filter(|c| c.method == "login");
-        let id = call.as_ref().map(|c| c.id.clone()).unwrap_or(Value::Null);
-        let request = call.as_ref().and_then(login_request);
-        let opened = match self.log_in(request, ip, &facts.request_id).await {
-            Ok(o) => o,
-            Err(e) => {
-                return login_error(&e)
-                    .map(|err| rest_envelope(&error_frame(&id, err)))
-                    .ok_or(e)
-            }
-        };
-        facts.user_id = Some(opened.session.client_user_id().to_string());
-        let frame = self.login_result_frame(opened, &id, anonymous, ip).await?;
-        Ok(rest_envelope(&frame))
+/// The `login` frame authgate sends upstream for a login it checked: a resume with `token`
+/// (authgate's own in `trusted-headers` mode, with the session's `userId`; the Rocket.Chat
+/// token in `rocketchat` mode). A client's own login frame never reaches the upstream, so every
+/// `login` a backend receives on a socket is one of these.
+pub fn checked_resume(id: &Value, token: &str, user_id: Option<&str>) -> Value {
+    let mut params = json!({"resume": token});
+    if let Some(user_id) = user_id {
+        params["userId"] = json!(user_id);
     }
-
-    /// The result frame of a successful DDP login: built here in `trusted-headers` mode; in
-    /// `rocketchat` mode Rocket.Chat's own answer to a resume with its token, authgate's token put back.
-    pub async fn login_result_frame(
-        &self,
-        mut opened: Opened,
-        id: &Value,
-        anonymous: bool,
-        ip: IpAddr,
-    ) -> Result<Value, GatewayError> {
-        let kind = if opened.resumed { "resume" } else { "password" };
-        if !self.rocketchat_mode() {
-            let result = json!({"id": opened.session.client_user_id(), "token": opened.token.as_str(), "tokenExpires": {"$date": opened.session.expires_ms}, "type": kind});
-            return Ok(result_frame(id, result));
-        }
-        let path = if anonymous {
-            "/api/v1/method.callAnon/login"
-        } else {
-            "/api/v1/method.call/login"
-        };
-        let frame_for = |t: &str| {
-            let call =
-                json!({"msg": "method", "id": id, "method": "login", "params": [{"resume": t}]});
-            json!({"message": call.to_string()})
-        };
-        let answer = self
-            .resume_upstream(&mut opened, path, frame_for, ip)
-            .await?;
-        let mut frame: Value = answer["message"]
-            .as_str()
-            .and_then(|m| serde_json::from_str(m).ok())
-            .ok_or_else(|| {
-                GatewayError::UpstreamUnreachable("the upstream login answer has no frame".into())
-            })?;
-        if frame["result"]["id"].as_str() != Some(opened.session.client_user_id()) {
-            return Err(GatewayError::UpstreamUnreachable(
-                "the upstream resume login did not succeed".into(),
-            ));
-        }
-        frame["result"]["token"] = json!(opened.token.as_str());
-        Ok(frame)
-    }
+    json!({"msg": "method", "id": id, "method": "login", "params": [params]})
 }

@@ -6,6 +6,15 @@ use serde_json::{json, Map, Value};
 
 use crate::directory::{Identity, UserProfile};
 use crate::password::Password;
+use crate::session::{Session, Token};
+
+/// A session a login opened or resumed.
+pub struct Opened {
+    pub token: Token,
+    pub session: Session,
+    pub resumed: bool,
+    pub totp_enabled: bool,
+}
 
 /// The longest password accepted; longer ones are refused before hashing.
 const MAX_PASSWORD_CHARS: usize = 1024;

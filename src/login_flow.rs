@@ -1,37 +1,21 @@
 //! The one way in, whichever door a client uses (REST login, `method.callAnon/login`, a DDP
-//! login frame): regulation, credentials, second factor, then a session, audited once. In
-//! `rocketchat` mode a session also carries the Rocket.Chat token authgate swaps in upstream.
+//! login frame): regulation, credentials, second factor, then a session, audited once. The
+//! upstream mode adds its side to the session (`upstream_identity.rs`).
 
 use std::net::IpAddr;
 use std::time::Instant;
 
 use http::HeaderValue;
 
-use http::{Method, StatusCode};
-use serde_json::{json, Value};
-
-use crate::config::UpstreamMode;
 use crate::directory::{AuthOutcome, Authenticated};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::login::LoginRequest;
+use crate::login::{LoginRequest, Opened};
 use crate::regulation::{self, Reservation, Settlement};
-use crate::session::{now_unix_ms, Session, Token};
+use crate::session::{Session, Token};
 use crate::telemetry::NO_DIRECTORY;
 
-/// A session a login opened or resumed.
-pub struct Opened {
-    pub token: Token,
-    pub session: Session,
-    pub resumed: bool,
-    pub totp_enabled: bool,
-}
-
 impl Gateway {
-    pub fn rocketchat_mode(&self) -> bool {
-        self.config.upstream.mode == UpstreamMode::RocketChat
-    }
-
     /// Logs a client in. `None` is a body no login shape matched: the generic failure.
     /// Counted (regulation, metrics) and audited once, whatever the entry point.
     pub async fn log_in(
@@ -133,9 +117,9 @@ impl Gateway {
                     return Err(GatewayError::LoginFailed);
                 };
                 session.user = profile;
-                if self.rocketchat_mode() {
-                    self.upstream_token(&token, &mut session, false).await?;
-                }
+                self.identity
+                    .refresh_on_resume(self.store.as_ref(), &token, &mut session)
+                    .await?;
                 Ok(Opened {
                     token,
                     session,
@@ -182,107 +166,11 @@ impl Gateway {
     ) -> Result<(Token, Session), GatewayError> {
         let token = Token::generate();
         let mut session = Session::new(user.profile.clone(), self.config.session.ttl);
-        if let Some(bridge) = &self.bridge {
-            let rc_user_id = bridge.provision(&user.profile).await?;
-            let rc_token = bridge.create_token(&rc_user_id).await?;
-            session.upstream = Some(token.seal(&rc_user_id, &rc_token));
-        }
+        self.identity
+            .open_upstream(&user.profile, &token, &mut session)
+            .await?;
         self.store.create(&token.hash(), &session).await?;
         self.metrics.session_issued();
         Ok((token, session))
-    }
-
-    /// The Rocket.Chat token behind a session, renewed when it nears Rocket.Chat's own expiry
-    /// (or when `force`, after the upstream refused it); the renewal is stored.
-    pub async fn upstream_token(
-        &self,
-        token: &Token,
-        session: &mut Session,
-        force: bool,
-    ) -> Result<String, GatewayError> {
-        let bridge = self
-            .bridge
-            .as_ref()
-            .ok_or_else(|| GatewayError::Internal("no upstream bridge".into()))?;
-        let sealed = session.upstream.as_ref().ok_or(GatewayError::NotLoggedIn)?;
-        let opened = token.open(sealed).ok_or(GatewayError::NotLoggedIn)?;
-        let renew_after = sealed.obtained_ms + (bridge.token_lifetime.as_millis() as u64) * 9 / 10;
-        if !force && now_unix_ms() < renew_after {
-            return Ok(opened);
-        }
-        let rc_user_id = sealed.user_id.clone();
-        let fresh = bridge.create_token(&rc_user_id).await?;
-        session.upstream = Some(token.seal(&rc_user_id, &fresh));
-        self.store.create(&token.hash(), session).await?;
-        Ok(fresh)
-    }
-
-    /// Continues a login upstream as a resume with the session's Rocket.Chat token, so
-    /// Rocket.Chat builds the answer its clients expect; retried once with a fresh token.
-    pub async fn resume_upstream(
-        &self,
-        opened: &mut Opened,
-        path: &str,
-        body_for: impl Fn(&str) -> Value,
-        ip: IpAddr,
-    ) -> Result<Value, GatewayError> {
-        let bridge = self
-            .bridge
-            .as_ref()
-            .ok_or_else(|| GatewayError::Internal("no upstream bridge".into()))?;
-        let mut force = false;
-        loop {
-            let rc_token = self
-                .upstream_token(&opened.token, &mut opened.session, force)
-                .await?;
-            let (status, answer) = bridge
-                .call(
-                    Method::POST,
-                    path,
-                    Some(&body_for(&rc_token)),
-                    None,
-                    Some(ip),
-                )
-                .await?;
-            if status.is_success() {
-                return Ok(answer);
-            }
-            if status != StatusCode::UNAUTHORIZED || force {
-                return Err(GatewayError::UpstreamUnreachable(format!(
-                    "{path} resume answered {status}"
-                )));
-            }
-            force = true;
-        }
-    }
-
-    /// The REST login answer: built here in `trusted-headers` mode, or Rocket.Chat's own resume
-    /// answer with authgate's token put back in `rocketchat` mode.
-    pub async fn rest_login_answer(
-        &self,
-        mut opened: Opened,
-        avatar_base: &str,
-        ip: IpAddr,
-    ) -> Result<String, GatewayError> {
-        if !self.rocketchat_mode() {
-            let me = crate::login::me(&opened.session.user, avatar_base, opened.totp_enabled);
-            return Ok(crate::login::success_body(
-                opened.session.client_user_id(),
-                opened.token.as_str(),
-                me,
-            ));
-        }
-        let mut answer = self
-            .resume_upstream(&mut opened, "/api/v1/login", |t| json!({"resume": t}), ip)
-            .await?;
-        if answer["status"] != json!("success")
-            || answer["data"]["userId"].as_str() != Some(opened.session.client_user_id())
-        {
-            return Err(GatewayError::UpstreamUnreachable(
-                "the upstream resume login did not succeed".into(),
-            ));
-        }
-        answer["data"]["authToken"] = json!(opened.token.as_str());
-        Ok(answer.to_string())
     }
 }

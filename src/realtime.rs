@@ -20,9 +20,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::access::RequestFacts;
+use crate::credentials::{cookie_credentials, Credentials};
 use crate::ddp::{self, MethodCall};
 use crate::error::{full_body, Body, GatewayError};
-use crate::gateway::{cookie_credentials, Credentials, Gateway};
+use crate::gateway::Gateway;
+use crate::handlers::proxy;
 use crate::login::LoginRequest;
 use crate::rocketchat::settings;
 use crate::route::Route;
@@ -120,18 +122,6 @@ fn bad_login_error() -> Value {
            "message": "Unrecognized options for login request [400]", "errorType": "Meteor.Error"})
 }
 
-/// The `login` frame authgate sends upstream for a login it checked: a resume with `token`
-/// (authgate's own in `trusted-headers` mode, with the session's `userId`; the Rocket.Chat
-/// token in `rocketchat` mode). A client's own login frame never reaches the upstream, so every
-/// `login` a backend receives on a socket is one of these.
-fn checked_resume(id: &Value, token: &str, user_id: Option<&str>) -> Value {
-    let mut params = json!({"resume": token});
-    if let Some(user_id) = user_id {
-        params["userId"] = json!(user_id);
-    }
-    json!({"msg": "method", "id": id, "method": "login", "params": [params]})
-}
-
 /// A login sent upstream as a checked resume, waiting for its answer.
 struct PendingLogin {
     token: Token,
@@ -178,7 +168,7 @@ impl Gateway {
         let framing = match framing(&route.path) {
             Some(Some(f)) => f,
             // `/sockjs/info` tells the client which transports exist; it is plain HTTP.
-            Some(None) => return self.forward_plain(req, route, facts).await,
+            Some(None) => return proxy::forward_plain(self, req, route, facts).await,
             None => return Err(GatewayError::RealtimeUnavailable),
         };
         if !is_upgrade(&req) {
@@ -255,7 +245,7 @@ impl Gateway {
         req: &Request<Incoming>,
         creds: Option<Credentials>,
     ) -> Result<Option<(Credentials, Arc<Session>)>, GatewayError> {
-        if self.rocketchat_mode() {
+        if !self.identity.binds_sockets_by_headers() {
             return Ok(None);
         }
         let Some(creds) = creds.or_else(|| cookie_credentials(req.headers(), None)) else {
@@ -410,22 +400,13 @@ impl Gateway {
                 return Err(ddp::error_frame(&call.id, error));
             }
         };
-        let checked = if self.rocketchat_mode() {
-            match self
-                .upstream_token(&opened.token, &mut opened.session, false)
-                .await
-            {
-                Ok(rc_token) => checked_resume(&call.id, &rc_token, None),
-                Err(_) => return Err(ddp::error_frame(&call.id, logged_out_error())),
-            }
-        } else {
-            // The backend trusts authgate: the session's own token and user id, as the
-            // identity headers of a proxied request carry them.
-            checked_resume(
-                &call.id,
-                opened.token.as_str(),
-                Some(opened.session.client_user_id()),
-            )
+        let checked = match self
+            .identity
+            .socket_resume(self.store.as_ref(), &mut opened, &call.id)
+            .await
+        {
+            Ok(checked) => checked,
+            Err(_) => return Err(ddp::error_frame(&call.id, logged_out_error())),
         };
         state.pending_logins.insert(
             call.id.to_string(),
@@ -543,13 +524,18 @@ impl Gateway {
             state.bound = Some((pending.token, pending.session.user.id));
             return FromUpstream::Rewritten;
         }
-        if self.rocketchat_mode() && !pending.retried {
-            match self
-                .upstream_token(&pending.token, &mut pending.session, true)
-                .await
-            {
+        let renewed = match pending.retried {
+            true => None,
+            false => {
+                self.identity
+                    .renew_refused(self.store.as_ref(), &pending.token, &mut pending.session)
+                    .await
+            }
+        };
+        if let Some(renewed) = renewed {
+            match renewed {
                 Ok(fresh) => {
-                    let frame = checked_resume(&m["id"], &fresh, None);
+                    let frame = ddp::checked_resume(&m["id"], &fresh, None);
                     pending.retried = true;
                     state.pending_logins.insert(id_key, pending);
                     return FromUpstream::Resend(frame);

@@ -140,7 +140,7 @@ impl Service {
                 "Content-Length with Transfer-Encoding is not allowed.",
             ))
         } else {
-            std::panic::AssertUnwindSafe(gw.dispatch(req, &mut scope.facts))
+            std::panic::AssertUnwindSafe(crate::pipeline::dispatch(&gw, req, &mut scope.facts))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {

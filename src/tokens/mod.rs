@@ -187,11 +187,6 @@ impl From<StoreError> for Refusal {
 }
 
 impl Gateway {
-    /// Whether a stored session may be used now: personal access tokens only while allowed.
-    pub(crate) fn usable(&self, session: &Session) -> bool {
-        session.personal.is_none() || self.config.session.personal_access_tokens
-    }
-
     /// Runs one token-management call for `caller`.
     pub(crate) async fn manage_tokens(
         &self,
@@ -326,7 +321,9 @@ impl Gateway {
         let token = Token::generate();
         let mut session =
             Session::personal(caller.session.user.clone(), &token, name, bypass_two_factor);
-        self.attach_upstream(caller, &token, &mut session).await?;
+        self.identity
+            .extend_upstream(&caller.session, &token, &mut session)
+            .await?;
         self.store.create(&token.hash(), &session).await?;
         self.metrics.session_issued();
         Ok(Outcome::Secret(token))
@@ -346,31 +343,12 @@ impl Gateway {
     async fn fresh_session(&self, caller: &Caller) -> Result<(Token, Session), GatewayError> {
         let token = Token::generate();
         let mut session = Session::new(caller.session.user.clone(), self.config.session.ttl);
-        self.attach_upstream(caller, &token, &mut session).await?;
+        self.identity
+            .extend_upstream(&caller.session, &token, &mut session)
+            .await?;
         self.store.create(&token.hash(), &session).await?;
         self.metrics.session_issued();
         Ok((token, session))
-    }
-
-    /// `rocketchat` mode: a Rocket.Chat token of the caller's Rocket.Chat user, sealed with the
-    /// new token, so the new session is forwarded like any other.
-    async fn attach_upstream(
-        &self,
-        caller: &Caller,
-        token: &Token,
-        session: &mut Session,
-    ) -> Result<(), GatewayError> {
-        let Some(bridge) = &self.bridge else {
-            return Ok(());
-        };
-        let upstream = caller
-            .session
-            .upstream
-            .as_ref()
-            .ok_or(GatewayError::NotLoggedIn)?;
-        let rc_token = bridge.create_token(&upstream.user_id).await?;
-        session.upstream = Some(token.seal(&upstream.user_id, &rc_token));
-        Ok(())
     }
 
     /// Ends every ordinary session of the caller's user but the caller's own (and `keep`), on

@@ -10,9 +10,10 @@ use serde_json::{json, Value};
 
 use super::{method_operation, rest_operation, Call, Caller, Operation, Outcome, Refusal};
 use crate::access::RequestFacts;
+use crate::credentials::Credentials;
 use crate::ddp;
 use crate::error::{json_response, Body, GatewayError};
-use crate::gateway::{Credentials, Gateway};
+use crate::gateway::Gateway;
 use crate::route::Route;
 
 /// A date as JavaScript's `toISOString` writes it, as Rocket.Chat's REST answers carry dates.
