@@ -2,9 +2,9 @@
 //! the login method, whether it arrives over REST (`method.call[Anon]/login`) or a WebSocket.
 
 use hyper::body::Incoming;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::error::{BlockedBy, GatewayError};
+use crate::error::GatewayError;
 use crate::login::{self, LoginRequest};
 
 /// A `{"msg": "method"}` frame.
@@ -40,52 +40,6 @@ pub fn login_request(call: &MethodCall) -> Option<LoginRequest> {
 
 pub fn result_frame(id: &Value, result: Value) -> Value {
     json!({"msg": "result", "id": id, "result": result})
-}
-
-/// A `Meteor.Error` as it travels in a DDP result frame.
-pub fn meteor_error(error: Value, reason: &str, details: Option<Value>) -> Value {
-    let code = match &error {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let mut e = Map::new();
-    e.insert("isClientSafe".into(), json!(true));
-    e.insert("error".into(), error);
-    e.insert("reason".into(), json!(reason));
-    if let Some(d) = details {
-        e.insert("details".into(), d);
-    }
-    e.insert("message".into(), json!(format!("{reason} [{code}]")));
-    e.insert("errorType".into(), json!("Meteor.Error"));
-    Value::Object(e)
-}
-
-/// The DDP error a login failure becomes, as Rocket.Chat's clients expect it; `None` for faults
-/// that are not about the login itself (they stay HTTP errors).
-pub fn login_error(err: &GatewayError) -> Option<Value> {
-    let totp_details =
-        || Some(json!({"method": "totp", "codeGenerated": false, "availableMethods": ["totp"]}));
-    let blocked = || Some(json!({"function": "Accounts.validateLoginAttempt"}));
-    Some(match err {
-        GatewayError::LoginFailed => meteor_error(json!(401), "Incorrect login or password", None),
-        GatewayError::TotpRequired => {
-            meteor_error(json!("totp-required"), "TOTP Required", totp_details())
-        }
-        GatewayError::TotpInvalid => {
-            meteor_error(json!("totp-invalid"), "TOTP Invalid", totp_details())
-        }
-        GatewayError::LoginBlocked(BlockedBy::User) => meteor_error(
-            json!("error-login-blocked-for-user"),
-            "Login has been temporarily blocked For User",
-            blocked(),
-        ),
-        GatewayError::LoginBlocked(BlockedBy::Ip) => meteor_error(
-            json!("error-login-blocked-for-ip"),
-            "Login has been temporarily blocked For IP",
-            blocked(),
-        ),
-        _ => return None,
-    })
 }
 
 pub fn error_frame(id: &Value, error: Value) -> Value {

@@ -22,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::access::RequestFacts;
 use crate::credentials::{cookie_credentials, Credentials};
 use crate::ddp::{self, MethodCall};
-use crate::error::{full_body, Body, GatewayError};
+use crate::error::{full_body, meteor, Body, GatewayError};
 use crate::gateway::Gateway;
 use crate::handlers::proxy;
 use crate::login::LoginRequest;
@@ -110,16 +110,6 @@ fn encode_to_client(framing: Framing, messages: &[Value]) -> Vec<String> {
             Value::Array(messages.iter().map(|m| json!(m.to_string())).collect())
         )],
     }
-}
-
-fn logged_out_error() -> Value {
-    json!({"isClientSafe": true, "error": 403, "reason": "You've been logged out by the server. Please log in again.",
-           "message": "You've been logged out by the server. Please log in again. [403]", "errorType": "Meteor.Error"})
-}
-
-fn bad_login_error() -> Value {
-    json!({"isClientSafe": true, "error": 400, "reason": "Unrecognized options for login request",
-           "message": "Unrecognized options for login request [400]", "errorType": "Meteor.Error"})
 }
 
 /// A login sent upstream as a checked resume, waiting for its answer.
@@ -365,8 +355,9 @@ impl Gateway {
                     routed.to_upstream.push(message);
                 }
                 m if crate::route::is_credential_method(m) => {
-                    let error = json!({"isClientSafe": true, "error": "error-not-allowed", "reason": "Not allowed", "message": "Not allowed [error-not-allowed]", "errorType": "Meteor.Error"});
-                    routed.to_client.push(ddp::error_frame(&call.id, error));
+                    routed
+                        .to_client
+                        .push(ddp::error_frame(&call.id, meteor::not_allowed()));
                 }
                 _ => routed.to_upstream.push(message),
             }
@@ -384,7 +375,7 @@ impl Gateway {
     ) -> Result<Value, Value> {
         let request = ddp::login_request(call);
         if request.is_none() {
-            return Err(ddp::error_frame(&call.id, bad_login_error()));
+            return Err(ddp::error_frame(&call.id, meteor::unrecognized_login()));
         }
         let is_resume = matches!(request, Some(LoginRequest::Resume(_)));
         let mut opened = match self
@@ -393,11 +384,10 @@ impl Gateway {
         {
             Ok(o) => o,
             Err(e) if is_resume && matches!(e, crate::error::GatewayError::LoginFailed) => {
-                return Err(ddp::error_frame(&call.id, logged_out_error()))
+                return Err(ddp::error_frame(&call.id, meteor::logged_out()))
             }
             Err(e) => {
-                let error = ddp::login_error(&e).unwrap_or_else(|| json!({"isClientSafe": true, "error": 503, "reason": "Service unavailable", "message": "Service unavailable [503]", "errorType": "Meteor.Error"}));
-                return Err(ddp::error_frame(&call.id, error));
+                return Err(ddp::error_frame(&call.id, meteor::ddp_error(&e)));
             }
         };
         let checked = match self
@@ -406,7 +396,7 @@ impl Gateway {
             .await
         {
             Ok(checked) => checked,
-            Err(_) => return Err(ddp::error_frame(&call.id, logged_out_error())),
+            Err(_) => return Err(ddp::error_frame(&call.id, meteor::logged_out())),
         };
         state.pending_logins.insert(
             call.id.to_string(),
@@ -489,7 +479,7 @@ impl Gateway {
             if m.get("result").and_then(|r| r.get("token")).is_some()
                 && m["result"].get("tokenExpires").is_some()
             {
-                *m = ddp::error_frame(&m["id"].clone(), logged_out_error());
+                *m = ddp::error_frame(&m["id"].clone(), meteor::logged_out());
                 return FromUpstream::Rewritten;
             }
         }
@@ -559,7 +549,7 @@ impl Gateway {
         }
         if m.get("result").is_some() {
             // Neither an error nor a login result: nothing the client could use.
-            *m = ddp::error_frame(&m["id"].clone(), logged_out_error());
+            *m = ddp::error_frame(&m["id"].clone(), meteor::logged_out());
         }
         FromUpstream::Rewritten
     }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::access::RequestFacts;
 use crate::ddp;
-use crate::error::{json_response, Body, GatewayError};
+use crate::error::{json_response, meteor, Body, GatewayError};
 use crate::gateway::Gateway;
 use crate::login;
 
@@ -54,7 +54,7 @@ pub async fn login_method(
     let opened = match gw.log_in(request, ip, &facts.request_id).await {
         Ok(o) => o,
         Err(e) => {
-            return ddp::login_error(&e)
+            return meteor::login_error(&e)
                 .map(|err| rest_envelope(&ddp::error_frame(&id, err)))
                 .ok_or(e)
         }

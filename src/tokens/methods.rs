@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use serde_json::{json, Value};
 
 use super::{method_operation, Call, Caller, Operation, Outcome, Refusal};
-use crate::ddp::{self, meteor_error, MethodCall};
-use crate::error::GatewayError;
+use crate::ddp::{self, MethodCall};
+use crate::error::{meteor, GatewayError};
 use crate::gateway::Gateway;
 use crate::session::Token;
 
@@ -31,22 +31,10 @@ fn call_from_params(params: &[Value]) -> Call {
 /// What a method throws for a connection without a user: Rocket.Chat's `not-authorized` for
 /// its personal-token methods, Meteor's bare "You are not logged in." for its own.
 fn not_logged_in(op: Operation) -> Value {
-    match op {
-        Operation::Generate | Operation::Regenerate | Operation::Remove | Operation::List => {
-            meteor_error(
-                json!("not-authorized"),
-                "Not Authorized",
-                Some(json!({"method": op.method_name()})),
-            )
-        }
-        _ => json!({"isClientSafe": true, "error": "You are not logged in.",
-                    "message": "[You are not logged in.]", "errorType": "Meteor.Error"}),
+    match op.is_personal() {
+        true => meteor::not_authorized(op.method_name()),
+        false => meteor::meteor_not_logged_in(),
     }
-}
-
-fn unavailable() -> Value {
-    json!({"isClientSafe": true, "error": 503, "reason": "Service unavailable",
-           "message": "Service unavailable [503]", "errorType": "Meteor.Error"})
 }
 
 /// The result frame; `removeOtherTokens` and `removeToken` return nothing, so their frame has
@@ -103,7 +91,7 @@ impl Gateway {
                 let user_id = caller.session.client_user_id().to_string();
                 return Ok((result_frame(&call.id, op, outcome, &user_id), rebind));
             }
-            Err(Refusal::NameRequired) => meteor_error(
+            Err(Refusal::NameRequired) => meteor::meteor_error(
                 json!("error-the-field-is-required"),
                 "The field tokenName is required.",
                 Some(json!({"method": op.method_name()})),
@@ -112,9 +100,9 @@ impl Gateway {
                 error,
                 reason,
                 method,
-            }) => meteor_error(json!(error), reason, Some(json!({"method": method}))),
+            }) => meteor::meteor_error(json!(error), reason, Some(json!({"method": method}))),
             Err(Refusal::Gateway(GatewayError::NotLoggedIn)) => not_logged_in(op),
-            Err(Refusal::Gateway(e)) => ddp::login_error(&e).ok_or(e)?,
+            Err(Refusal::Gateway(e)) => meteor::login_error(&e).ok_or(e)?,
         };
         Ok((ddp::error_frame(&call.id, error), None))
     }
@@ -129,7 +117,7 @@ impl Gateway {
         ip: IpAddr,
     ) -> (Value, Option<(Token, String)>) {
         let Some(op) = method_operation(&call.method) else {
-            return (ddp::error_frame(&call.id, unavailable()), None);
+            return (ddp::error_frame(&call.id, meteor::unavailable()), None);
         };
         let session = match bound {
             Some((token, user_id)) => self.store.get(user_id, &token.hash()).await,
@@ -139,7 +127,7 @@ impl Gateway {
             (Some((token, user_id)), Ok(Some(s))) if self.usable(&s) => {
                 (token.clone(), user_id.clone(), s)
             }
-            (_, Err(_)) => return (ddp::error_frame(&call.id, unavailable()), None),
+            (_, Err(_)) => return (ddp::error_frame(&call.id, meteor::unavailable()), None),
             _ => return (ddp::error_frame(&call.id, not_logged_in(op)), None),
         };
         let caller = Caller { token, session };
@@ -147,7 +135,7 @@ impl Gateway {
             Ok((frame, rebind)) => (frame, rebind.map(|t| (t, user_id))),
             Err(e) => {
                 tracing::warn!(error = %e, method = %call.method, "token management on a socket failed");
-                (ddp::error_frame(&call.id, unavailable()), None)
+                (ddp::error_frame(&call.id, meteor::unavailable()), None)
             }
         }
     }

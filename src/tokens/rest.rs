@@ -12,7 +12,7 @@ use super::{method_operation, rest_operation, Call, Caller, Operation, Outcome, 
 use crate::access::RequestFacts;
 use crate::credentials::Credentials;
 use crate::ddp;
-use crate::error::{json_response, Body, GatewayError};
+use crate::error::{json_response, meteor, Body, GatewayError, TOKEN_NAME_REQUIRED_BODY};
 use crate::gateway::Gateway;
 use crate::route::Route;
 
@@ -23,21 +23,6 @@ pub(crate) fn iso_date(ms: u64) -> String {
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// Rocket.Chat's `API.v1.failure` for a `Meteor.Error`: HTTP 400, `error` is the message.
-fn failure(error: &str, reason: &str, details: Value) -> Response<Body> {
-    let body = json!({
-        "success": false,
-        "error": format!("{reason} [{error}]"),
-        "errorType": error,
-        "details": details,
-    });
-    json_response(StatusCode::BAD_REQUEST, body.to_string())
-}
-
-fn totp_details() -> Value {
-    json!({"method": "totp", "codeGenerated": false, "availableMethods": ["totp"]})
 }
 
 fn rest_answer(outcome: Result<Outcome, Refusal>) -> Result<Response<Body>, GatewayError> {
@@ -70,21 +55,26 @@ fn rest_answer(outcome: Result<Outcome, Refusal>) -> Result<Response<Body>, Gate
         Err(Refusal::NameRequired) => {
             return Ok(json_response(
                 StatusCode::BAD_REQUEST,
-                r#"{"success":false,"error":"The 'tokenName' param is required"}"#,
+                TOKEN_NAME_REQUIRED_BODY,
             ))
         }
         Err(Refusal::Meteor {
             error,
             reason,
             method,
-        }) => return Ok(failure(error, reason, json!({"method": method}))),
-        Err(Refusal::Gateway(GatewayError::TotpRequired)) => {
-            return Ok(failure("totp-required", "TOTP Required", totp_details()))
+        }) => {
+            return Ok(meteor::rest_failure(
+                error,
+                reason,
+                json!({"method": method}),
+            ))
         }
-        Err(Refusal::Gateway(GatewayError::TotpInvalid)) => {
-            return Ok(failure("totp-invalid", "TOTP Invalid", totp_details()))
+        Err(Refusal::Gateway(e)) => {
+            return match meteor::rest_second_factor_failure(&e) {
+                Some(failure) => Ok(failure),
+                None => Err(e),
+            }
         }
-        Err(Refusal::Gateway(e)) => return Err(e),
     };
     Ok(json_response(StatusCode::OK, body.to_string()))
 }
