@@ -294,7 +294,7 @@ pub fn rewrite_response_headers(headers: &mut HeaderMap) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::forward::headers::*;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
