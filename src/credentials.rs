@@ -44,10 +44,10 @@ pub(crate) fn cookie_credentials(headers: &HeaderMap, query: Option<&str>) -> Op
         .iter()
         .filter_map(|v| v.to_str().ok())
     {
-        for pair in value.split(';') {
-            match pair.trim().split_once('=') {
-                Some(("rc_uid", v)) => uid = Some(v.to_string()),
-                Some(("rc_token", v)) => token = Some(v.to_string()),
+        for cookie in cookie::Cookie::split_parse(value).flatten() {
+            match cookie.name() {
+                "rc_uid" => uid = Some(cookie.value().to_string()),
+                "rc_token" => token = Some(cookie.value().to_string()),
                 _ => {}
             }
         }

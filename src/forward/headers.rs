@@ -146,21 +146,25 @@ fn strip_credential_cookies(headers: &mut HeaderMap) {
     headers.remove(header::COOKIE);
     for value in cookies {
         let Ok(text) = value.to_str() else { continue };
-        let kept: Vec<&str> = text
-            .split(';')
-            .map(str::trim)
-            .filter(|c| {
-                let name = c
-                    .split('=')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase();
-                !c.is_empty() && name != "rc_uid" && name != "rc_token"
-            })
-            .collect();
+        // Rebuilt from the parsed pairs: a segment that is no `name=value` pair reaches no
+        // cookie parser upstream either, so it is dropped with the credentials.
+        let mut kept = String::with_capacity(text.len());
+        for cookie in cookie::Cookie::split_parse(text).flatten() {
+            let (Some(name), Some(value)) = (cookie.name_raw(), cookie.value_raw()) else {
+                continue;
+            };
+            if name.eq_ignore_ascii_case("rc_uid") || name.eq_ignore_ascii_case("rc_token") {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(name);
+            kept.push('=');
+            kept.push_str(value);
+        }
         if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            if let Ok(v) = HeaderValue::from_str(&kept) {
                 headers.append(header::COOKIE, v);
             }
         }
@@ -512,5 +516,18 @@ mod tests {
             HeaderValue::from_static("garbage, 10.0.0.2"),
         );
         assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn credential_cookies_go_in_every_spelling_and_the_others_stay() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "cookie",
+            HeaderValue::from_static("a=1;RC_TOKEN=evil ; Rc_Uid = admin;b=\"two\"; lone"),
+        );
+        h.append("cookie", HeaderValue::from_static("rc_token=evil"));
+        strip_credential_cookies(&mut h);
+        let left: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(left, [HeaderValue::from_static("a=1; b=\"two\"")]);
     }
 }

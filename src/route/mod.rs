@@ -10,6 +10,10 @@ pub use rules::{
 };
 use rules::{comparable, gateway_kind};
 
+use std::borrow::Cow;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
 use crate::config::RoutesConfig;
 
 /// A request target after canonicalisation.
@@ -22,19 +26,30 @@ pub struct Route {
     pub forward: String,
 }
 
-/// Re-encodes a canonical path for the request line: RFC 3986 `pchar`s stay as they are,
-/// everything else is percent-encoded.
+/// What stays as it is in a forwarded path: RFC 3986 `pchar`s and `/`. Everything else,
+/// non-ASCII included, is percent-encoded.
+const PATH_KEEPS: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@');
+
+/// Re-encodes a canonical path for the request line.
 fn encode_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for &b in path.as_bytes() {
-        let keep = b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,=:@".contains(&b);
-        if keep {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    Cow::from(utf8_percent_encode(path, PATH_KEEPS)).into_owned()
 }
 
 pub fn classify(path: &str, routes: &RoutesConfig) -> RouteKind {
