@@ -1,5 +1,6 @@
 //! authgate: an authentication gateway in front of Rocket.Chat-compatible chat backends.
-//! See DESIGN.md for the request flow; `gateway.rs` is where a request is decided.
+//! A request's path through the gateway is `pipeline.rs`, which hands it to the handler of its
+//! route kind (`handlers/`, `realtime.rs`, `tokens/`).
 #![forbid(unsafe_code)]
 
 pub mod access;

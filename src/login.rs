@@ -1,5 +1,6 @@
-//! `POST /api/v1/login`: the request shapes Rocket.Chat accepts (contract section 1) and the
-//! success body it answers (section 2.1). Anything unusable is `None`, which the caller answers
+//! `POST /api/v1/login`: the request shapes Rocket.Chat accepts (username, email or `user`
+//! object with a plain or SHA-256 digest password, `resume`, TOTP codes) and the success body it
+//! answers. Anything unusable is `None`, which the caller answers
 //! with the one generic 401.
 
 use serde_json::{json, Map, Value};
