@@ -135,10 +135,17 @@ impl UpstreamIdentity {
                 token: Cow::Borrowed(creds.token.as_str()),
                 as_cookies: false,
             }),
+            // Boxed: the bridge's exchange would otherwise sit in every proxied request's future.
             UpstreamIdentity::RocketChat(bridge) => {
                 let mut renewed = Session::clone(session);
-                let rc_token =
-                    upstream_token(bridge, store, &creds.token, &mut renewed, false).await?;
+                let rc_token = Box::pin(upstream_token(
+                    bridge,
+                    store,
+                    &creds.token,
+                    &mut renewed,
+                    false,
+                ))
+                .await?;
                 Ok(UpstreamCredential {
                     user_id: session.client_user_id(),
                     token: Cow::Owned(rc_token),

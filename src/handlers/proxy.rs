@@ -18,10 +18,34 @@ use crate::rocketchat::settings;
 use crate::route::Route;
 use crate::session::Session;
 
-/// Forwards with a live session: the upstream learns the user the way its mode says. A request
-/// the upstream refused with 401 is sent once more with a renewed upstream token, when the mode
-/// renews tokens and the request can be sent again.
+/// Forwards with a live session: the upstream learns the user the way its mode says.
 pub(crate) async fn forward_authenticated(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    route: &Route,
+    facts: &mut RequestFacts,
+    creds: &Credentials,
+    session: &Session,
+) -> Result<Response<Body>, GatewayError> {
+    if gw.identity.renews_refused_tokens() {
+        // Boxed: the renewing path is the larger future, and the plain one is the hot path.
+        return Box::pin(forward_renewing(gw, req, route, facts, creds, session)).await;
+    }
+    let credential = gw
+        .identity
+        .credential(gw.store.as_ref(), creds, session)
+        .await?;
+    let identity = forward::Identity {
+        user_id: credential.user_id,
+        token: &credential.token,
+        as_cookies: credential.as_cookies,
+    };
+    forward(gw, req, route, facts, Some(identity)).await
+}
+
+/// Forwards with the session's upstream token; a request the upstream refused with 401 is sent
+/// once more with a renewed token, when it can be sent again.
+async fn forward_renewing(
     gw: &Gateway,
     req: Request<Incoming>,
     route: &Route,
@@ -33,8 +57,7 @@ pub(crate) async fn forward_authenticated(
         .identity
         .credential(gw.store.as_ref(), creds, session)
         .await?;
-    let replay = (gw.identity.renews_refused_tokens() && is_replayable(&req))
-        .then(|| (req.method().clone(), req.headers().clone()));
+    let replay = is_replayable(&req).then(|| (req.method().clone(), req.headers().clone()));
     let identity = forward::Identity {
         user_id: credential.user_id,
         token: &credential.token,
@@ -45,10 +68,7 @@ pub(crate) async fn forward_authenticated(
     else {
         return Ok(first);
     };
-    Box::pin(send_renewed(
-        gw, method, headers, route, facts, creds, session, first,
-    ))
-    .await
+    send_renewed(gw, method, headers, route, facts, creds, session, first).await
 }
 
 /// A GET, HEAD or OPTIONS without a body: sending it twice changes nothing.
