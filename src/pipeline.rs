@@ -17,6 +17,7 @@ use crate::credentials::{
 use crate::error::{Body, GatewayError};
 use crate::gateway::Gateway;
 use crate::handlers::{method_login, proxy, rest_login};
+use crate::realtime;
 use crate::route::{self, RouteKind};
 use crate::tokens;
 
@@ -64,7 +65,7 @@ pub async fn dispatch(
             return Box::pin(method_login::login_method(gw, req, facts, anonymous)).await;
         }
         RouteKind::Realtime if gw.config.realtime.enabled => {
-            return Box::pin(gw.realtime(req, &route, facts, creds)).await;
+            return Box::pin(realtime::handle(gw, req, &route, facts, creds)).await;
         }
         RouteKind::Realtime => {
             return Box::pin(answer_locally(req, Err(GatewayError::RealtimeUnavailable))).await
@@ -75,7 +76,7 @@ pub async fn dispatch(
         RouteKind::Public => None,
         // Token management is answered here: an upstream token must never reach a client.
         RouteKind::Protected if tokens::is_token_route(&route.path) => {
-            return Box::pin(gw.token_route(req, &route, creds, facts)).await;
+            return Box::pin(tokens::rest::token_route(gw, req, &route, creds, facts)).await;
         }
         RouteKind::Protected => {
             let session = match &creds {

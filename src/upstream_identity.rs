@@ -26,6 +26,8 @@ use crate::login::{self, Opened};
 use crate::rocketchat::Bridge;
 use crate::session::{now_unix_ms, Session, SessionStore, StoreError, Token};
 
+// One per gateway: its size does not matter, and the bridge stays inline.
+#[allow(clippy::large_enum_variant)]
 pub enum UpstreamIdentity {
     TrustedHeaders,
     RocketChat(Bridge),

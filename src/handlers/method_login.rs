@@ -10,6 +10,7 @@ use crate::ddp;
 use crate::error::{json_response, meteor, Body, GatewayError};
 use crate::gateway::Gateway;
 use crate::login;
+use crate::login_flow;
 
 /// `{"message": "<frame>", "success": true}`: how `method.call*` answers over REST.
 fn rest_envelope(frame: &Value) -> Response<Body> {
@@ -51,7 +52,7 @@ pub async fn login_method(
         .filter(|c| c.method == "login");
     let id = call.as_ref().map(|c| c.id.clone()).unwrap_or(Value::Null);
     let request = call.as_ref().and_then(ddp::login_request);
-    let opened = match gw.log_in(request, ip, &facts.request_id).await {
+    let opened = match login_flow::log_in(gw, request, ip, &facts.request_id).await {
         Ok(o) => o,
         Err(e) => {
             return meteor::login_error(&e)

@@ -8,6 +8,7 @@ use crate::credentials::Credentials;
 use crate::error::{json_response, Body, GatewayError, LOGGED_OUT_BODY};
 use crate::gateway::Gateway;
 use crate::login;
+use crate::login_flow;
 
 pub(crate) async fn login(
     gw: &Gateway,
@@ -25,13 +26,13 @@ pub(crate) async fn login(
             .and_then(|v| v.to_str().ok()),
     );
     let header_code = headers.get("x-2fa-code").and_then(|v| v.to_str().ok());
-    let opened = gw
-        .log_in(
-            login::parse(kind, &body, header_code),
-            ip,
-            &facts.request_id,
-        )
-        .await?;
+    let opened = login_flow::log_in(
+        gw,
+        login::parse(kind, &body, header_code),
+        ip,
+        &facts.request_id,
+    )
+    .await?;
     facts.user_id = Some(opened.session.client_user_id().to_string());
     let answer = gw
         .identity

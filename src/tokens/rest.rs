@@ -8,7 +8,10 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::{method_operation, rest_operation, Call, Caller, Operation, Outcome, Refusal};
+use super::methods::answer_token_method;
+use super::{
+    manage_tokens, method_operation, rest_operation, Call, Caller, Operation, Outcome, Refusal,
+};
 use crate::access::RequestFacts;
 use crate::credentials::Credentials;
 use crate::ddp;
@@ -91,64 +94,61 @@ fn call_from_body(headers: &HeaderMap, body: &[u8]) -> Call {
     }
 }
 
-impl Gateway {
-    /// A token-management request over REST; nothing of it is forwarded.
-    pub(crate) async fn token_route(
-        &self,
-        req: Request<Incoming>,
-        route: &Route,
-        creds: Option<Credentials>,
-        facts: &mut RequestFacts,
-    ) -> Result<Response<Body>, GatewayError> {
-        let url_method = ddp::rest_method_name(&route.path);
-        let op = rest_operation(&route.path);
-        let wanted = match op {
-            Some(Operation::List) => Method::GET,
-            _ => Method::POST,
-        };
-        let method_ok = *req.method() == wanted;
-        // Read before answering, so the connection stays usable; bounded like a login body.
-        let (headers, body) = self.read_login_body(req).await?;
-        if !method_ok {
-            return Err(GatewayError::MethodNotAllowed);
+/// A token-management request over REST; nothing of it is forwarded.
+pub(crate) async fn token_route(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    route: &Route,
+    creds: Option<Credentials>,
+    facts: &mut RequestFacts,
+) -> Result<Response<Body>, GatewayError> {
+    let url_method = ddp::rest_method_name(&route.path);
+    let op = rest_operation(&route.path);
+    let wanted = match op {
+        Some(Operation::List) => Method::GET,
+        _ => Method::POST,
+    };
+    let method_ok = *req.method() == wanted;
+    // Read before answering, so the connection stays usable; bounded like a login body.
+    let (headers, body) = gw.read_login_body(req).await?;
+    if !method_ok {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    let creds = creds.ok_or(GatewayError::NotLoggedIn)?;
+    let session = gw
+        .session_for(&creds)
+        .await?
+        .ok_or(GatewayError::NotLoggedIn)?;
+    facts.user_id = Some(creds.user_id.clone());
+    let caller = Caller {
+        token: creds.token,
+        session,
+    };
+    let ip = facts.client_ip;
+    match (op, url_method) {
+        (Some(op), _) => {
+            let call = call_from_body(&headers, &body);
+            rest_answer(manage_tokens(gw, &caller, op, call, ip).await)
         }
-        let creds = creds.ok_or(GatewayError::NotLoggedIn)?;
-        let session = self
-            .session_for(&creds)
-            .await?
-            .ok_or(GatewayError::NotLoggedIn)?;
-        facts.user_id = Some(creds.user_id.clone());
-        let caller = Caller {
-            token: creds.token,
-            session,
-        };
-        let ip = facts.client_ip;
-        match (op, url_method) {
-            (Some(op), _) => {
-                let call = call_from_body(&headers, &body);
-                rest_answer(self.manage_tokens(&caller, op, call, ip).await)
-            }
-            (None, Some(url_method)) => {
-                let frame = method_frame(&body, &url_method)?;
-                let call = ddp::parse_method(&frame).ok_or(GatewayError::BadRequest(
-                    "The method call is not a DDP method.",
-                ))?;
-                let op = method_operation(&call.method).ok_or(GatewayError::BadRequest(
-                    "The method call does not match its URL.",
-                ))?;
-                let reply = self
-                    .answer_token_method(&caller, op, &call, ip)
-                    .await
-                    .map(|(frame, _)| frame)?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    json!({"message": reply.to_string(), "success": true}).to_string(),
-                ))
-            }
-            (None, None) => Err(GatewayError::Internal(
-                "a token route without an operation".into(),
-            )),
+        (None, Some(url_method)) => {
+            let frame = method_frame(&body, &url_method)?;
+            let call = ddp::parse_method(&frame).ok_or(GatewayError::BadRequest(
+                "The method call is not a DDP method.",
+            ))?;
+            let op = method_operation(&call.method).ok_or(GatewayError::BadRequest(
+                "The method call does not match its URL.",
+            ))?;
+            let reply = answer_token_method(gw, &caller, op, &call, ip)
+                .await
+                .map(|(frame, _)| frame)?;
+            Ok(json_response(
+                StatusCode::OK,
+                json!({"message": reply.to_string(), "success": true}).to_string(),
+            ))
         }
+        (None, None) => Err(GatewayError::Internal(
+            "a token route without an operation".into(),
+        )),
     }
 }
 
