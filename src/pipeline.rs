@@ -51,9 +51,8 @@ pub async fn dispatch(
         other => other,
     };
     facts.path = Some(route.path.clone());
-    // Every path but the proxied one is boxed, and the proxied one is awaited at one place:
-    // a request's future is as large as its largest path, and it is moved (copied) whole
-    // when the request starts.
+    // Every path but the proxied ones is boxed: a request's future is as large as its largest
+    // path, and it is moved (copied) whole when the request starts.
     let authenticated = match route.kind {
         RouteKind::Login => return Box::pin(rest_login::login(gw, req, facts)).await,
         RouteKind::Logout => {
