@@ -75,8 +75,7 @@ pub fn build_snapshot(
             config.server.worker_threads,
         )),
     };
-    let bridge = (config.upstream.mode == crate::config::UpstreamMode::RocketChat)
-        .then(|| crate::rocketchat::Bridge::new(&config.upstream));
+    let identity = crate::upstream_identity::UpstreamIdentity::new(&config.upstream);
     let regulation = Regulation::new(config.regulation.clone(), store.clone());
     let totp = SecondFactor::new(&config.totp)
         .map_err(|why| StartError::Config(format!("  - `totp.secrets_file`: {why}\n")))?;
@@ -87,7 +86,7 @@ pub fn build_snapshot(
         directories: Directories::new(directories),
         upstream,
         regulation,
-        bridge,
+        identity,
         metrics,
     })
 }

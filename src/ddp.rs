@@ -1,17 +1,11 @@
 //! DDP (Meteor's protocol) as Rocket.Chat clients speak it: method frames, result frames and
 //! the login method, whether it arrives over REST (`method.call[Anon]/login`) or a WebSocket.
 
-use std::net::IpAddr;
-
-use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::access::RequestFacts;
-use crate::error::{json_response, BlockedBy, Body, GatewayError};
-use crate::gateway::Gateway;
+use crate::error::GatewayError;
 use crate::login::{self, LoginRequest};
-use crate::login_flow::Opened;
 
 /// A `{"msg": "method"}` frame.
 #[derive(Debug, Clone)]
@@ -46,52 +40,6 @@ pub fn login_request(call: &MethodCall) -> Option<LoginRequest> {
 
 pub fn result_frame(id: &Value, result: Value) -> Value {
     json!({"msg": "result", "id": id, "result": result})
-}
-
-/// A `Meteor.Error` as it travels in a DDP result frame.
-pub fn meteor_error(error: Value, reason: &str, details: Option<Value>) -> Value {
-    let code = match &error {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let mut e = Map::new();
-    e.insert("isClientSafe".into(), json!(true));
-    e.insert("error".into(), error);
-    e.insert("reason".into(), json!(reason));
-    if let Some(d) = details {
-        e.insert("details".into(), d);
-    }
-    e.insert("message".into(), json!(format!("{reason} [{code}]")));
-    e.insert("errorType".into(), json!("Meteor.Error"));
-    Value::Object(e)
-}
-
-/// The DDP error a login failure becomes, as Rocket.Chat's clients expect it; `None` for faults
-/// that are not about the login itself (they stay HTTP errors).
-pub fn login_error(err: &GatewayError) -> Option<Value> {
-    let totp_details =
-        || Some(json!({"method": "totp", "codeGenerated": false, "availableMethods": ["totp"]}));
-    let blocked = || Some(json!({"function": "Accounts.validateLoginAttempt"}));
-    Some(match err {
-        GatewayError::LoginFailed => meteor_error(json!(401), "Incorrect login or password", None),
-        GatewayError::TotpRequired => {
-            meteor_error(json!("totp-required"), "TOTP Required", totp_details())
-        }
-        GatewayError::TotpInvalid => {
-            meteor_error(json!("totp-invalid"), "TOTP Invalid", totp_details())
-        }
-        GatewayError::LoginBlocked(BlockedBy::User) => meteor_error(
-            json!("error-login-blocked-for-user"),
-            "Login has been temporarily blocked For User",
-            blocked(),
-        ),
-        GatewayError::LoginBlocked(BlockedBy::Ip) => meteor_error(
-            json!("error-login-blocked-for-ip"),
-            "Login has been temporarily blocked For IP",
-            blocked(),
-        ),
-        _ => return None,
-    })
 }
 
 pub fn error_frame(id: &Value, error: Value) -> Value {
@@ -147,107 +95,14 @@ pub async fn checked_method_call(
     }
 }
 
-/// `{"message": "<frame>", "success": true}`: how `method.call*` answers over REST.
-fn rest_envelope(frame: &Value) -> Response<Body> {
-    json_response(
-        StatusCode::OK,
-        json!({"message": frame.to_string(), "success": true}).to_string(),
-    )
-}
-
-impl Gateway {
-    /// `POST /api/v1/method.callAnon/login` and `method.call/login`: the web and desktop clients'
-    /// password login. Answered like Rocket.Chat: HTTP 200 with the result or error frame.
-    pub async fn login_method(
-        &self,
-        req: Request<Incoming>,
-        facts: &mut RequestFacts,
-        anonymous: bool,
-    ) -> Result<Response<Body>, GatewayError> {
-        if req.method() != Method::POST {
-            return Err(GatewayError::MethodNotAllowed);
-        }
-        let ip = facts.client_ip;
-        let (headers, body) = self.read_login_body(req).await?;
-        let is_json = login::body_kind(
-            headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-        ) == login::BodyKind::Json;
-        let frame: Option<Value> = is_json
-            .then(|| serde_json::from_slice::<Value>(&body).ok())
-            .flatten()
-            .and_then(|b| {
-                b.get("message")
-                    .and_then(Value::as_str)
-                    .and_then(|m| serde_json::from_str(m).ok())
-            });
-        let call = frame
-            .as_ref()
-            .and_then(parse_method)
-            .filter(|c| c.method == "login");
-        let id = call.as_ref().map(|c| c.id.clone()).unwrap_or(Value::Null);
-        let request = call.as_ref().and_then(login_request);
-        let opened = match self
-            .log_in(
-                request,
-                ip,
-                crate::session::user_agent(&headers),
-                &facts.request_id,
-            )
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                return login_error(&e)
-                    .map(|err| rest_envelope(&error_frame(&id, err)))
-                    .ok_or(e)
-            }
-        };
-        facts.user_id = Some(opened.session.client_user_id().to_string());
-        let frame = self.login_result_frame(opened, &id, anonymous, ip).await?;
-        Ok(rest_envelope(&frame))
+/// The `login` frame authgate sends upstream for a login it checked: a resume with `token`
+/// (authgate's own in `trusted-headers` mode, with the session's `userId`; the Rocket.Chat
+/// token in `rocketchat` mode). A client's own login frame never reaches the upstream, so every
+/// `login` a backend receives on a socket is one of these.
+pub fn checked_resume(id: &Value, token: &str, user_id: Option<&str>) -> Value {
+    let mut params = json!({"resume": token});
+    if let Some(user_id) = user_id {
+        params["userId"] = json!(user_id);
     }
-
-    /// The result frame of a successful DDP login: built here in `trusted-headers` mode; in
-    /// `rocketchat` mode Rocket.Chat's own answer to a resume with its token, authgate's token put back.
-    pub async fn login_result_frame(
-        &self,
-        mut opened: Opened,
-        id: &Value,
-        anonymous: bool,
-        ip: IpAddr,
-    ) -> Result<Value, GatewayError> {
-        let kind = if opened.resumed { "resume" } else { "password" };
-        if !self.rocketchat_mode() {
-            let result = json!({"id": opened.session.client_user_id(), "token": opened.token.as_str(), "tokenExpires": {"$date": opened.session.expires_ms}, "type": kind});
-            return Ok(result_frame(id, result));
-        }
-        let path = if anonymous {
-            "/api/v1/method.callAnon/login"
-        } else {
-            "/api/v1/method.call/login"
-        };
-        let frame_for = |t: &str| {
-            let call =
-                json!({"msg": "method", "id": id, "method": "login", "params": [{"resume": t}]});
-            json!({"message": call.to_string()})
-        };
-        let answer = self
-            .resume_upstream(&mut opened, path, frame_for, ip)
-            .await?;
-        let mut frame: Value = answer["message"]
-            .as_str()
-            .and_then(|m| serde_json::from_str(m).ok())
-            .ok_or_else(|| {
-                GatewayError::UpstreamUnreachable("the upstream login answer has no frame".into())
-            })?;
-        if frame["result"]["id"].as_str() != Some(opened.session.client_user_id()) {
-            return Err(GatewayError::UpstreamUnreachable(
-                "the upstream resume login did not succeed".into(),
-            ));
-        }
-        frame["result"]["token"] = json!(opened.token.as_str());
-        Ok(frame)
-    }
+    json!({"msg": "method", "id": id, "method": "login", "params": [params]})
 }

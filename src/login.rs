@@ -1,11 +1,21 @@
-//! `POST /api/v1/login`: the request shapes Rocket.Chat accepts (contract section 1) and the
-//! success body it answers (section 2.1). Anything unusable is `None`, which the caller answers
+//! `POST /api/v1/login`: the request shapes Rocket.Chat accepts (username, email or `user`
+//! object with a plain or SHA-256 digest password, `resume`, TOTP codes) and the success body it
+//! answers. Anything unusable is `None`, which the caller answers
 //! with the one generic 401.
 
 use serde_json::{json, Map, Value};
 
 use crate::directory::{Identity, UserProfile};
 use crate::password::Password;
+use crate::session::{Session, Token};
+
+/// A session a login opened or resumed.
+pub struct Opened {
+    pub token: Token,
+    pub session: Session,
+    pub resumed: bool,
+    pub totp_enabled: bool,
+}
 
 /// The longest password accepted; longer ones are refused before hashing.
 const MAX_PASSWORD_CHARS: usize = 1024;

@@ -140,7 +140,7 @@ impl Service {
                 "Content-Length with Transfer-Encoding is not allowed.",
             ))
         } else {
-            rescue_panics(gw.dispatch(req, &mut scope.facts)).await
+            rescue_panics(crate::pipeline::dispatch(&gw, req, &mut scope.facts)).await
         };
         let mut resp = match result {
             Ok(resp) => resp,

@@ -3,7 +3,7 @@
 use super::problem::{problem, ConfigProblem};
 use super::raw;
 use super::upstream::UpstreamMode;
-use crate::route::{canonical_path, covers_gateway_path};
+use crate::route::rules::{canonical_path, covers_gateway_path};
 
 #[derive(Debug, Clone)]
 pub struct RoutesConfig {

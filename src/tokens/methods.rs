@@ -6,9 +6,9 @@ use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
-use super::{method_operation, Call, Caller, Operation, Outcome, Refusal};
-use crate::ddp::{self, meteor_error, MethodCall};
-use crate::error::GatewayError;
+use super::{manage_tokens, method_operation, Call, Caller, Operation, Outcome, Refusal};
+use crate::ddp::{self, MethodCall};
+use crate::error::{meteor, GatewayError};
 use crate::gateway::Gateway;
 use crate::session::Token;
 
@@ -31,22 +31,10 @@ fn call_from_params(params: &[Value]) -> Call {
 /// What a method throws for a connection without a user: Rocket.Chat's `not-authorized` for
 /// its personal-token methods, Meteor's bare "You are not logged in." for its own.
 fn not_logged_in(op: Operation) -> Value {
-    match op {
-        Operation::Generate | Operation::Regenerate | Operation::Remove | Operation::List => {
-            meteor_error(
-                json!("not-authorized"),
-                "Not Authorized",
-                Some(json!({"method": op.method_name()})),
-            )
-        }
-        _ => json!({"isClientSafe": true, "error": "You are not logged in.",
-                    "message": "[You are not logged in.]", "errorType": "Meteor.Error"}),
+    match op.is_personal() {
+        true => meteor::not_authorized(op.method_name()),
+        false => meteor::meteor_not_logged_in(),
     }
-}
-
-fn unavailable() -> Value {
-    json!({"isClientSafe": true, "error": 503, "reason": "Service unavailable",
-           "message": "Service unavailable [503]", "errorType": "Meteor.Error"})
 }
 
 /// The result frame; `removeOtherTokens` and `removeToken` return nothing, so their frame has
@@ -81,74 +69,72 @@ fn result_frame(id: &Value, op: Operation, outcome: Outcome, user_id: &str) -> V
     }
 }
 
-impl Gateway {
-    /// Answers one token-management method frame of `caller`. Faults that are not the method's
-    /// own (a dead store or upstream) stay errors for the transport to answer.
-    pub(crate) async fn answer_token_method(
-        &self,
-        caller: &Caller,
-        op: Operation,
-        call: &MethodCall,
-        ip: IpAddr,
-    ) -> Result<(Value, Option<Token>), GatewayError> {
-        let params = call_from_params(&call.params);
-        let outcome = self.manage_tokens(caller, op, params, ip).await;
-        let error = match outcome {
-            Ok(outcome) => {
-                // Meteor's getNewToken moves the connection to the new token.
-                let rebind = match (&outcome, op) {
-                    (Outcome::Fresh { token, .. }, Operation::GetNewToken) => Some(token.clone()),
-                    _ => None,
-                };
-                let user_id = caller.session.client_user_id().to_string();
-                return Ok((result_frame(&call.id, op, outcome, &user_id), rebind));
-            }
-            Err(Refusal::NameRequired) => meteor_error(
-                json!("error-the-field-is-required"),
-                "The field tokenName is required.",
-                Some(json!({"method": op.method_name()})),
-            ),
-            Err(Refusal::Meteor {
-                error,
-                reason,
-                method,
-            }) => meteor_error(json!(error), reason, Some(json!({"method": method}))),
-            Err(Refusal::Gateway(GatewayError::NotLoggedIn)) => not_logged_in(op),
-            Err(Refusal::Gateway(e)) => ddp::login_error(&e).ok_or(e)?,
-        };
-        Ok((ddp::error_frame(&call.id, error), None))
-    }
+/// Answers one token-management method frame of `caller`. Faults that are not the method's
+/// own (a dead store or upstream) stay errors for the transport to answer.
+pub(crate) async fn answer_token_method(
+    gw: &Gateway,
+    caller: &Caller,
+    op: Operation,
+    call: &MethodCall,
+    ip: IpAddr,
+) -> Result<(Value, Option<Token>), GatewayError> {
+    let params = call_from_params(&call.params);
+    let outcome = manage_tokens(gw, caller, op, params, ip).await;
+    let error = match outcome {
+        Ok(outcome) => {
+            // Meteor's getNewToken moves the connection to the new token.
+            let rebind = match (&outcome, op) {
+                (Outcome::Fresh { token, .. }, Operation::GetNewToken) => Some(token.clone()),
+                _ => None,
+            };
+            let user_id = caller.session.client_user_id().to_string();
+            return Ok((result_frame(&call.id, op, outcome, &user_id), rebind));
+        }
+        Err(Refusal::NameRequired) => meteor::meteor_error(
+            json!("error-the-field-is-required"),
+            "The field tokenName is required.",
+            Some(json!({"method": op.method_name()})),
+        ),
+        Err(Refusal::Meteor {
+            error,
+            reason,
+            method,
+        }) => meteor::meteor_error(json!(error), reason, Some(json!({"method": method}))),
+        Err(Refusal::Gateway(GatewayError::NotLoggedIn)) => not_logged_in(op),
+        Err(Refusal::Gateway(e)) => meteor::login_error(&e).ok_or(e)?,
+    };
+    Ok((ddp::error_frame(&call.id, error), None))
+}
 
-    /// A token-management method on a socket, whose session (`bound`: token and stored user
-    /// id) is the caller. Returns the frame for the client and the socket's new binding, if
-    /// the call moved it to a new token.
-    pub(crate) async fn token_method_on_socket(
-        &self,
-        call: &MethodCall,
-        bound: Option<&(Token, String)>,
-        ip: IpAddr,
-    ) -> (Value, Option<(Token, String)>) {
-        let Some(op) = method_operation(&call.method) else {
-            return (ddp::error_frame(&call.id, unavailable()), None);
-        };
-        let session = match bound {
-            Some((token, user_id)) => self.store.get(user_id, &token.hash()).await,
-            None => Ok(None),
-        };
-        let (token, user_id, session) = match (bound, session) {
-            (Some((token, user_id)), Ok(Some(s))) if self.usable(&s) => {
-                (token.clone(), user_id.clone(), s)
-            }
-            (_, Err(_)) => return (ddp::error_frame(&call.id, unavailable()), None),
-            _ => return (ddp::error_frame(&call.id, not_logged_in(op)), None),
-        };
-        let caller = Caller { token, session };
-        match self.answer_token_method(&caller, op, call, ip).await {
-            Ok((frame, rebind)) => (frame, rebind.map(|t| (t, user_id))),
-            Err(e) => {
-                tracing::warn!(error = %e, method = %call.method, "token management on a socket failed");
-                (ddp::error_frame(&call.id, unavailable()), None)
-            }
+/// A token-management method on a socket, whose session (`bound`: token and stored user
+/// id) is the caller. Returns the frame for the client and the socket's new binding, if
+/// the call moved it to a new token.
+pub(crate) async fn token_method_on_socket(
+    gw: &Gateway,
+    call: &MethodCall,
+    bound: Option<&(Token, String)>,
+    ip: IpAddr,
+) -> (Value, Option<(Token, String)>) {
+    let Some(op) = method_operation(&call.method) else {
+        return (ddp::error_frame(&call.id, meteor::unavailable()), None);
+    };
+    let session = match bound {
+        Some((token, user_id)) => gw.store.get(user_id, &token.hash()).await,
+        None => Ok(None),
+    };
+    let (token, user_id, session) = match (bound, session) {
+        (Some((token, user_id)), Ok(Some(s))) if gw.usable(&s) => {
+            (token.clone(), user_id.clone(), s)
+        }
+        (_, Err(_)) => return (ddp::error_frame(&call.id, meteor::unavailable()), None),
+        _ => return (ddp::error_frame(&call.id, not_logged_in(op)), None),
+    };
+    let caller = Caller { token, session };
+    match answer_token_method(gw, &caller, op, call, ip).await {
+        Ok((frame, rebind)) => (frame, rebind.map(|t| (t, user_id))),
+        Err(e) => {
+            tracing::warn!(error = %e, method = %call.method, "token management on a socket failed");
+            (ddp::error_frame(&call.id, meteor::unavailable()), None)
         }
     }
 }

@@ -10,8 +10,8 @@
 //! `session.personal_access_tokens` is off, and created only after the second-factor check
 //! Rocket.Chat applies (a TOTP user sends a code, unless the calling token bypasses it).
 
-mod methods;
-mod rest;
+pub mod methods;
+pub mod rest;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -186,261 +186,238 @@ impl From<StoreError> for Refusal {
     }
 }
 
-impl Gateway {
-    /// Whether a stored session may be used now: personal access tokens only while allowed.
-    pub(crate) fn usable(&self, session: &Session) -> bool {
-        session.personal.is_none() || self.config.session.personal_access_tokens
-    }
-
-    /// Runs one token-management call for `caller`.
-    pub(crate) async fn manage_tokens(
-        &self,
-        caller: &Caller,
-        op: Operation,
-        call: Call,
-        ip: IpAddr,
-    ) -> Result<Outcome, Refusal> {
-        if op.is_personal() && !self.config.session.personal_access_tokens {
-            return Err(Refusal::Meteor {
-                error: "error-personal-access-tokens-are-current-disabled",
-                reason: "Personal Access Tokens are currently disabled",
-                method: op.method_name(),
-            });
-        }
-        match op {
-            Operation::LogoutUser => {
-                // Ending another user's sessions is the operator's `sessions revoke`, not a
-                // client's: Rocket.Chat's own answer to a caller without the permission.
-                let own = caller.session.client_user_id();
-                if call.user_id.as_deref().is_some_and(|id| id != own) {
-                    return Err(Refusal::Meteor {
-                        error: "error-not-allowed",
-                        reason: "Not allowed",
-                        method: op.method_name(),
-                    });
-                }
-                let revoked = self.store.revoke_user(&caller.session.user.id).await?;
-                self.metrics.sessions_revoked(revoked);
-                tracing::info!(
-                    target: "authgate::audit",
-                    user_id = own,
-                    revoked,
-                    "every session ended (users.logout)"
-                );
-                Ok(Outcome::LoggedOut(own.to_string()))
-            }
-            Operation::LogoutOtherClients => {
-                let (token, session) = self.fresh_session(caller).await?;
-                self.revoke_other_sessions(caller, Some(&token.hash()))
-                    .await?;
-                Ok(Outcome::Fresh {
-                    token,
-                    expires_ms: session.expires_ms,
-                })
-            }
-            Operation::RemoveOtherTokens => {
-                self.revoke_other_sessions(caller, None).await?;
-                Ok(Outcome::Done)
-            }
-            Operation::GetNewToken => {
-                let (token, session) = self.fresh_session(caller).await?;
-                Ok(Outcome::Fresh {
-                    token,
-                    expires_ms: session.expires_ms,
-                })
-            }
-            Operation::List => {
-                let mut listed: Vec<Listed> = self
-                    .personal_tokens(caller)
-                    .await?
-                    .into_iter()
-                    .filter_map(|(_, s)| {
-                        s.personal.clone().map(|token| Listed {
-                            created_ms: s.created_ms,
-                            token,
-                        })
-                    })
-                    .collect();
-                listed.sort_by_key(|l| l.created_ms);
-                Ok(Outcome::Listed(listed))
-            }
-            Operation::Generate | Operation::Regenerate | Operation::Remove => {
-                self.step_up(caller, &call, ip).await?;
-                let name = call
-                    .token_name
-                    .clone()
-                    .filter(|n| !n.is_empty())
-                    .ok_or(Refusal::NameRequired)?;
-                self.change_personal_token(caller, op, &name, call.bypass_two_factor)
-                    .await
-            }
-        }
-    }
-
-    async fn change_personal_token(
-        &self,
-        caller: &Caller,
-        op: Operation,
-        name: &str,
-        bypass_two_factor: bool,
-    ) -> Result<Outcome, Refusal> {
-        let user_id = caller.session.user.id.clone();
-        let existing = self
-            .personal_tokens(caller)
-            .await?
-            .into_iter()
-            .find(|(_, s)| s.personal.as_ref().is_some_and(|p| p.name == name));
-        let bypass_two_factor = match (op, &existing) {
-            (Operation::Generate, Some(_)) => {
-                return Err(Refusal::Meteor {
-                    error: "error-token-already-exists",
-                    reason: "A token with this name already exists",
-                    method: op.method_name(),
-                })
-            }
-            (Operation::Generate, None) => bypass_two_factor,
-            (_, None) => {
-                return Err(Refusal::Meteor {
-                    error: "error-token-does-not-exists",
-                    reason: "Token does not exist",
-                    method: op.method_name(),
-                })
-            }
-            (_, Some((hash, old))) => {
-                if self.store.revoke(&user_id, hash).await? {
-                    self.metrics.sessions_revoked(1);
-                }
-                old.personal.as_ref().is_some_and(|p| p.bypass_two_factor)
-            }
-        };
-        tracing::info!(
-            target: "authgate::audit",
-            user_id = caller.session.client_user_id(),
-            token_name = name,
-            action = op.method_name(),
-            "personal access token"
-        );
-        if op == Operation::Remove {
-            return Ok(Outcome::Done);
-        }
-        let token = Token::generate();
-        let mut session =
-            Session::personal(caller.session.user.clone(), &token, name, bypass_two_factor);
-        self.attach_upstream(caller, &token, &mut session).await?;
-        self.store.create(&token.hash(), &session).await?;
-        self.metrics.session_issued();
-        Ok(Outcome::Secret(token))
-    }
-
-    async fn personal_tokens(
-        &self,
-        caller: &Caller,
-    ) -> Result<Vec<(TokenHash, Arc<Session>)>, GatewayError> {
-        let mut all = self.store.list_user(&caller.session.user.id).await?;
-        all.retain(|(_, s)| s.personal.is_some());
-        Ok(all)
-    }
-
-    /// A new ordinary session for the caller's user (in `rocketchat` mode with its own
-    /// Rocket.Chat token).
-    async fn fresh_session(&self, caller: &Caller) -> Result<(Token, Session), GatewayError> {
-        let token = Token::generate();
-        let mut session = Session::new(caller.session.user.clone(), self.config.session.ttl);
-        self.attach_upstream(caller, &token, &mut session).await?;
-        self.store.create(&token.hash(), &session).await?;
-        self.metrics.session_issued();
-        Ok((token, session))
-    }
-
-    /// `rocketchat` mode: a Rocket.Chat token of the caller's Rocket.Chat user, sealed with the
-    /// new token, so the new session is forwarded like any other.
-    async fn attach_upstream(
-        &self,
-        caller: &Caller,
-        token: &Token,
-        session: &mut Session,
-    ) -> Result<(), GatewayError> {
-        let Some(bridge) = &self.bridge else {
-            return Ok(());
-        };
-        let upstream = caller
-            .session
-            .upstream
-            .as_ref()
-            .ok_or(GatewayError::NotLoggedIn)?;
-        let rc_token = bridge.create_token(&upstream.user_id).await?;
-        session.upstream = Some(token.seal(&upstream.user_id, &rc_token));
-        Ok(())
-    }
-
-    /// Ends every ordinary session of the caller's user but the caller's own (and `keep`), on
-    /// every instance (each revocation is announced; sockets on them close). Personal access
-    /// tokens stay, as in Rocket.Chat.
-    async fn revoke_other_sessions(
-        &self,
-        caller: &Caller,
-        keep: Option<&TokenHash>,
-    ) -> Result<usize, GatewayError> {
-        let user_id = &caller.session.user.id;
-        let own = caller.token.hash();
-        let mut revoked = 0;
-        for (hash, session) in self.store.list_user(user_id).await? {
-            if session.personal.is_some() || hash == own || Some(&hash) == keep {
-                continue;
-            }
-            if self.store.revoke(user_id, &hash).await? {
-                revoked += 1;
-            }
-        }
-        self.metrics.sessions_revoked(revoked);
-        tracing::info!(
-            target: "authgate::audit",
-            user_id = caller.session.client_user_id(),
-            revoked,
-            "other sessions ended"
-        );
-        Ok(revoked)
-    }
-
-    /// Rocket.Chat's `twoFactorRequired`: a user with a second factor sends a current code,
-    /// unless the calling token is a personal access token made with `bypassTwoFactor`. Wrong
-    /// codes count as failed logins of the user, so a stolen session cannot guess codes freely.
-    async fn step_up(&self, caller: &Caller, call: &Call, ip: IpAddr) -> Result<(), GatewayError> {
-        if caller
-            .session
-            .personal
-            .as_ref()
-            .is_some_and(|p| p.bypass_two_factor)
-        {
-            return Ok(());
-        }
-        let user = self
-            .directories
-            .current_user(&caller.session.user)
-            .await?
-            .ok_or(GatewayError::NotLoggedIn)?;
-        let login = Some(user.profile.username.as_str());
-        // Codes are guesses like passwords: each takes its place in the user's and the IP's
-        // counters before it is checked.
-        let mut reservation = self.regulation.reserve(login, ip).await?;
-        self.regulation
-            .reserve_user(&mut reservation, &user.profile.id)
-            .await?;
-        // authgate's only second factor is TOTP; a code of another method cannot satisfy it.
-        let code = call.code.as_deref().filter(|c| !c.is_empty()).filter(|_| {
-            call.code_method
-                .as_deref()
-                .is_none_or(|m| m.eq_ignore_ascii_case("totp"))
+/// Runs one token-management call for `caller`.
+pub(crate) async fn manage_tokens(
+    gw: &Gateway,
+    caller: &Caller,
+    op: Operation,
+    call: Call,
+    ip: IpAddr,
+) -> Result<Outcome, Refusal> {
+    if op.is_personal() && !gw.config.session.personal_access_tokens {
+        return Err(Refusal::Meteor {
+            error: "error-personal-access-tokens-are-current-disabled",
+            reason: "Personal Access Tokens are currently disabled",
+            method: op.method_name(),
         });
-        let checked = self.totp.check(&user, code, self.store.as_ref()).await;
-        // A right code proves the second factor, not the password: it clears no counter.
-        let settlement = match &checked {
-            Err(GatewayError::TotpInvalid) => Settlement::Failed,
-            _ => Settlement::NotCounted,
-        };
-        self.regulation.settle(reservation, settlement).await?;
-        checked.map(|_| ())
     }
+    match op {
+        Operation::LogoutUser => {
+            // Ending another user's sessions is the operator's `sessions revoke`, not a
+            // client's: Rocket.Chat's own answer to a caller without the permission.
+            let own = caller.session.client_user_id();
+            if call.user_id.as_deref().is_some_and(|id| id != own) {
+                return Err(Refusal::Meteor {
+                    error: "error-not-allowed",
+                    reason: "Not allowed",
+                    method: op.method_name(),
+                });
+            }
+            let revoked = gw.store.revoke_user(&caller.session.user.id).await?;
+            gw.metrics.sessions_revoked(revoked);
+            tracing::info!(
+                target: "authgate::audit",
+                user_id = own,
+                revoked,
+                "every session ended (users.logout)"
+            );
+            Ok(Outcome::LoggedOut(own.to_string()))
+        }
+        Operation::LogoutOtherClients => {
+            let (token, session) = fresh_session(gw, caller).await?;
+            revoke_other_sessions(gw, caller, Some(&token.hash())).await?;
+            Ok(Outcome::Fresh {
+                token,
+                expires_ms: session.expires_ms,
+            })
+        }
+        Operation::RemoveOtherTokens => {
+            revoke_other_sessions(gw, caller, None).await?;
+            Ok(Outcome::Done)
+        }
+        Operation::GetNewToken => {
+            let (token, session) = fresh_session(gw, caller).await?;
+            Ok(Outcome::Fresh {
+                token,
+                expires_ms: session.expires_ms,
+            })
+        }
+        Operation::List => {
+            let mut listed: Vec<Listed> = personal_tokens(gw, caller)
+                .await?
+                .into_iter()
+                .filter_map(|(_, s)| {
+                    s.personal.clone().map(|token| Listed {
+                        created_ms: s.created_ms,
+                        token,
+                    })
+                })
+                .collect();
+            listed.sort_by_key(|l| l.created_ms);
+            Ok(Outcome::Listed(listed))
+        }
+        Operation::Generate | Operation::Regenerate | Operation::Remove => {
+            step_up(gw, caller, &call, ip).await?;
+            let name = call
+                .token_name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .ok_or(Refusal::NameRequired)?;
+            change_personal_token(gw, caller, op, &name, call.bypass_two_factor).await
+        }
+    }
+}
+
+async fn change_personal_token(
+    gw: &Gateway,
+    caller: &Caller,
+    op: Operation,
+    name: &str,
+    bypass_two_factor: bool,
+) -> Result<Outcome, Refusal> {
+    let user_id = caller.session.user.id.clone();
+    let existing = personal_tokens(gw, caller)
+        .await?
+        .into_iter()
+        .find(|(_, s)| s.personal.as_ref().is_some_and(|p| p.name == name));
+    let bypass_two_factor = match (op, &existing) {
+        (Operation::Generate, Some(_)) => {
+            return Err(Refusal::Meteor {
+                error: "error-token-already-exists",
+                reason: "A token with this name already exists",
+                method: op.method_name(),
+            })
+        }
+        (Operation::Generate, None) => bypass_two_factor,
+        (_, None) => {
+            return Err(Refusal::Meteor {
+                error: "error-token-does-not-exists",
+                reason: "Token does not exist",
+                method: op.method_name(),
+            })
+        }
+        (_, Some((hash, old))) => {
+            if gw.store.revoke(&user_id, hash).await? {
+                gw.metrics.sessions_revoked(1);
+            }
+            old.personal.as_ref().is_some_and(|p| p.bypass_two_factor)
+        }
+    };
+    tracing::info!(
+        target: "authgate::audit",
+        user_id = caller.session.client_user_id(),
+        token_name = name,
+        action = op.method_name(),
+        "personal access token"
+    );
+    if op == Operation::Remove {
+        return Ok(Outcome::Done);
+    }
+    let token = Token::generate();
+    let mut session =
+        Session::personal(caller.session.user.clone(), &token, name, bypass_two_factor);
+    gw.identity
+        .extend_upstream(&caller.session, &token, &mut session)
+        .await?;
+    gw.store.create(&token.hash(), &session).await?;
+    gw.metrics.session_issued();
+    Ok(Outcome::Secret(token))
+}
+
+async fn personal_tokens(
+    gw: &Gateway,
+    caller: &Caller,
+) -> Result<Vec<(TokenHash, Arc<Session>)>, GatewayError> {
+    let mut all = gw.store.list_user(&caller.session.user.id).await?;
+    all.retain(|(_, s)| s.personal.is_some());
+    Ok(all)
+}
+
+/// A new ordinary session for the caller's user (in `rocketchat` mode with its own
+/// Rocket.Chat token).
+async fn fresh_session(gw: &Gateway, caller: &Caller) -> Result<(Token, Session), GatewayError> {
+    let token = Token::generate();
+    let mut session = Session::new(caller.session.user.clone(), gw.config.session.ttl);
+    gw.identity
+        .extend_upstream(&caller.session, &token, &mut session)
+        .await?;
+    gw.store.create(&token.hash(), &session).await?;
+    gw.metrics.session_issued();
+    Ok((token, session))
+}
+
+/// Ends every ordinary session of the caller's user but the caller's own (and `keep`), on
+/// every instance (each revocation is announced; sockets on them close). Personal access
+/// tokens stay, as in Rocket.Chat.
+async fn revoke_other_sessions(
+    gw: &Gateway,
+    caller: &Caller,
+    keep: Option<&TokenHash>,
+) -> Result<usize, GatewayError> {
+    let user_id = &caller.session.user.id;
+    let own = caller.token.hash();
+    let mut revoked = 0;
+    for (hash, session) in gw.store.list_user(user_id).await? {
+        if session.personal.is_some() || hash == own || Some(&hash) == keep {
+            continue;
+        }
+        if gw.store.revoke(user_id, &hash).await? {
+            revoked += 1;
+        }
+    }
+    gw.metrics.sessions_revoked(revoked);
+    tracing::info!(
+        target: "authgate::audit",
+        user_id = caller.session.client_user_id(),
+        revoked,
+        "other sessions ended"
+    );
+    Ok(revoked)
+}
+
+/// Rocket.Chat's `twoFactorRequired`: a user with a second factor sends a current code,
+/// unless the calling token is a personal access token made with `bypassTwoFactor`. Wrong
+/// codes count as failed logins of the user, so a stolen session cannot guess codes freely.
+async fn step_up(
+    gw: &Gateway,
+    caller: &Caller,
+    call: &Call,
+    ip: IpAddr,
+) -> Result<(), GatewayError> {
+    if caller
+        .session
+        .personal
+        .as_ref()
+        .is_some_and(|p| p.bypass_two_factor)
+    {
+        return Ok(());
+    }
+    let user = gw
+        .directories
+        .current_user(&caller.session.user)
+        .await?
+        .ok_or(GatewayError::NotLoggedIn)?;
+    let login = Some(user.profile.username.as_str());
+    // Codes are guesses like passwords: each takes its place in the user's and the IP's
+    // counters before it is checked.
+    let mut reservation = gw.regulation.reserve(login, ip).await?;
+    gw.regulation
+        .reserve_user(&mut reservation, &user.profile.id)
+        .await?;
+    // authgate's only second factor is TOTP; a code of another method cannot satisfy it.
+    let code = call.code.as_deref().filter(|c| !c.is_empty()).filter(|_| {
+        call.code_method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case("totp"))
+    });
+    let checked = gw.totp.check(&user, code, gw.store.as_ref()).await;
+    // A right code proves the second factor, not the password: it clears no counter.
+    let settlement = match &checked {
+        Err(GatewayError::TotpInvalid) => Settlement::Failed,
+        _ => Settlement::NotCounted,
+    };
+    gw.regulation.settle(reservation, settlement).await?;
+    checked.map(|_| ())
 }
 
 #[cfg(test)]

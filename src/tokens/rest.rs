@@ -8,11 +8,15 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::{method_operation, rest_operation, Call, Caller, Operation, Outcome, Refusal};
+use super::methods::answer_token_method;
+use super::{
+    manage_tokens, method_operation, rest_operation, Call, Caller, Operation, Outcome, Refusal,
+};
 use crate::access::RequestFacts;
+use crate::credentials::Credentials;
 use crate::ddp;
-use crate::error::{json_response, Body, GatewayError};
-use crate::gateway::{Credentials, Gateway};
+use crate::error::{json_response, meteor, Body, GatewayError, TOKEN_NAME_REQUIRED_BODY};
+use crate::gateway::Gateway;
 use crate::route::Route;
 
 /// A date as JavaScript's `toISOString` writes it, as Rocket.Chat's REST answers carry dates.
@@ -22,21 +26,6 @@ pub(crate) fn iso_date(ms: u64) -> String {
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// Rocket.Chat's `API.v1.failure` for a `Meteor.Error`: HTTP 400, `error` is the message.
-fn failure(error: &str, reason: &str, details: Value) -> Response<Body> {
-    let body = json!({
-        "success": false,
-        "error": format!("{reason} [{error}]"),
-        "errorType": error,
-        "details": details,
-    });
-    json_response(StatusCode::BAD_REQUEST, body.to_string())
-}
-
-fn totp_details() -> Value {
-    json!({"method": "totp", "codeGenerated": false, "availableMethods": ["totp"]})
 }
 
 fn rest_answer(outcome: Result<Outcome, Refusal>) -> Result<Response<Body>, GatewayError> {
@@ -69,21 +58,26 @@ fn rest_answer(outcome: Result<Outcome, Refusal>) -> Result<Response<Body>, Gate
         Err(Refusal::NameRequired) => {
             return Ok(json_response(
                 StatusCode::BAD_REQUEST,
-                r#"{"success":false,"error":"The 'tokenName' param is required"}"#,
+                TOKEN_NAME_REQUIRED_BODY,
             ))
         }
         Err(Refusal::Meteor {
             error,
             reason,
             method,
-        }) => return Ok(failure(error, reason, json!({"method": method}))),
-        Err(Refusal::Gateway(GatewayError::TotpRequired)) => {
-            return Ok(failure("totp-required", "TOTP Required", totp_details()))
+        }) => {
+            return Ok(meteor::rest_failure(
+                error,
+                reason,
+                json!({"method": method}),
+            ))
         }
-        Err(Refusal::Gateway(GatewayError::TotpInvalid)) => {
-            return Ok(failure("totp-invalid", "TOTP Invalid", totp_details()))
+        Err(Refusal::Gateway(e)) => {
+            return match meteor::rest_second_factor_failure(&e) {
+                Some(failure) => Ok(failure),
+                None => Err(e),
+            }
         }
-        Err(Refusal::Gateway(e)) => return Err(e),
     };
     Ok(json_response(StatusCode::OK, body.to_string()))
 }
@@ -100,64 +94,61 @@ fn call_from_body(headers: &HeaderMap, body: &[u8]) -> Call {
     }
 }
 
-impl Gateway {
-    /// A token-management request over REST; nothing of it is forwarded.
-    pub(crate) async fn token_route(
-        &self,
-        req: Request<Incoming>,
-        route: &Route,
-        creds: Option<Credentials>,
-        facts: &mut RequestFacts,
-    ) -> Result<Response<Body>, GatewayError> {
-        let url_method = ddp::rest_method_name(&route.path);
-        let op = rest_operation(&route.path);
-        let wanted = match op {
-            Some(Operation::List) => Method::GET,
-            _ => Method::POST,
-        };
-        let method_ok = *req.method() == wanted;
-        // Read before answering, so the connection stays usable; bounded like a login body.
-        let (headers, body) = self.read_login_body(req).await?;
-        if !method_ok {
-            return Err(GatewayError::MethodNotAllowed);
+/// A token-management request over REST; nothing of it is forwarded.
+pub(crate) async fn token_route(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    route: &Route,
+    creds: Option<Credentials>,
+    facts: &mut RequestFacts,
+) -> Result<Response<Body>, GatewayError> {
+    let url_method = ddp::rest_method_name(&route.path);
+    let op = rest_operation(&route.path);
+    let wanted = match op {
+        Some(Operation::List) => Method::GET,
+        _ => Method::POST,
+    };
+    let method_ok = *req.method() == wanted;
+    // Read before answering, so the connection stays usable; bounded like a login body.
+    let (headers, body) = gw.read_login_body(req).await?;
+    if !method_ok {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    let creds = creds.ok_or(GatewayError::NotLoggedIn)?;
+    let session = gw
+        .session_for(&creds)
+        .await?
+        .ok_or(GatewayError::NotLoggedIn)?;
+    facts.user_id = Some(creds.user_id.clone());
+    let caller = Caller {
+        token: creds.token,
+        session,
+    };
+    let ip = facts.client_ip;
+    match (op, url_method) {
+        (Some(op), _) => {
+            let call = call_from_body(&headers, &body);
+            rest_answer(manage_tokens(gw, &caller, op, call, ip).await)
         }
-        let creds = creds.ok_or(GatewayError::NotLoggedIn)?;
-        let session = self
-            .session_for(&creds)
-            .await?
-            .ok_or(GatewayError::NotLoggedIn)?;
-        facts.user_id = Some(creds.user_id.clone());
-        let caller = Caller {
-            token: creds.token,
-            session,
-        };
-        let ip = facts.client_ip;
-        match (op, url_method) {
-            (Some(op), _) => {
-                let call = call_from_body(&headers, &body);
-                rest_answer(self.manage_tokens(&caller, op, call, ip).await)
-            }
-            (None, Some(url_method)) => {
-                let frame = method_frame(&body, &url_method)?;
-                let call = ddp::parse_method(&frame).ok_or(GatewayError::BadRequest(
-                    "The method call is not a DDP method.",
-                ))?;
-                let op = method_operation(&call.method).ok_or(GatewayError::BadRequest(
-                    "The method call does not match its URL.",
-                ))?;
-                let reply = self
-                    .answer_token_method(&caller, op, &call, ip)
-                    .await
-                    .map(|(frame, _)| frame)?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    json!({"message": reply.to_string(), "success": true}).to_string(),
-                ))
-            }
-            (None, None) => Err(GatewayError::Internal(
-                "a token route without an operation".into(),
-            )),
+        (None, Some(url_method)) => {
+            let frame = method_frame(&body, &url_method)?;
+            let call = ddp::parse_method(&frame).ok_or(GatewayError::BadRequest(
+                "The method call is not a DDP method.",
+            ))?;
+            let op = method_operation(&call.method).ok_or(GatewayError::BadRequest(
+                "The method call does not match its URL.",
+            ))?;
+            let reply = answer_token_method(gw, &caller, op, &call, ip)
+                .await
+                .map(|(frame, _)| frame)?;
+            Ok(json_response(
+                StatusCode::OK,
+                json!({"message": reply.to_string(), "success": true}).to_string(),
+            ))
         }
+        (None, None) => Err(GatewayError::Internal(
+            "a token route without an operation".into(),
+        )),
     }
 }
 

@@ -1,5 +1,8 @@
 //! The one place where failures become responses. Every body follows the Rocket.Chat contract
-//! (`success`, `error`, `status`, [`details`], `message`), and none ever echoes a token.
+//! (`success`, `error`, `status`, [`details`], `message`), and none ever echoes a token. The
+//! same failures as DDP errors (`Meteor.Error`) are in `meteor.rs`.
+
+pub mod meteor;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -81,6 +84,9 @@ pub const TOTP_REQUIRED_BODY: &str = r#"{"success":false,"error":"totp-required"
 pub const TOTP_INVALID_BODY: &str = r#"{"success":false,"error":"totp-invalid","status":"error","details":{"method":"totp","codeGenerated":false,"availableMethods":["totp"]},"message":"TOTP Invalid"}"#;
 pub const BLOCKED_FOR_IP_BODY: &str = r#"{"success":false,"error":"error-login-blocked-for-ip","status":"error","details":{"function":"Accounts.validateLoginAttempt"},"message":"Login has been temporarily blocked For IP"}"#;
 pub const BLOCKED_FOR_USER_BODY: &str = r#"{"success":false,"error":"error-login-blocked-for-user","status":"error","details":{"function":"Accounts.validateLoginAttempt"},"message":"Login has been temporarily blocked For User"}"#;
+/// `users.generatePersonalAccessToken` and friends without a `tokenName`.
+pub const TOKEN_NAME_REQUIRED_BODY: &str =
+    r#"{"success":false,"error":"The 'tokenName' param is required"}"#;
 pub const INTERNAL_ERROR_BODY: &str = r#"{"success":false,"error":"Internal server error"}"#;
 
 fn error_body(code: &str, message: &str) -> String {
