@@ -4,6 +4,8 @@
 //! them.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::config::{Config, ConfigError, ConfigOverrides, ConfigProblem, ConfigSource};
 
@@ -136,4 +138,32 @@ fn load_checked(arg: &ConfigArg, overrides: &ConfigOverrides) -> Result<Checked,
         source_name: source.name,
         local_users,
     })
+}
+
+/// A subcommand's failure: the exit code and the message for stderr.
+pub struct Failure(pub u8, pub String);
+
+/// Ends a subcommand: exit 0, or its failure's message on stderr and its exit code.
+pub fn exit_with(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("authgate: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// One runtime for a whole command: Redis connections live on the runtime that made them.
+pub fn block_on<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure(EXIT_RUNTIME, e.to_string()))?
+        .block_on(f)
+}
+
+/// A time in milliseconds since the epoch, as operator listings show it.
+pub fn utc(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }

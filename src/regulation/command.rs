@@ -9,12 +9,13 @@
 
 use std::net::IpAddr;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Subcommand;
 
 use super::{ip_key, user_id_key, user_key};
-use crate::cli::common::{load_config, ConfigArg, EXIT_RUNTIME, EXIT_USAGE};
+use crate::cli::common::{
+    block_on, exit_with, load_config, utc, ConfigArg, Failure, EXIT_RUNTIME, EXIT_USAGE,
+};
 use crate::config::{Config, RegulationConfig, StoreKind};
 use crate::session::command::{find_known_user, printable};
 use crate::session::{build_store, now_unix_ms, DynSessionStore, StoreError};
@@ -50,8 +51,6 @@ pub struct ClearArgs {
     pub config: ConfigArg,
 }
 
-struct Failure(u8, String);
-
 fn store_failure(e: StoreError) -> Failure {
     Failure(EXIT_RUNTIME, e.to_string())
 }
@@ -61,13 +60,7 @@ pub fn run(cmd: BlocksCommand) -> ExitCode {
         BlocksCommand::List { config, blocked } => list(&config, blocked),
         BlocksCommand::Clear(args) => clear(&args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(code, msg)) => {
-            eprintln!("authgate: {msg}");
-            ExitCode::from(code)
-        }
-    }
+    exit_with(result)
 }
 
 /// Why the command cannot work with the memory store, in the words the README uses.
@@ -83,19 +76,6 @@ fn prepare(arg: &ConfigArg) -> Result<Config, Failure> {
         return Err(Failure(EXIT_USAGE, MEMORY_STORE_UNREACHABLE.into()));
     }
     Ok(config)
-}
-
-/// One runtime for the whole command: Redis connections live on the runtime that made them.
-fn block_on<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure(EXIT_RUNTIME, e.to_string()))?
-        .block_on(f)
-}
-
-fn utc(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// One regulation counter, read against the configuration that governs it.

@@ -4,12 +4,13 @@
 //! last used, so the one to revoke can be told apart. A USER no directory knows is an error.
 
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Subcommand;
 
 use super::{build_store, DynSessionStore, TokenHash};
-use crate::cli::common::{load_config, ConfigArg, EXIT_RUNTIME, EXIT_USAGE};
+use crate::cli::common::{
+    block_on, exit_with, load_config, utc, ConfigArg, Failure, EXIT_RUNTIME, EXIT_USAGE,
+};
 use crate::config::{Config, StoreKind};
 use crate::directory::ldap::LdapDirectory;
 use crate::directory::{fold, Directory};
@@ -42,8 +43,6 @@ pub struct SessionsArgs {
     pub config: ConfigArg,
 }
 
-struct Failure(u8, String);
-
 pub fn run(cmd: SessionsCommand) -> ExitCode {
     let result = match cmd {
         SessionsCommand::List(args) => list(&args),
@@ -53,13 +52,7 @@ pub fn run(cmd: SessionsCommand) -> ExitCode {
             all,
         } => revoke(&args, token_id.as_deref(), all),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(code, msg)) => {
-            eprintln!("authgate: {msg}");
-            ExitCode::from(code)
-        }
-    }
+    exit_with(result)
 }
 
 /// A user a directory knows, as operator commands name them.
@@ -175,19 +168,6 @@ pub const MEMORY_STORE_UNREACHABLE: &str =
 
 fn store_failure(e: super::StoreError) -> Failure {
     Failure(EXIT_RUNTIME, e.to_string())
-}
-
-/// One runtime for the whole command: Redis connections live on the runtime that made them.
-fn block_on<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure(EXIT_RUNTIME, e.to_string()))?
-        .block_on(f)
-}
-
-fn utc(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// `s` with control characters escaped: user agents, token names and login names are client
