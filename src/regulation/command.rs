@@ -279,6 +279,7 @@ fn clear(args: &ClearArgs) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn config(user_failures: u64) -> RegulationConfig {
         RegulationConfig {
