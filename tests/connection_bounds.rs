@@ -64,22 +64,32 @@ async fn assert_closed_within(s: &mut TcpStream, at_least: Duration, at_most: Du
     got
 }
 
+/// The count of one close reason. The server counts a close after the client has seen it, so
+/// a zero is read again for up to a second before it is believed.
 async fn closed_count(gw: &Gateway, reason: &str) -> u64 {
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     let series = format!("authgate_connections_closed_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .unwrap_or_else(|| panic!("{series} is not registered:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let text = client()
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let n: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("{series} is not registered:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap();
+        if n > 0 || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn connect(addr: SocketAddr) -> TcpStream {
