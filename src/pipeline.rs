@@ -72,11 +72,12 @@ pub async fn dispatch(
         RouteKind::Refused => {
             return Box::pin(answer_locally(req, Err(GatewayError::NotThroughGateway))).await
         }
-        RouteKind::Public => None,
-        // Token management is answered here: an upstream token must never reach a client.
-        RouteKind::Protected if tokens::is_token_route(&route.path) => {
+        // Token management is answered here, even under a public route an operator wrote: an
+        // upstream token must never reach a client.
+        RouteKind::Public | RouteKind::Protected if tokens::is_token_route(&route.path) => {
             return Box::pin(tokens::rest::token_route(gw, req, &route, creds, facts)).await;
         }
+        RouteKind::Public => None,
         RouteKind::Protected => {
             let session = match &creds {
                 Some(c) => gw.session_for(c).await?,

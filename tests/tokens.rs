@@ -830,3 +830,30 @@ async fn users_logout_ends_every_session_of_the_caller_and_nothing_else() {
         "users.logout reached the backend"
     );
 }
+
+/// A public route an operator wrote over a token endpoint does not forward it: token
+/// management is always answered by authgate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_public_route_cannot_expose_token_management() {
+    let up = RecordingUpstream::start().await;
+    let config = config_text(
+        up.addr,
+        None,
+        "[routes]\npublic = [\"/api/v1/users.logoutOtherClients\", \"/api/v1/users.logout\"]\n",
+    );
+    let gw = Gateway::start(&config, &bridge_users()).await;
+    for path in ["/api/v1/users.logoutOtherClients", "/api/v1/users.logout"] {
+        let r = client()
+            .post(gw.url(path))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+        assert_eq!(
+            r.text().await.unwrap(),
+            r#"{"success":false,"error":"You must be logged in to do this.","status":"error","message":"You must be logged in to do this."}"#
+        );
+    }
+    assert_eq!(up.count(), 0, "a token request reached the backend");
+}
