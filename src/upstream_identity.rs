@@ -312,7 +312,10 @@ async fn upstream_token(
     let rc_user_id = sealed.user_id.clone();
     let fresh = bridge.create_token(&rc_user_id).await?;
     session.upstream = Some(token.seal(&rc_user_id, &fresh));
-    store.create(&token.hash(), session).await?;
+    if !store.replace(&token.hash(), session).await? {
+        // Logged out while the token was being renewed: the session stays ended.
+        return Err(GatewayError::NotLoggedIn);
+    }
     Ok(fresh)
 }
 

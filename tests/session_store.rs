@@ -86,10 +86,20 @@ async fn store_contract(store: &dyn SessionStore) {
     assert_eq!(listed, expected);
     assert_eq!(store.list_user("nobody").await.unwrap().len(), 0);
 
+    // A live session can be rewritten in place (a renewed upstream token)...
+    let mut renewed = s1.clone();
+    renewed.user.name = "renewed".into();
+    assert!(store.replace(&t1.hash(), &renewed).await.unwrap());
+    assert_eq!(get("u1", &t1).await, Some(renewed.clone()));
+
     // Revoking one session (only its owner's id reaches it).
     assert!(!store.revoke("u2", &t1.hash()).await.unwrap());
     assert!(store.revoke("u1", &t1.hash()).await.unwrap());
     assert!(!store.revoke("u1", &t1.hash()).await.unwrap());
+    assert_eq!(get("u1", &t1).await, None);
+    assert_eq!(store.find(&t1.hash()).await.unwrap(), None);
+    // ...but a revoked one is never brought back by a late rewrite.
+    assert!(!store.replace(&t1.hash(), &renewed).await.unwrap());
     assert_eq!(get("u1", &t1).await, None);
     assert_eq!(store.find(&t1.hash()).await.unwrap(), None);
     assert_eq!(store.list_user("u1").await.unwrap().len(), 1);

@@ -97,6 +97,20 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
+    async fn replace(&self, hash: &TokenHash, session: &Session) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let live = inner
+            .sessions
+            .get(hash)
+            .is_some_and(|s| s.user.id == session.user.id && s.is_live(now_unix_ms()));
+        if live {
+            inner
+                .sessions
+                .insert(hash.clone(), Arc::new(session.clone()));
+        }
+        Ok(live)
+    }
+
     async fn get(
         &self,
         user_id: &str,

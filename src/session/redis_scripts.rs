@@ -32,6 +32,16 @@ return 1
 
 /// KEYS: session, index, seen. ARGV: token hash, channel, message.
 /// Deletes and announces in one step, so no instance can miss a revocation that happened.
+/// Rewrites a session only while its key exists, keeping the key's TTL. KEYS[1] the session;
+/// ARGV[1] its JSON. Returns 1 when written.
+pub const REPLACE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+return 1
+"#;
+
 pub const REVOKE: &str = r#"
 local n = redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])

@@ -42,6 +42,7 @@ pub struct RedisStore {
     cache: Option<Arc<SessionCache>>,
     subscriber: Once,
     create_script: Script,
+    replace_script: Script,
     revoke_script: Script,
     revoke_user_script: Script,
     touch_script: Script,
@@ -95,6 +96,7 @@ impl RedisStore {
             cache: cache.map(Arc::new),
             subscriber: Once::new(),
             create_script: Script::new(redis_scripts::CREATE),
+            replace_script: Script::new(redis_scripts::REPLACE),
             revoke_script: Script::new(redis_scripts::REVOKE),
             revoke_user_script: Script::new(redis_scripts::REVOKE_USER),
             touch_script: Script::new(redis_scripts::TOUCH),
@@ -303,6 +305,25 @@ impl RedisStore {
 impl SessionStore for RedisStore {
     fn cached(&self, user_id: &str, digest: &[u8; 32]) -> Option<Arc<Session>> {
         self.cache.as_ref()?.get(user_id, digest)
+    }
+
+    async fn replace(&self, hash: &TokenHash, session: &Session) -> Result<bool, StoreError> {
+        let json =
+            serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut inv = self
+            .replace_script
+            .key(self.session_key(&session.user.id, hash));
+        inv.arg(json);
+        let inv = &inv;
+        let written: i64 = self
+            .run(|mut l| async move { inv.invoke_async(&mut l.conn).await })
+            .await?;
+        // This instance reads the rewrite at once; others keep their copy until it ages out
+        // (an older upstream token there is renewed again if the upstream refuses it).
+        if let (Some(cache), Some(d)) = (&self.cache, hash.digest()) {
+            cache.invalidate_token(&d);
+        }
+        Ok(written == 1)
     }
 
     async fn create(&self, hash: &TokenHash, session: &Session) -> Result<(), StoreError> {

@@ -149,6 +149,10 @@ pub trait SessionStore: Send + Sync {
     }
     /// Stores a new session under its token hash, with the session's expiry as the key's TTL.
     async fn create(&self, hash: &TokenHash, session: &Session) -> Result<(), StoreError>;
+    /// Rewrites a session that still lives (its upstream token renewed), keeping its expiry;
+    /// false, and nothing written, when it was revoked or expired meanwhile: a logout that lands
+    /// during a renewal must not be undone by it.
+    async fn replace(&self, hash: &TokenHash, session: &Session) -> Result<bool, StoreError>;
     /// The live session of `user_id` for a token hash; expired sessions, and sessions of any
     /// other user, are never returned.
     async fn get(
