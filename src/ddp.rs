@@ -53,10 +53,10 @@ const MAX_METHOD_CALL: usize = 1024 * 1024;
 /// in method names as `:`), from the canonical path, under any API version prefix.
 pub fn rest_method_name(canonical: &str) -> Option<String> {
     let name = crate::route::api_endpoint_name(canonical.trim_end_matches('/'))?;
-    let lower = name.to_ascii_lowercase();
-    let prefix = ["method.callanon/", "method.call/"]
-        .into_iter()
-        .find(|p| lower.starts_with(p))?;
+    let prefix = ["method.callanon/", "method.call/"].into_iter().find(|p| {
+        name.get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p))
+    })?;
     Some(name[prefix.len()..].to_string())
 }
 

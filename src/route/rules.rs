@@ -63,9 +63,19 @@ fn api_endpoint(c: &str) -> Option<(ApiVersion, &str)> {
 
 /// The endpoint name after `/api/`, `/api/v1/` or `/api/v<N>/` (any case), case preserved.
 pub fn api_endpoint_name(path: &str) -> Option<&str> {
-    let lower = path.to_ascii_lowercase();
-    let (_, name) = api_endpoint(&lower)?;
-    Some(&path[path.len() - name.len()..])
+    // Compared without case, without lower-casing a copy: this runs on every proxied request.
+    let rest = path
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("/api/"))
+        .map(|_| &path[5..])?;
+    if let Some((first, name)) = rest.split_once('/') {
+        if let Some(digits) = first.strip_prefix(['v', 'V']) {
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Some(name);
+            }
+        }
+    }
+    Some(rest)
 }
 
 /// Endpoints authgate answers itself under `/api/v1/`, by their comparable name. Under any
@@ -139,7 +149,10 @@ pub(crate) fn gateway_kind(c: &str) -> Option<RouteKind> {
     }
     REALTIME_PATHS
         .iter()
-        .any(|r| c == *r || c.starts_with(&format!("{r}/")))
+        .any(|r| {
+            c.strip_prefix(r)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
         .then_some(RouteKind::Realtime)
 }
 
@@ -199,11 +212,17 @@ pub fn canonical_path(raw: &str) -> Result<String, PathError> {
 }
 
 /// The form gateway paths are compared in: ASCII lower case, without a trailing slash.
-pub(crate) fn comparable(path: &str) -> String {
-    let lower = path.to_ascii_lowercase();
-    match lower.strip_suffix('/') {
-        Some(s) if !s.is_empty() => s.to_string(),
-        _ => lower,
+/// A path as the rules compare it: lower case, without a trailing slash. Borrowed (no
+/// allocation on the proxied path) when the path is already in that form.
+pub(crate) fn comparable(path: &str) -> std::borrow::Cow<'_, str> {
+    let trimmed = match path.strip_suffix('/') {
+        Some(s) if !s.is_empty() => s,
+        _ => path,
+    };
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(trimmed)
     }
 }
 

@@ -93,9 +93,9 @@ impl Operation {
     }
 }
 
-fn comparable(path: &str) -> String {
-    let lower = path.to_ascii_lowercase();
-    lower.trim_end_matches('/').to_string()
+/// A path without its trailing slashes; the endpoint tables are compared with it without case.
+fn comparable(path: &str) -> &str {
+    path.trim_end_matches('/')
 }
 
 /// The operation a DDP method name asks for. Method names are compared without case so that
@@ -111,7 +111,9 @@ pub fn method_operation(name: &str) -> Option<Operation> {
 /// True for the REST endpoints and `method.call[Anon]/<method>` URLs this module answers.
 pub fn is_token_route(canonical: &str) -> bool {
     let c = comparable(canonical);
-    REST_ENDPOINTS.iter().any(|(p, _)| *p == c)
+    REST_ENDPOINTS
+        .iter()
+        .any(|(p, _)| p.eq_ignore_ascii_case(c))
         || crate::ddp::rest_method_name(canonical).is_some_and(|m| method_operation(&m).is_some())
 }
 
@@ -119,7 +121,7 @@ fn rest_operation(canonical: &str) -> Option<Operation> {
     let c = comparable(canonical);
     REST_ENDPOINTS
         .iter()
-        .find(|(p, _)| *p == c)
+        .find(|(p, _)| p.eq_ignore_ascii_case(c))
         .map(|(_, op)| *op)
 }
 
