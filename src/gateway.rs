@@ -60,6 +60,22 @@ async fn drain(mut body: Incoming, max: usize) {
 }
 
 impl Gateway {
+    /// For requests that need a caller (logout, token management): the live session the
+    /// credentials name, recorded as the request's user, or the contract's 401.
+    pub(crate) async fn require_session(
+        &self,
+        creds: Option<Credentials>,
+        facts: &mut crate::access::RequestFacts,
+    ) -> Result<(Credentials, Arc<Session>), GatewayError> {
+        let creds = creds.ok_or(GatewayError::NotLoggedIn)?;
+        let session = self
+            .session_for(&creds)
+            .await?
+            .ok_or(GatewayError::NotLoggedIn)?;
+        facts.user_id = Some(creds.user_id.clone());
+        Ok((creds, session))
+    }
+
     /// The live session the credentials name, if the token belongs to that user id. A hot
     /// session comes from the store's memory without any I/O.
     pub(crate) async fn session_for(

@@ -51,12 +51,7 @@ pub(crate) async fn logout(
     if method != Method::POST && method != Method::GET {
         return Err(GatewayError::MethodNotAllowed);
     }
-    let creds = creds.ok_or(GatewayError::NotLoggedIn)?;
-    let session = gw
-        .session_for(&creds)
-        .await?
-        .ok_or(GatewayError::NotLoggedIn)?;
-    facts.user_id = Some(creds.user_id.clone());
+    let (creds, session) = gw.require_session(creds, facts).await?;
     if gw
         .store
         .revoke(&session.user.id, &creds.token.hash())

@@ -114,12 +114,7 @@ pub(crate) async fn token_route(
     if !method_ok {
         return Err(GatewayError::MethodNotAllowed);
     }
-    let creds = creds.ok_or(GatewayError::NotLoggedIn)?;
-    let session = gw
-        .session_for(&creds)
-        .await?
-        .ok_or(GatewayError::NotLoggedIn)?;
-    facts.user_id = Some(creds.user_id.clone());
+    let (creds, session) = gw.require_session(creds, facts).await?;
     let caller = Caller {
         token: creds.token,
         session,
