@@ -17,12 +17,12 @@ use crate::session::{build_store, DynSessionStore};
 use crate::telemetry::Metrics;
 use crate::totp::SecondFactor;
 
-/// Why a start, or a reload's build, failed. `Config` holds problem lines already formatted
-/// ("  - `key`: problem"), which the command line prints under "invalid configuration:".
+/// Why a start, or a reload's build, failed. `Config` lists problems with their keys, written
+/// in the one problem format (`config::problem_list`) under "invalid configuration:".
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
-    Config(String),
+    #[error("{}", crate::config::problem_list(.0))]
+    Config(Vec<crate::config::ConfigProblem>),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -53,16 +53,20 @@ pub fn build_snapshot(
         match kind {
             DirectoryKind::Local => {
                 if let Some(local) = &config.directory.local {
-                    let users = load_users(local).map_err(|problems| {
-                        StartError::Config(problems.iter().map(|p| format!("  - {p}\n")).collect())
-                    })?;
+                    let users =
+                        load_users(local).map_err(|problems| StartError::Config(problems))?;
                     directories.push(Arc::new(LocalDirectory::new(users, verifier.clone())));
                 }
             }
             DirectoryKind::Ldap => {
                 if let Some(ldap) = &config.directory.ldap {
-                    let dir = LdapDirectory::new(ldap.clone())
-                        .map_err(|e| StartError::Config(format!("  - {e}\n")))?;
+                    let dir = LdapDirectory::new(ldap.clone()).map_err(|e| {
+                        StartError::Config(vec![crate::config::problem::problem(
+                            "directory.ldap",
+                            e.to_string(),
+                            "correct the [directory.ldap] settings",
+                        )])
+                    })?;
                     directories.push(Arc::new(dir));
                 }
             }
@@ -77,8 +81,13 @@ pub fn build_snapshot(
     };
     let identity = crate::upstream_identity::UpstreamIdentity::new(&config.upstream);
     let regulation = Regulation::new(config.regulation.clone(), store.clone());
-    let totp = SecondFactor::new(&config.totp)
-        .map_err(|why| StartError::Config(format!("  - `totp.secrets_file`: {why}\n")))?;
+    let totp = SecondFactor::new(&config.totp).map_err(|why| {
+        StartError::Config(vec![crate::config::problem::problem(
+            "totp.secrets_file",
+            why,
+            "repair or remove the file; `authgate totp enroll` rewrites it",
+        )])
+    })?;
     Ok(Gateway {
         config: Arc::new(config),
         store,
@@ -93,8 +102,13 @@ pub fn build_snapshot(
 
 /// Builds everything the config asks for.
 pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
-    let store = build_store(&config.session)
-        .map_err(|e| StartError::Config(format!("  - `session.redis_url`: {e}\n")))?;
+    let store = build_store(&config.session).map_err(|e| {
+        StartError::Config(vec![crate::config::problem::problem(
+            "session.redis_url",
+            e.to_string(),
+            "correct the Redis address or topology",
+        )])
+    })?;
     let metrics = if config.metrics.listen.is_some() {
         Metrics::enabled()
     } else {

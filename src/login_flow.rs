@@ -42,7 +42,7 @@ pub async fn log_in(
     // Each attempt takes its place in the counters before anything is verified, so blocked
     // attempts are refused unchecked (the right password too) and bursts cannot overrun them.
     let outcome = match gw.regulation.reserve(regulated_name, ip).await {
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
         Ok(mut reservation) => {
             let outcome = match request {
                 None => Err(GatewayError::LoginFailed),
@@ -63,7 +63,7 @@ pub async fn log_in(
                 Err(_) => Settlement::NotCounted,
             };
             let settled = gw.regulation.settle(reservation, settlement).await;
-            settled.and(outcome)
+            settled.map_err(GatewayError::from).and(outcome)
         }
     };
     let result = match &outcome {

@@ -11,8 +11,6 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::error::{Dependency, GatewayError};
-
 /// A password as the client sent it.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Password {
@@ -187,6 +185,17 @@ impl SpareMemory {
     }
 }
 
+/// Why a password could not be verified (as opposed to being wrong).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Every hashing thread stayed busy past `server.login_queue_timeout`.
+    #[error("{0}")]
+    Busy(String),
+    /// The hashing machinery itself failed (a panic, its threads gone).
+    #[error("{0}")]
+    Broken(String),
+}
+
 /// The CPU priority of the hashing threads (`server.password_hash_priority`). Below the
 /// workers', a burst of logins does not take the proxied requests' core (see bench/NOTES.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,8 +320,8 @@ impl Verifier {
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
-    ) -> Result<T, GatewayError> {
-        let panicked = || GatewayError::Internal("password verification panicked".into());
+    ) -> Result<T, VerifyError> {
+        let panicked = || VerifyError::Broken("password verification panicked".into());
         let Some(threads) = &self.threads else {
             return tokio::task::spawn_blocking(|| work(&mut Vec::new()))
                 .await
@@ -330,7 +339,7 @@ impl Verifier {
         threads
             .jobs
             .send(job)
-            .map_err(|_| GatewayError::Internal("password hashing threads are gone".into()))?;
+            .map_err(|_| VerifyError::Broken("password hashing threads are gone".into()))?;
         match answered.await {
             Ok(Ok(value)) => Ok(value),
             _ => Err(panicked()),
@@ -343,7 +352,7 @@ impl Verifier {
         &self,
         password: &Password,
         stored: Option<(&str, Prehash)>,
-    ) -> Result<bool, GatewayError> {
+    ) -> Result<bool, VerifyError> {
         let known = stored.is_some();
         let (hash, prehash): (Arc<str>, Prehash) = match stored {
             Some((h, p)) => (Arc::from(h), p),
@@ -351,13 +360,8 @@ impl Verifier {
         };
         let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
             .await
-            .map_err(|_| {
-                GatewayError::Unavailable(
-                    Dependency::PasswordHashing,
-                    "password verification queue is full".into(),
-                )
-            })?
-            .map_err(|_| GatewayError::Internal("verifier closed".into()))?;
+            .map_err(|_| VerifyError::Busy("password verification queue is full".into()))?
+            .map_err(|_| VerifyError::Broken("verifier closed".into()))?;
         let password = password.clone();
         let ok = self
             .run(move |memory| {
@@ -400,7 +404,7 @@ mod tests {
         let normal = Verifier::new(1, Duration::from_secs(5), HashPriority::Normal);
         assert_eq!(normal.run(|_| thread_priority()).await.unwrap(), ours);
         let failed = low.run(|_| -> bool { panic!("boom") }).await;
-        assert!(matches!(failed, Err(GatewayError::Internal(_))));
+        assert!(matches!(failed, Err(VerifyError::Broken(_))));
         // The one thread is still there.
         assert_eq!(low.run(|_| 7).await.unwrap(), 7);
     }

@@ -17,15 +17,22 @@
 //! Operators list and lift blocks with `authgate blocks` (`regulation/command.rs`).
 
 pub mod command;
+pub mod gate;
 
 use std::net::IpAddr;
 
 use crate::config::RegulationConfig;
 use async_trait::async_trait;
 
-use crate::directory::{fold, LoginGate};
-use crate::error::{BlockedBy, GatewayError};
+use crate::directory::names::fold;
 use crate::session::{DynSessionStore, StoreError};
+pub use gate::{BlockedBy, LoginGate, OpenGate, RegulationError};
+
+impl From<StoreError> for RegulationError {
+    fn from(e: StoreError) -> Self {
+        RegulationError::Store(e.to_string())
+    }
+}
 
 pub struct Regulation {
     config: RegulationConfig,
@@ -91,7 +98,7 @@ impl Regulation {
         &self,
         login: Option<&str>,
         ip: IpAddr,
-    ) -> Result<Reservation, GatewayError> {
+    ) -> Result<Reservation, RegulationError> {
         let mut reservation = Reservation {
             attempt: format!("{:032x}", rand::random::<u128>()),
             keys: Vec::new(),
@@ -147,7 +154,7 @@ impl Regulation {
         &self,
         reservation: &mut Reservation,
         user_id: &str,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<(), RegulationError> {
         if !self.users_counted() {
             return Ok(());
         }
@@ -192,7 +199,7 @@ impl Regulation {
         taken: Result<u64, StoreError>,
         limit: u64,
         by: BlockedBy,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<(), RegulationError> {
         match taken {
             Ok(n) if n <= limit => {
                 if n == limit {
@@ -206,7 +213,7 @@ impl Regulation {
                 // Refused attempts give their place back, so every one of them sees the same
                 // total: the block is logged once, by the failure that fills the counter.
                 self.release(std::mem::take(reservation)).await?;
-                Err(GatewayError::LoginBlocked(by))
+                Err(RegulationError::Blocked(by))
             }
             Err(e) => {
                 let _ = self.release(std::mem::take(reservation)).await;
@@ -215,7 +222,7 @@ impl Regulation {
         }
     }
 
-    async fn release(&self, reservation: Reservation) -> Result<(), GatewayError> {
+    async fn release(&self, reservation: Reservation) -> Result<(), RegulationError> {
         for (key, _) in &reservation.keys {
             self.store
                 .release_attempt(key, &reservation.attempt)
@@ -229,7 +236,7 @@ impl Regulation {
         &self,
         reservation: Reservation,
         settlement: Settlement,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<(), RegulationError> {
         match settlement {
             Settlement::Failed => {
                 for key in &reservation.filling {
@@ -263,7 +270,7 @@ struct UserGate<'a> {
 
 #[async_trait]
 impl LoginGate for UserGate<'_> {
-    async fn admit(&mut self, user_id: &str) -> Result<(), GatewayError> {
+    async fn admit(&mut self, user_id: &str) -> Result<(), RegulationError> {
         self.regulation
             .reserve_user(self.reservation, user_id)
             .await

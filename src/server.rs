@@ -152,7 +152,11 @@ pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
     };
     let tls = match &config.server.tls {
         Some(t) => Some(Arc::new(CertResolver::load(t).map_err(|e| {
-            StartError::Config(format!("  - `{}`: {e} (fix: {})\n", e.key(), e.fix()))
+            StartError::Config(vec![crate::config::problem::problem(
+                e.key(),
+                e.to_string(),
+                e.fix(),
+            )])
         })?)),
         None => None,
     };

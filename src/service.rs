@@ -238,8 +238,9 @@ impl Service {
         let restart = crate::reload::needs_restart(&old.config, &config);
         let certificate = match (&self.tls, &config.server.tls) {
             (Some(_), Some(tls)) => Some(
-                crate::tls::load_certified_key(&tls.cert, &tls.key)
-                    .map_err(|e| format!("`{}`: {e} (fix: {})", e.key(), e.fix()))?,
+                crate::tls::load_certified_key(&tls.cert, &tls.key).map_err(|e| {
+                    crate::config::problem::problem(e.key(), e.to_string(), e.fix()).to_string()
+                })?,
             ),
             _ => None,
         };

@@ -15,7 +15,6 @@ use totp_rs::TOTP;
 
 use crate::config::TotpConfig;
 use crate::directory::{fold, Authenticated};
-use crate::error::{Dependency, GatewayError};
 use crate::session::SessionStore;
 
 use enrollment::EnrollmentStore;
@@ -81,6 +80,23 @@ pub enum SecretSource {
     Enrollment,
 }
 
+/// Why a second factor did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum TotpError {
+    /// The user has a second factor and sent no code.
+    #[error("totp required")]
+    Required,
+    /// Every refused code, whatever the reason (failed-login counting keys on it).
+    #[error("totp invalid")]
+    Invalid,
+    /// The enrollment store (`totp.secrets_file`) cannot be read: fail closed.
+    #[error("{0}")]
+    Enrollments(String),
+    /// The used time steps cannot be recorded (session store): fail closed.
+    #[error("{0}")]
+    Steps(String),
+}
+
 /// The second factor as the gateway applies it.
 pub struct SecondFactor {
     config: TotpConfig,
@@ -103,14 +119,14 @@ impl SecondFactor {
     pub fn secret_for(
         &self,
         user: &Authenticated,
-    ) -> Result<Option<(String, SecretSource)>, GatewayError> {
+    ) -> Result<Option<(String, SecretSource)>, TotpError> {
         if let Some(s) = &user.totp_secret {
             return Ok(Some((s.clone(), SecretSource::Directory)));
         }
         self.enrollments
             .secret_for(&fold(&user.profile.username))
             .map(|s| s.map(|s| (s, SecretSource::Enrollment)))
-            .map_err(|why| GatewayError::Unavailable(Dependency::TotpEnrollments, why))
+            .map_err(TotpError::Enrollments)
     }
 
     /// Decides the second factor for a user whose password was right. `Ok(true)`: a code was
@@ -122,16 +138,16 @@ impl SecondFactor {
         user: &Authenticated,
         code: Option<&str>,
         store: &dyn SessionStore,
-    ) -> Result<bool, GatewayError> {
+    ) -> Result<bool, TotpError> {
         let Some((secret, source)) = self.secret_for(user)? else {
             return Ok(false);
         };
         let Some(code) = code else {
-            return Err(GatewayError::TotpRequired);
+            return Err(TotpError::Required);
         };
         let refuse = |why: &str| {
             tracing::info!(user = %user.profile.username, reason = why, "totp code refused");
-            GatewayError::TotpInvalid
+            TotpError::Invalid
         };
         let secret = match secret_bytes(&secret) {
             Ok(b) => b,
@@ -152,7 +168,8 @@ impl SecondFactor {
             .ok_or_else(|| refuse("wrong code"))?;
         let fresh = store
             .accept_totp_step(&user.profile.id, step, self.config.replay_window())
-            .await?;
+            .await
+            .map_err(|e| TotpError::Steps(e.to_string()))?;
         if !fresh {
             return Err(refuse("time step already used"));
         }

@@ -11,8 +11,8 @@ use super::{
     Directory, Identity, LoginGate, UserProfile,
 };
 use crate::config::{ConfigProblem, LocalDirectoryConfig};
+use crate::directory::DirectoryError;
 use crate::dummy_hash::{dummy_for, HashCost};
-use crate::error::GatewayError;
 use crate::password::{check_hash_format, Password, Prehash, Verifier};
 
 const ENTRY_KEYS: &str =
@@ -340,7 +340,7 @@ impl Directory for LocalDirectory {
         identity: &Identity,
         password: &Password,
         gate: &mut dyn LoginGate,
-    ) -> Result<AuthOutcome, GatewayError> {
+    ) -> Result<AuthOutcome, DirectoryError> {
         let user = self.find(identity);
         if let Some(u) = user {
             gate.admit(&u.profile.id).await?;
@@ -366,7 +366,7 @@ impl Directory for LocalDirectory {
     async fn current_profile(
         &self,
         session: &UserProfile,
-    ) -> Result<Option<UserProfile>, GatewayError> {
+    ) -> Result<Option<UserProfile>, DirectoryError> {
         Ok(self
             .by_id
             .get(&session.id)
@@ -378,7 +378,7 @@ impl Directory for LocalDirectory {
     async fn current_user(
         &self,
         session: &UserProfile,
-    ) -> Result<Option<Authenticated>, GatewayError> {
+    ) -> Result<Option<Authenticated>, DirectoryError> {
         Ok(self
             .by_id
             .get(&session.id)

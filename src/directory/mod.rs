@@ -3,6 +3,7 @@
 
 pub mod ldap;
 pub mod local;
+pub mod names;
 
 use std::sync::Arc;
 
@@ -10,8 +11,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::GatewayError;
-use crate::password::Password;
+use crate::password::{Password, VerifyError};
+use crate::regulation::gate::RegulationError;
+pub use crate::regulation::gate::{LoginGate, OpenGate};
+pub use names::fold;
 
 /// What the client typed to name itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,22 +60,19 @@ pub enum AuthOutcome {
     UnknownUser,
 }
 
-/// Asked with the id of the user a login resolves to, after the directory found the user and
-/// before it checks the password: regulation's per-user budget, whichever name was typed. An
-/// error refuses the login with the password unchecked.
-#[async_trait]
-pub trait LoginGate: Send {
-    async fn admit(&mut self, user_id: &str) -> Result<(), GatewayError>;
-}
-
-/// A gate that admits every user (checks outside a login, tests).
-pub struct OpenGate;
-
-#[async_trait]
-impl LoginGate for OpenGate {
-    async fn admit(&mut self, _user_id: &str) -> Result<(), GatewayError> {
-        Ok(())
-    }
+/// Why a directory could not decide a login or a lookup (a wrong password is no error: it is
+/// `AuthOutcome::Rejected`).
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The directory's server does not answer, or answers something unusable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The password could not be verified (hashing busy or broken).
+    #[error(transparent)]
+    Password(#[from] VerifyError),
+    /// The login gate refused the user it was asked about.
+    #[error(transparent)]
+    Refused(#[from] RegulationError),
 }
 
 #[async_trait]
@@ -82,7 +82,7 @@ pub trait Directory: Send + Sync {
         &self,
         identity: &Identity,
         password: &Password,
-    ) -> Result<AuthOutcome, GatewayError> {
+    ) -> Result<AuthOutcome, DirectoryError> {
         self.authenticate_gated(identity, password, &mut OpenGate)
             .await
     }
@@ -92,17 +92,17 @@ pub trait Directory: Send + Sync {
         identity: &Identity,
         password: &Password,
         gate: &mut dyn LoginGate,
-    ) -> Result<AuthOutcome, GatewayError>;
+    ) -> Result<AuthOutcome, DirectoryError>;
     /// The current profile of a user this directory issued a session for, or None when the user
     /// is gone or disabled (their sessions must then stop working). It takes the session's whole
     /// profile because some directories derive the id one way (LDAP) and find users by name.
     async fn current_profile(
         &self,
         session: &UserProfile,
-    ) -> Result<Option<UserProfile>, GatewayError>;
+    ) -> Result<Option<UserProfile>, DirectoryError>;
     /// The user a login names, without any password check, for operator commands; `None` when
     /// this directory does not know the login (or does not look users up one by one).
-    async fn find(&self, _login: &str) -> Result<Option<UserProfile>, GatewayError> {
+    async fn find(&self, _login: &str) -> Result<Option<UserProfile>, DirectoryError> {
         Ok(None)
     }
     /// Like `current_profile`, with the user's second-factor secret: what a step-up check
@@ -110,7 +110,7 @@ pub trait Directory: Send + Sync {
     async fn current_user(
         &self,
         session: &UserProfile,
-    ) -> Result<Option<Authenticated>, GatewayError>;
+    ) -> Result<Option<Authenticated>, DirectoryError>;
     /// Whether the directory can answer now (a remote one: its server is reachable).
     async fn ready(&self) -> Result<(), String> {
         Ok(())
@@ -143,7 +143,7 @@ impl Directories {
         identity: &Identity,
         password: &Password,
         gate: &mut dyn LoginGate,
-    ) -> (Option<&'static str>, Result<AuthOutcome, GatewayError>) {
+    ) -> (Option<&'static str>, Result<AuthOutcome, DirectoryError>) {
         for d in &self.list {
             match d.authenticate_gated(identity, password, gate).await {
                 Ok(AuthOutcome::UnknownUser) => continue,
@@ -200,7 +200,7 @@ impl Directories {
     pub async fn current_profile(
         &self,
         profile: &UserProfile,
-    ) -> Result<Option<UserProfile>, GatewayError> {
+    ) -> Result<Option<UserProfile>, DirectoryError> {
         match self.list.iter().find(|d| d.name() == profile.directory) {
             Some(d) => d.current_profile(profile).await,
             None => Ok(None),
@@ -210,7 +210,7 @@ impl Directories {
     pub async fn current_user(
         &self,
         profile: &UserProfile,
-    ) -> Result<Option<Authenticated>, GatewayError> {
+    ) -> Result<Option<Authenticated>, DirectoryError> {
         match self.list.iter().find(|d| d.name() == profile.directory) {
             Some(d) => d.current_user(profile).await,
             None => Ok(None),
@@ -250,21 +250,6 @@ pub fn stable_user_id(namespace: &str, seed: &str) -> String {
         .iter()
         .take(17)
         .map(|b| ID_ALPHABET[*b as usize % ID_ALPHABET.len()] as char)
-        .collect()
-}
-
-/// The form every login comparison (and regulation key) uses: Unicode compatibility caseless
-/// matching (Unicode 3.13, D146: NFKC with full case folding), so fullwidth, mathematical and
-/// differently cased spellings of a name are that name, as directory servers match them.
-pub fn fold(s: &str) -> String {
-    use caseless::Caseless;
-    use unicode_normalization::UnicodeNormalization;
-    s.trim()
-        .nfd()
-        .default_case_fold()
-        .nfkd()
-        .default_case_fold()
-        .nfkc()
         .collect()
 }
 

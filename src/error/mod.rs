@@ -33,11 +33,7 @@ impl Dependency {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockedBy {
-    User,
-    Ip,
-}
+pub use crate::regulation::gate::BlockedBy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -73,6 +69,56 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+// The domain's own errors become the gateway's here, once: what a client is answered depends
+// only on these mappings and `into_response`.
+
+impl From<crate::password::VerifyError> for GatewayError {
+    fn from(e: crate::password::VerifyError) -> Self {
+        use crate::password::VerifyError;
+        match e {
+            VerifyError::Busy(why) => GatewayError::Unavailable(Dependency::PasswordHashing, why),
+            VerifyError::Broken(why) => GatewayError::Internal(why),
+        }
+    }
+}
+
+impl From<crate::regulation::gate::RegulationError> for GatewayError {
+    fn from(e: crate::regulation::gate::RegulationError) -> Self {
+        use crate::regulation::gate::RegulationError;
+        match e {
+            RegulationError::Blocked(by) => GatewayError::LoginBlocked(by),
+            RegulationError::Store(why) => GatewayError::Unavailable(Dependency::SessionStore, why),
+        }
+    }
+}
+
+impl From<crate::directory::DirectoryError> for GatewayError {
+    fn from(e: crate::directory::DirectoryError) -> Self {
+        use crate::directory::DirectoryError;
+        match e {
+            DirectoryError::Unavailable(why) => {
+                GatewayError::Unavailable(Dependency::Directory, why)
+            }
+            DirectoryError::Password(e) => e.into(),
+            DirectoryError::Refused(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::totp::TotpError> for GatewayError {
+    fn from(e: crate::totp::TotpError) -> Self {
+        use crate::totp::TotpError;
+        match e {
+            TotpError::Required => GatewayError::TotpRequired,
+            TotpError::Invalid => GatewayError::TotpInvalid,
+            TotpError::Enrollments(why) => {
+                GatewayError::Unavailable(Dependency::TotpEnrollments, why)
+            }
+            TotpError::Steps(why) => GatewayError::Unavailable(Dependency::SessionStore, why),
+        }
+    }
 }
 
 pub const LOGIN_FAILED_BODY: &str =

@@ -415,11 +415,11 @@ async fn step_up(
     let checked = gw.totp.check(&user, code, gw.store.as_ref()).await;
     // A right code proves the second factor, not the password: it clears no counter.
     let settlement = match &checked {
-        Err(GatewayError::TotpInvalid) => Settlement::Failed,
+        Err(crate::totp::TotpError::Invalid) => Settlement::Failed,
         _ => Settlement::NotCounted,
     };
     gw.regulation.settle(reservation, settlement).await?;
-    checked.map(|_| ())
+    checked.map(|_| ()).map_err(Into::into)
 }
 
 #[cfg(test)]

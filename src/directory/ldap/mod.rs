@@ -16,7 +16,7 @@ use super::{
     stable_user_id, AuthOutcome, Authenticated, Directory, Identity, LoginGate, UserProfile,
 };
 use crate::config::{fill_placeholders as fill, LdapDirectoryConfig};
-use crate::error::GatewayError;
+use crate::directory::DirectoryError;
 use crate::password::Password;
 use account_state::Moment;
 use entry::{first_text, values};
@@ -144,7 +144,7 @@ impl LdapDirectory {
         })
     }
 
-    async fn lookup(&self, filter: &str) -> Result<Lookup, GatewayError> {
+    async fn lookup(&self, filter: &str) -> Result<Lookup, DirectoryError> {
         // Size limit 2: one entry is the user, a second one makes the login ambiguous.
         let (mut entries, result) = self
             .pool
@@ -215,7 +215,7 @@ impl LdapDirectory {
         dn: &str,
         login: &str,
         username: &str,
-    ) -> Result<Vec<String>, GatewayError> {
+    ) -> Result<Vec<String>, DirectoryError> {
         let mut roles = vec!["user".to_string()];
         let Some(base) = self
             .config
@@ -304,7 +304,7 @@ impl Directory for LdapDirectory {
         identity: &Identity,
         password: &Password,
         gate: &mut dyn LoginGate,
-    ) -> Result<AuthOutcome, GatewayError> {
+    ) -> Result<AuthOutcome, DirectoryError> {
         // Before any LDAP call: a DN with an empty password is an unauthenticated bind, which
         // many servers (Active Directory among them) answer with success (RFC 4513 5.1.2).
         // Whitespace-only passwords are real passwords and go through unchanged.
@@ -360,7 +360,7 @@ impl Directory for LdapDirectory {
 
     /// The profile of the entry a login names, without checking any password: for operator
     /// commands that must tell a real LDAP user from a typo.
-    async fn find(&self, login: &str) -> Result<Option<UserProfile>, GatewayError> {
+    async fn find(&self, login: &str) -> Result<Option<UserProfile>, DirectoryError> {
         if login.is_empty() {
             return Ok(None);
         }
@@ -378,14 +378,14 @@ impl Directory for LdapDirectory {
     async fn current_profile(
         &self,
         session: &UserProfile,
-    ) -> Result<Option<UserProfile>, GatewayError> {
+    ) -> Result<Option<UserProfile>, DirectoryError> {
         Ok(self.current_user(session).await?.map(|u| u.profile))
     }
 
     async fn current_user(
         &self,
         session: &UserProfile,
-    ) -> Result<Option<Authenticated>, GatewayError> {
+    ) -> Result<Option<Authenticated>, DirectoryError> {
         if session.directory != self.name() || session.username.is_empty() {
             return Ok(None);
         }

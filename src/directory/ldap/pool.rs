@@ -27,10 +27,10 @@ use ldap3::{
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::{ExposeSecret, LdapDirectoryConfig};
-use crate::error::{Dependency, GatewayError};
+use crate::directory::DirectoryError;
 
-pub(super) fn unavailable(why: impl Into<String>) -> GatewayError {
-    GatewayError::Unavailable(Dependency::Directory, why.into())
+pub(super) fn unavailable(why: impl Into<String>) -> DirectoryError {
+    DirectoryError::Unavailable(why.into())
 }
 
 /// User-bind result codes that mean "these credentials do not log in", not "the server has a
@@ -95,7 +95,7 @@ impl Pool {
     }
 
     /// One login's share of the pool. Waiting is bounded too: a full pool answers 503.
-    pub async fn slot(&self) -> Result<SemaphorePermit<'_>, GatewayError> {
+    pub async fn slot(&self) -> Result<SemaphorePermit<'_>, DirectoryError> {
         match tokio::time::timeout(self.timeout, self.slots.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(unavailable("the LDAP pool is closed")),
@@ -140,7 +140,7 @@ impl Pool {
             .clear();
     }
 
-    fn timed_out(&self, what: &str) -> GatewayError {
+    fn timed_out(&self, what: &str) -> DirectoryError {
         unavailable(format!(
             "LDAP {what} at {} got no answer within {}",
             self.url,
@@ -148,7 +148,7 @@ impl Pool {
         ))
     }
 
-    async fn connect(&self, kind: Kind) -> Result<Ldap, GatewayError> {
+    async fn connect(&self, kind: Kind) -> Result<Ldap, DirectoryError> {
         let opened = tokio::time::timeout(
             self.timeout,
             LdapConnAsync::with_settings(self.settings.clone(), &self.url),
@@ -197,7 +197,7 @@ impl Pool {
     /// Runs `op` on a connection of `kind`. A pooled connection that turns out broken (the server
     /// restarted or dropped it while idle) is replaced once by a fresh one; a timeout is not
     /// retried, so a silent server costs one `timeout`, not two.
-    async fn run<T, F, Fut>(&self, kind: Kind, what: &str, op: F) -> Result<T, GatewayError>
+    async fn run<T, F, Fut>(&self, kind: Kind, what: &str, op: F) -> Result<T, DirectoryError>
     where
         F: Fn(Ldap) -> Fut,
         Fut: Future<Output = Result<T, LdapError>>,
@@ -232,7 +232,7 @@ impl Pool {
         filter: &str,
         attrs: &[String],
         sizelimit: i32,
-    ) -> Result<(Vec<SearchEntry>, LdapResult), GatewayError> {
+    ) -> Result<(Vec<SearchEntry>, LdapResult), DirectoryError> {
         let t = self.timeout;
         let SearchResult(entries, result) = self
             .run(Kind::Search, "search", |mut ldap| async move {
@@ -254,7 +254,7 @@ impl Pool {
 
     /// A simple bind as a user, on a bind-only connection. Callers must have refused empty
     /// DNs and passwords already: with those, a bind is an unauthenticated (anonymous) one.
-    pub async fn bind(&self, dn: &str, password: &str) -> Result<BindOutcome, GatewayError> {
+    pub async fn bind(&self, dn: &str, password: &str) -> Result<BindOutcome, DirectoryError> {
         if dn.is_empty() || password.is_empty() {
             return Ok(BindOutcome::Refused);
         }
