@@ -1,8 +1,9 @@
 //! TOTP second factor (RFC 6238) with totp-rs: which secret applies to a user, whether a code
 //! is right, and one-time use of codes across every instance.
 //!
-//! Order of the login decision (contract section 2.2): the password has already been checked;
-//! then no code is `totp-required`, and a wrong, malformed or reused code is `totp-invalid`.
+//! Order of the login decision, as Rocket.Chat answers it (docs/totp.md): the password has
+//! already been checked; then no code is `totp-required`, and a wrong, malformed or reused code
+//! is `totp-invalid`.
 
 pub mod command;
 pub mod enrollment;
