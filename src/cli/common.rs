@@ -167,3 +167,28 @@ pub fn block_on<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> 
 pub fn utc(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
+
+/// The user the LDAP directory finds by login name, asked with the service account as a login
+/// would, for operator commands that must tell a real user from a typo. `None` without an LDAP
+/// directory or when it knows no such login.
+pub async fn find_in_ldap(
+    config: &Config,
+    name: &str,
+) -> Result<Option<crate::directory::UserProfile>, Failure> {
+    use crate::directory::Directory;
+    let Some(ldap) = &config.directory.ldap else {
+        return Ok(None);
+    };
+    let unreachable = |e: String| {
+        Failure(
+            EXIT_RUNTIME,
+            format!("cannot look `{name}` up in the LDAP directory: {e}"),
+        )
+    };
+    let directory =
+        crate::directory::ldap::LdapDirectory::new(ldap.clone()).map_err(unreachable)?;
+    directory
+        .find(name.trim())
+        .await
+        .map_err(|e| unreachable(e.to_string()))
+}

@@ -195,9 +195,7 @@ fn list(arg: &ConfigArg, only_blocked: bool) -> Result<(), Failure> {
 /// their username, email and user id, since an attempt under any of them counts for the user.
 async fn user_keys(config: &Config, name: &str) -> Result<(Vec<String>, bool), Failure> {
     let mut keys = vec![user_key(name), user_id_key(name.trim())];
-    let known = find_known_user(config, name)
-        .await
-        .map_err(|(code, msg)| Failure(code, msg))?;
+    let known = find_known_user(config, name).await?;
     if let Some(user) = &known {
         keys.push(user_key(&user.username));
         keys.extend(user.email.as_deref().map(user_key));

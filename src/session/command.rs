@@ -9,11 +9,11 @@ use clap::Subcommand;
 
 use super::{build_store, DynSessionStore, TokenHash};
 use crate::cli::common::{
-    block_on, exit_with, load_config, utc, ConfigArg, Failure, EXIT_RUNTIME, EXIT_USAGE,
+    block_on, exit_with, find_in_ldap, load_config, utc, ConfigArg, Failure, EXIT_RUNTIME,
+    EXIT_USAGE,
 };
 use crate::config::{Config, StoreKind};
-use crate::directory::ldap::LdapDirectory;
-use crate::directory::{fold, Directory};
+use crate::directory::fold;
 
 #[derive(Debug, Subcommand)]
 pub enum SessionsCommand {
@@ -65,14 +65,11 @@ pub struct KnownUser {
 /// The user `name` designates: a users-file user by username, email or id, else a user the
 /// LDAP directory finds by login name. `Ok(None)` when no directory knows `name`; `Err` (with
 /// its exit code) when the users file is broken or LDAP cannot be asked.
-pub async fn find_known_user(
-    config: &Config,
-    name: &str,
-) -> Result<Option<KnownUser>, (u8, String)> {
+pub async fn find_known_user(config: &Config, name: &str) -> Result<Option<KnownUser>, Failure> {
     let wanted = fold(name);
     if let Some(local) = &config.directory.local {
         let users = crate::directory::local::load_users(local).map_err(|p| {
-            (
+            Failure(
                 EXIT_USAGE,
                 p.iter().map(|p| format!("\n  - {p}")).collect::<String>(),
             )
@@ -89,20 +86,7 @@ pub async fn find_known_user(
             }));
         }
     }
-    let Some(ldap) = &config.directory.ldap else {
-        return Ok(None);
-    };
-    let unreachable = |e: String| {
-        (
-            EXIT_RUNTIME,
-            format!("cannot look `{name}` up in the LDAP directory: {e}"),
-        )
-    };
-    let directory = LdapDirectory::new(ldap.clone()).map_err(unreachable)?;
-    let found = directory
-        .find(name.trim())
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
+    let found = find_in_ldap(config, name).await?;
     Ok(found.map(|p| KnownUser {
         id: p.id,
         username: p.username,
@@ -121,10 +105,7 @@ async fn resolve(
     if fold(user).is_empty() {
         return Err(Failure(EXIT_USAGE, "USER is empty".into()));
     }
-    if let Some(known) = find_known_user(config, user)
-        .await
-        .map_err(|(code, msg)| Failure(code, msg))?
-    {
+    if let Some(known) = find_known_user(config, user).await? {
         return Ok((known.id, known.username));
     }
     let id = user.trim();

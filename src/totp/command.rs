@@ -10,10 +10,11 @@ use rand::RngCore;
 use totp_rs::Secret;
 
 use super::enrollment::{self, Enrollment, StoreLock};
-use crate::cli::common::{load_config, ConfigArg, EXIT_RUNTIME, EXIT_USAGE};
+use crate::cli::common::{
+    block_on, exit_with, find_in_ldap, load_config, ConfigArg, Failure, EXIT_RUNTIME, EXIT_USAGE,
+};
 use crate::config::{Config, StoreKind};
-use crate::directory::ldap::LdapDirectory;
-use crate::directory::{fold, Directory};
+use crate::directory::fold;
 
 #[derive(Debug, Subcommand)]
 pub enum TotpCommand {
@@ -39,9 +40,6 @@ pub struct TotpArgs {
     pub user_id: Option<String>,
 }
 
-/// A failure, with the exit code it maps to.
-struct Failure(u8, String);
-
 fn usage(msg: impl Into<String>) -> Failure {
     Failure(EXIT_USAGE, msg.into())
 }
@@ -58,13 +56,7 @@ pub fn run(cmd: TotpCommand) -> ExitCode {
         TotpCommand::Enroll(args) => enroll(&args),
         TotpCommand::Disable(args) => disable(&args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(code, msg)) => {
-            eprintln!("authgate: {msg}");
-            ExitCode::from(code)
-        }
-    }
+    exit_with(result)
 }
 
 fn resolve(config: &Config, args: &TotpArgs, enrolling: bool) -> Result<Target, Failure> {
@@ -120,33 +112,14 @@ fn resolve_in_ldap(config: &Config, args: &TotpArgs) -> Result<Target, Failure> 
         .as_ref()
         .map(|l| format!("the users file {}", l.users_file.display()))
         .unwrap_or_else(|| "any users file (none is configured)".into());
-    let Some(ldap) = &config.directory.ldap else {
+    if config.directory.ldap.is_none() {
         return Err(usage(format!(
             "no user `{}` in {users_file}, and no LDAP directory is configured; check the \
              spelling (give the username, or a users-file user's email)",
             args.user
         )));
-    };
-    let found = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(async {
-                let directory = LdapDirectory::new(ldap.clone()).map_err(|e| e.to_string())?;
-                directory
-                    .find(args.user.trim())
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .map_err(|e| {
-            Failure(
-                EXIT_RUNTIME,
-                format!("cannot look `{}` up in the LDAP directory: {e}", args.user),
-            )
-        })?;
-    let Some(profile) = found else {
+    }
+    let Some(profile) = block_on(find_in_ldap(config, &args.user))? else {
         return Err(usage(format!(
             "no user `{}` in {users_file} or the LDAP directory; check the spelling",
             args.user
@@ -272,27 +245,24 @@ fn revoke(config: &Config, args: &TotpArgs, target: &Target) -> Result<(), Failu
         return Ok(());
     }
     let user_id = &target.user_id;
-    let revoked = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(async {
-                let store =
-                    crate::session::build_store(&config.session).map_err(|e| e.to_string())?;
-                store.revoke_user(user_id).await.map_err(|e| e.to_string())
-            })
-        })
-        .map_err(|e| {
-            Failure(
-                EXIT_RUNTIME,
-                format!(
-                    "the enrollment store was updated, but {}'s sessions could not be revoked \
-                     ({e}); they stay valid until they expire or are revoked",
-                    target.display
-                ),
-            )
-        })?;
+    let not_revoked = |e: String| {
+        Failure(
+            EXIT_RUNTIME,
+            format!(
+                "the enrollment store was updated, but {}'s sessions could not be revoked \
+                 ({e}); they stay valid until they expire or are revoked",
+                target.display
+            ),
+        )
+    };
+    let revoked = block_on(async {
+        let store =
+            crate::session::build_store(&config.session).map_err(|e| not_revoked(e.to_string()))?;
+        store
+            .revoke_user(user_id)
+            .await
+            .map_err(|e| not_revoked(e.to_string()))
+    })?;
     println!("Revoked {revoked} session(s) of {}.", target.display);
     Ok(())
 }
