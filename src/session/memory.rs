@@ -180,17 +180,6 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn record_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
-        let now = now_unix_ms();
-        let mut inner = self.lock();
-        inner
-            .failures
-            .entry(key.to_string())
-            .or_default()
-            .push_back((now, String::new()));
-        Ok(inner.prune_failures(key, now, window))
-    }
-
     async fn reserve_attempt(
         &self,
         key: &str,
@@ -216,10 +205,6 @@ impl SessionStore for MemoryStore {
             }
         }
         Ok(())
-    }
-
-    async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
-        Ok(self.lock().prune_failures(key, now_unix_ms(), window))
     }
 
     async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {

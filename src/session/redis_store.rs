@@ -503,19 +503,6 @@ impl SessionStore for RedisStore {
         Ok(())
     }
 
-    async fn record_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
-        let member = format!("{}-{}", now_unix_ms(), rand::random::<u64>());
-        let mut inv = self.record_failure_script.key(self.failure_key(key));
-        inv.arg(now_unix_ms())
-            .arg(window.as_millis() as u64)
-            .arg(member);
-        let inv = &inv;
-        let n: i64 = self
-            .run(|mut l| async move { inv.invoke_async(&mut l.conn).await })
-            .await?;
-        Ok(n.max(0) as u64)
-    }
-
     async fn reserve_attempt(
         &self,
         key: &str,
@@ -544,16 +531,6 @@ impl SessionStore for RedisStore {
             .run(|mut l| async move { l.conn.zrem(key, attempt).await })
             .await?;
         Ok(())
-    }
-
-    async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
-        let since = now_unix_ms().saturating_sub(window.as_millis() as u64);
-        let key = self.failure_key(key);
-        let key = &key;
-        let n: i64 = self
-            .run(|mut l| async move { l.conn.zcount(key, format!("({since}"), "+inf").await })
-            .await?;
-        Ok(n.max(0) as u64)
     }
 
     async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {

@@ -200,11 +200,6 @@ pub trait SessionStore: Send + Sync {
     }
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
-    /// Records a failed login under `key` (e.g. `user:alice`, `ip:192.0.2.7`) and returns how
-    /// many failures under it fall within the last `window`, this one included.
-    async fn record_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError>;
-    /// How many failures under `key` fall within the last `window`.
-    async fn recent_failures(&self, key: &str, window: Duration) -> Result<u64, StoreError>;
     /// Forgets the failures under `key` (after a successful login).
     async fn clear_failures(&self, key: &str) -> Result<(), StoreError>;
     /// Every regulation key with failures (or reserved attempts) on record, with their times in
