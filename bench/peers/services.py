@@ -5,11 +5,12 @@ measured: the real session reaches the upstream with the identity headers, a wro
 refused with 401.
 
 The nginx configurations of the Lua peers are the `*.conf` files beside this one (their
-`@@NAME@@` fields filled in here); their session check is `authgate_session.lua`.
+`@@…@@` fields filled in here); their session check is `authgate_session.lua`.
 """
 
 import http.client
 import os
+import re
 import socket
 import subprocess
 import time
@@ -144,12 +145,13 @@ http {{
 
 
 def peer_conf(template, **fields):
-    """A `*.conf` template beside this file with its `@@NAME@@` fields filled in."""
+    """A `*.conf` template beside this file with its `@@…@@` fields filled in."""
     text = (PEERS / template).read_text()
     for key, value in {"LUA_DIR": PEERS, "PREFIX": KEY_PREFIX, **fields}.items():
         text = text.replace(f"@@{key}@@", str(value))
-    if "@@" in text:
-        raise RuntimeError(f"{template}: a field is left unfilled")
+    left = re.findall(r"@@[A-Z_]+@@", text)
+    if left:
+        raise RuntimeError(f"{template}: {', '.join(left)} left unfilled")
     return text
 
 
