@@ -69,9 +69,8 @@ end
 -- The user id of a live session named by the request's X-User-Id / X-Auth-Token, or nil and the
 -- HTTP status to refuse with (401 for no or a dead session, 503 when Redis cannot say).
 function _M.authenticate()
-    local headers = ngx.req.get_headers(20)
-    local user_id, token = headers["x-user-id"], headers["x-auth-token"]
-    if type(user_id) ~= "string" or type(token) ~= "string" or user_id == "" or token == "" then
+    local user_id, token = ngx.var.http_x_user_id, ngx.var.http_x_auth_token
+    if not user_id or not token or user_id == "" or token == "" then
         return nil, ngx.HTTP_UNAUTHORIZED
     end
     local hash = token_hash(token)
