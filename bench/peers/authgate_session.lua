@@ -7,8 +7,8 @@
 -- no header stripping, no request id, and a logout is honoured only once the cached entry expires.
 --
 -- Debian's packages: `nginx.redis` is lua-nginx-redis (resty.redis under another name),
--- `resty.lrucache` is lua-resty-lrucache. lua-resty-string (resty.sha256) is not packaged, so
--- sha256 is OpenSSL's, through the FFI, as resty.sha256 itself does it.
+-- `resty.lrucache` is lua-resty-lrucache. lua-resty-string (resty.sha256) is not packaged in
+-- Debian 12, so sha256 is OpenSSL's, through the FFI, as resty.sha256 itself does it.
 
 local ffi = require "ffi"
 local redis = require "nginx.redis"
@@ -61,7 +61,8 @@ local function read_expiry(user_id, hash)
     if value == ngx.null then
         return false
     end
-    -- authgate writes the session as JSON; only its expiry matters here.
+    -- authgate writes the session as JSON; only its expiry matters here, read with a pattern
+    -- so the peer needs no JSON library beyond the packages bench/run already asks for.
     local expires = value:match('"expires_ms":(%d+)')
     return expires and tonumber(expires) or false
 end
