@@ -152,9 +152,8 @@ struct Routed {
     to_client: Vec<Value>,
 }
 
-/// The realtime route's handler. It takes the whole gateway, not a part: a socket runs
-/// logins, token methods, forwarding and the public-settings rewrite over its lifetime. The
-/// user a socket is opened as is returned for the access line, whatever the answer.
+/// The realtime route's handler (the whole gateway, see the module doc). The user a socket is
+/// opened as is returned for the access line, whatever the answer.
 pub(crate) async fn handle(
     gw: &Arc<Gateway>,
     req: Request<Incoming>,
