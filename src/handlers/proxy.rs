@@ -198,9 +198,12 @@ impl Proxy {
             user_id: None,
             upstream: Some(upstream),
         };
-        let answer = match (resp, settings) {
-            (Ok(resp), Some(kind)) => Box::pin(settings::rewrite_response(resp, kind)).await,
-            (resp, _) => resp,
+        let answer = match settings {
+            None => resp,
+            Some(kind) => match resp {
+                Ok(resp) => Box::pin(settings::rewrite_response(resp, kind)).await,
+                Err(e) => Err(e),
+            },
         };
         Handled { answer, learned }
     }
