@@ -204,6 +204,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_a_handler_learned_adds_to_what_the_pipeline_recorded() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let facts = RequestFacts {
+            request_id: HeaderValue::from_static("id"),
+            client_ip: ip,
+            peer: ip,
+            peer_trusted: false,
+            client_value: ip_header_value(ip),
+            peer_value: ip_header_value(ip),
+            tls: false,
+        };
+        let metrics = Metrics::disabled();
+        let mut scope = AccessScope::new(facts, Method::GET, &metrics);
+        scope.learned.user_id = Some("u1".into());
+        // The proxy learns the upstream time, not the user the pipeline already recorded.
+        scope.record(Learned {
+            user_id: None,
+            upstream: Some(Duration::from_millis(3)),
+        });
+        assert_eq!(scope.learned.user_id.as_deref(), Some("u1"));
+        assert_eq!(scope.learned.upstream, Some(Duration::from_millis(3)));
+        // A login learns the user.
+        scope.record(Learned::user(Some("u2".into())));
+        assert_eq!(scope.learned.user_id.as_deref(), Some("u2"));
+        assert_eq!(scope.learned.upstream, Some(Duration::from_millis(3)));
+        scope.finish(200);
+    }
+
+    #[test]
     fn ids_come_from_trusted_proxies_only_and_only_when_plain() {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));

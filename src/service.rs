@@ -262,3 +262,24 @@ async fn revoke_signed_out(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejected_reload_reads_in_the_one_problem_format() {
+        let timeout = problem(
+            "upstream.timeout",
+            "`soon` is not a duration",
+            "write \"5s\"",
+        );
+        let e = ReloadError::Config(vec![timeout.clone()]);
+        assert_eq!(e.to_string(), format!("  - {timeout}\n"));
+        let cert = problem("server.tls.cert", "no certificate", "write a PEM file");
+        assert_eq!(
+            ReloadError::Certificate(cert).to_string(),
+            "`server.tls.cert`: no certificate (fix: write a PEM file)"
+        );
+    }
+}
