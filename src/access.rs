@@ -54,7 +54,9 @@ impl Peer {
     }
 }
 
-/// What the gateway learned about a request while deciding it.
+/// What a request is, as every step after its arrival reads it (by shared reference): its id,
+/// where it came from and how. Fixed when the request arrives; what is learned later is
+/// returned by the handlers ([`Learned`]) and kept in the [`AccessScope`].
 pub struct RequestFacts {
     pub request_id: HeaderValue,
     pub client_ip: IpAddr,
@@ -67,12 +69,26 @@ pub struct RequestFacts {
     pub peer_value: HeaderValue,
     /// The client spoke TLS to authgate.
     pub tls: bool,
-    /// The canonical path, once the request was routed.
-    pub path: Option<String>,
+}
+
+/// What a handler learned while deciding a request, returned with its answer (or its error)
+/// for the access line and the metrics.
+#[derive(Default)]
+pub struct Learned {
     /// The user the request acted as: a live session's, or the one who just logged in.
     pub user_id: Option<String>,
     /// Time until the upstream's response head, when the request was forwarded.
     pub upstream: Option<Duration>,
+}
+
+impl Learned {
+    /// Only who the request acted as.
+    pub fn user(user_id: Option<String>) -> Self {
+        Self {
+            user_id,
+            upstream: None,
+        }
+    }
 }
 
 impl RequestFacts {
@@ -110,9 +126,14 @@ pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> HeaderValue {
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 
-/// Emits the access line and the request metrics once, on `finish` or on drop.
+/// Emits the access line and the request metrics once, on `finish` or on drop. What the
+/// pipeline learns on the way is written into it as soon as it is known, so a client that
+/// leaves early (499) is logged with the path and user known by then.
 pub struct AccessScope {
     pub facts: RequestFacts,
+    /// The canonical path, once the request was routed.
+    pub path: Option<String>,
+    pub learned: Learned,
     method: Method,
     started: Instant,
     metrics: Metrics,
@@ -124,6 +145,8 @@ impl AccessScope {
     pub fn new(facts: RequestFacts, method: Method, metrics: &Metrics) -> Self {
         Self {
             facts,
+            path: None,
+            learned: Learned::default(),
             method,
             started: Instant::now(),
             _in_flight: metrics.in_flight(),
@@ -132,22 +155,32 @@ impl AccessScope {
         }
     }
 
+    /// Keeps what a handler learned, over what the pipeline recorded before calling it.
+    pub fn record(&mut self, learned: Learned) {
+        if learned.user_id.is_some() {
+            self.learned.user_id = learned.user_id;
+        }
+        if learned.upstream.is_some() {
+            self.learned.upstream = learned.upstream;
+        }
+    }
+
     pub fn finish(&mut self, status: u16) {
         self.done = true;
         let took = self.started.elapsed();
+        let (f, learned) = (&self.facts, &self.learned);
         self.metrics
-            .request(status, took, self.facts.upstream.is_some());
-        let f = &self.facts;
+            .request(status, took, learned.upstream.is_some());
         tracing::info!(
             target: "authgate::access",
             request_id = f.request_id.to_str().unwrap_or("-"),
             method = %self.method,
-            path = f.path.as_deref().unwrap_or("-"),
+            path = self.path.as_deref().unwrap_or("-"),
             status,
             latency_ms = millis(took),
-            user_id = f.user_id.as_deref().unwrap_or("-"),
+            user_id = learned.user_id.as_deref().unwrap_or("-"),
             client_ip = %f.client_ip,
-            upstream_ms = f.upstream.map(millis),
+            upstream_ms = learned.upstream.map(millis),
             "request"
         );
     }
@@ -169,6 +202,35 @@ fn millis(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_handler_learned_adds_to_what_the_pipeline_recorded() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let facts = RequestFacts {
+            request_id: HeaderValue::from_static("id"),
+            client_ip: ip,
+            peer: ip,
+            peer_trusted: false,
+            client_value: ip_header_value(ip),
+            peer_value: ip_header_value(ip),
+            tls: false,
+        };
+        let metrics = Metrics::disabled();
+        let mut scope = AccessScope::new(facts, Method::GET, &metrics);
+        scope.learned.user_id = Some("u1".into());
+        // The proxy learns the upstream time, not the user the pipeline already recorded.
+        scope.record(Learned {
+            user_id: None,
+            upstream: Some(Duration::from_millis(3)),
+        });
+        assert_eq!(scope.learned.user_id.as_deref(), Some("u1"));
+        assert_eq!(scope.learned.upstream, Some(Duration::from_millis(3)));
+        // A login learns the user.
+        scope.record(Learned::user(Some("u2".into())));
+        assert_eq!(scope.learned.user_id.as_deref(), Some("u2"));
+        assert_eq!(scope.learned.upstream, Some(Duration::from_millis(3)));
+        scope.finish(200);
+    }
 
     #[test]
     fn ids_come_from_trusted_proxies_only_and_only_when_plain() {

@@ -1,20 +1,26 @@
 //! Composition: turns one validated [`Config`] into the [`Gateway`] that serves it (directories,
-//! password verifier, upstream, Rocket.Chat bridge, regulation, TOTP). Both the start
+//! password verifier, upstream, Rocket.Chat bridge, regulation, TOTP) and into the handler of
+//! each route kind, each given only the dependencies it uses. Both the start
 //! (`server.rs`) and a reload (`service.rs`) build through here, so neither needs the other.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, DirectoryKind};
+use crate::config::problem::problem;
+use crate::config::{Config, ConfigProblem, DirectoryKind};
 use crate::directory::ldap::LdapDirectory;
 use crate::directory::local::{load_users, LocalDirectory};
 use crate::directory::{Directories, DynDirectory};
 use crate::forward::Upstream;
 use crate::gateway::Gateway;
+use crate::handlers::proxy::Proxy;
+use crate::handlers::shared::{LoginBody, SessionLookup};
+use crate::login_flow::LoginFlow;
 use crate::password::Verifier;
 use crate::regulation::Regulation;
 use crate::session::{build_store, DynSessionStore};
 use crate::telemetry::Metrics;
+use crate::tokens::Tokens;
 use crate::totp::SecondFactor;
 
 /// Why a start, or a reload's build, failed. `Config` lists problems with their keys, written
@@ -22,7 +28,7 @@ use crate::totp::SecondFactor;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{}", crate::config::problem_list(.0))]
-    Config(Vec<crate::config::ConfigProblem>),
+    Config(Vec<ConfigProblem>),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -37,12 +43,14 @@ pub enum StartError {
 
 /// Builds what one configuration asks for around a session store that outlives it. A reload
 /// passes the running upstream, kept when its settings did not change so its pool stays warm.
+/// What can fail here is the files and settings the configuration names: configuration
+/// problems, which the start and a reload each wrap in their own error.
 pub fn build_snapshot(
     config: Config,
     store: DynSessionStore,
     metrics: Metrics,
     running_upstream: Option<&Arc<Upstream>>,
-) -> Result<Gateway, StartError> {
+) -> Result<Gateway, Vec<ConfigProblem>> {
     let verifier = Verifier::new(
         config.server.password_hash_concurrency,
         config.server.login_queue_timeout,
@@ -53,19 +61,18 @@ pub fn build_snapshot(
         match kind {
             DirectoryKind::Local => {
                 if let Some(local) = &config.directory.local {
-                    let users =
-                        load_users(local).map_err(|problems| StartError::Config(problems))?;
+                    let users = load_users(local)?;
                     directories.push(Arc::new(LocalDirectory::new(users, verifier.clone())));
                 }
             }
             DirectoryKind::Ldap => {
                 if let Some(ldap) = &config.directory.ldap {
                     let dir = LdapDirectory::new(ldap.clone()).map_err(|e| {
-                        StartError::Config(vec![crate::config::problem::problem(
+                        vec![problem(
                             "directory.ldap",
                             e.to_string(),
                             "correct the [directory.ldap] settings",
-                        )])
+                        )]
                     })?;
                     directories.push(Arc::new(dir));
                 }
@@ -79,31 +86,87 @@ pub fn build_snapshot(
             config.server.worker_threads,
         )),
     };
-    let identity = crate::upstream_identity::UpstreamIdentity::new(&config.upstream);
-    let regulation = Regulation::new(config.regulation.clone(), store.clone());
-    let totp = SecondFactor::new(&config.totp).map_err(|why| {
-        StartError::Config(vec![crate::config::problem::problem(
+    let identity = Arc::new(crate::upstream_identity::UpstreamIdentity::new(
+        &config.upstream,
+    ));
+    let regulation = Arc::new(Regulation::new(config.regulation.clone(), store.clone()));
+    let totp = Arc::new(SecondFactor::new(&config.totp).map_err(|why| {
+        vec![problem(
             "totp.secrets_file",
             why,
             "repair or remove the file; `authgate totp enroll` rewrites it",
-        )])
-    })?;
+        )]
+    })?);
+    let directories = Directories::new(directories);
+    let sessions = SessionLookup {
+        store: store.clone(),
+        identity: identity.clone(),
+        personal_access_tokens: config.session.personal_access_tokens,
+    };
+    let body = LoginBody {
+        limit: config.server.login_body_limit,
+        timeout: config.server.login_body_timeout,
+        metrics: metrics.clone(),
+    };
+    let proxy = Proxy {
+        upstream: upstream.clone(),
+        identity: identity.clone(),
+        store: store.clone(),
+        rewrite_public_settings: config.upstream.rewrite_public_settings,
+    };
+    let login = LoginFlow {
+        regulation: regulation.clone(),
+        directories: directories.clone(),
+        totp: totp.clone(),
+        sessions: sessions.clone(),
+        metrics: metrics.clone(),
+        session_ttl: config.session.ttl,
+        body: body.clone(),
+        avatar_base: avatar_base(&config),
+    };
+    let tokens = Tokens {
+        sessions: sessions.clone(),
+        directories: directories.clone(),
+        regulation,
+        totp,
+        metrics: metrics.clone(),
+        session_ttl: config.session.ttl,
+        body,
+    };
     Ok(Gateway {
         config: Arc::new(config),
         store,
-        totp,
-        directories: Directories::new(directories),
+        directories,
         upstream,
-        regulation,
         identity,
         metrics,
+        sessions,
+        proxy,
+        login,
+        tokens,
     })
+}
+
+/// Where `me.avatarUrl` points: the configured public URL, else the first listen address.
+/// Never the client's `Host`, which anyone can set to a page of their own.
+fn avatar_base(config: &Config) -> String {
+    if let Some(u) = &config.server.public_url {
+        return u.clone();
+    }
+    let scheme = match config.server.tls {
+        Some(_) => "https",
+        None => "http",
+    };
+    match config.server.listen.first() {
+        Some(addr) => format!("{scheme}://{addr}"),
+        None => String::new(),
+    }
 }
 
 /// Builds everything the config asks for.
 pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
     let store = build_store(&config.session).map_err(|e| {
-        StartError::Config(vec![crate::config::problem::problem(
+        StartError::Config(vec![problem(
             "session.redis_url",
             e.to_string(),
             "correct the Redis address or topology",
@@ -114,5 +177,6 @@ pub async fn build_gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
     } else {
         Metrics::disabled()
     };
-    Ok(Arc::new(build_snapshot(config, store, metrics, None)?))
+    let gateway = build_snapshot(config, store, metrics, None).map_err(StartError::Config)?;
+    Ok(Arc::new(gateway))
 }

@@ -1,32 +1,94 @@
-//! What every request passes, in order: the framing check, the refused methods, the
-//! credentials it carries, the canonical path and its route kind, then the one handler of that
-//! kind (`handlers/`, `realtime.rs`, `tokens/`). Connection-level checks come before this
-//! (`conn_guard.rs`); the request id, the access record and the panic rescue wrap it
-//! (`service.rs`).
+//! What every request passes, in order, after the connection guard (`conn_guard.rs`) and
+//! hyper handed it over: its request id and access record, the panic rescue (the one place a
+//! panic is caught), the framing check, the refused methods, the credentials it carries, the
+//! canonical path and its route kind, the one handler of that kind (`handlers/`,
+//! `realtime.rs`, `tokens/`), then the turn of any error into its answer (`error/`) and the
+//! `X-Request-Id` on it. Handlers read the request's facts and return what they learned; the
+//! access record here keeps it for the access line.
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use http::{header, HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::access::RequestFacts;
+use crate::access::{ip_header_value, request_id, AccessScope, Peer, RequestFacts, X_REQUEST_ID};
 use crate::credentials::{
     carries_bearer_credentials, cookie_credentials, credentials, is_cookie_route, is_fetch,
 };
 use crate::error::{Body, GatewayError};
+use crate::forward;
 use crate::gateway::Gateway;
-use crate::handlers::{method_login, proxy, rest_login};
+use crate::handlers::{method_login, rest_login, Handled};
 use crate::realtime;
 use crate::route::{self, RouteKind};
+use crate::service::Service;
+use crate::telemetry::{Metrics, UpstreamFailure};
 use crate::tokens;
 
-/// Decides one request. What it learns on the way (path, user, upstream time) goes into
-/// `facts` for the access line.
-pub async fn dispatch(
+/// Answers one request with the configuration in force when it arrived.
+/// `ambiguous_framing`: the connection guard saw the request framed two ways.
+pub async fn handle(
+    service: Arc<Service>,
+    req: Request<Incoming>,
+    from: Peer,
+    ambiguous_framing: bool,
+) -> Response<Body> {
+    let gw = service.current();
+    let facts = request_facts(&gw, &req, from);
+    let mut scope = AccessScope::new(facts, req.method().clone(), &service.metrics);
+    let result = if ambiguous_framing {
+        // Never forwarded: a request framed two ways is how smuggling starts.
+        Err(GatewayError::BadRequest(
+            "Content-Length with Transfer-Encoding is not allowed.",
+        ))
+    } else {
+        rescue_panics(decide(&gw, req, &mut scope)).await
+    };
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => error_answer(e, &service.metrics),
+    };
+    resp.headers_mut()
+        .insert(X_REQUEST_ID, scope.facts.request_id.clone());
+    scope.finish(resp.status().as_u16());
+    resp
+}
+
+/// Who sent the request and its id: the client IP behind trusted proxies
+/// (`server.trusted_proxies`) and a trusted proxy's request id, else fresh ones.
+fn request_facts(gw: &Gateway, req: &Request<Incoming>, from: Peer) -> RequestFacts {
+    let Peer {
+        addr: peer,
+        addr_value: peer_value,
+        tls,
+    } = from;
+    let trusted = &gw.config.server.trusted_proxies;
+    let peer_trusted = trusted.iter().any(|n| n.contains(&peer.ip()));
+    let client_ip = forward::client_ip(peer.ip(), req.headers(), trusted);
+    RequestFacts {
+        request_id: request_id(req.headers(), peer_trusted),
+        client_ip,
+        peer: peer.ip(),
+        peer_trusted,
+        client_value: if client_ip == peer.ip() {
+            peer_value.clone()
+        } else {
+            ip_header_value(client_ip)
+        },
+        peer_value,
+        tls,
+    }
+}
+
+/// Decides one request: the checks every request passes, then the handler of its route kind.
+/// The path, and the user as soon as it is known, go into the access record before the
+/// handler runs, so a client that leaves early is logged with them.
+async fn decide(
     gw: &Arc<Gateway>,
     req: Request<Incoming>,
-    facts: &mut RequestFacts,
+    scope: &mut AccessScope,
 ) -> Result<Response<Body>, GatewayError> {
     check_framing(req.headers())?;
     // A tunnel or an echo of the request (with its credentials) is never what a chat client
@@ -50,21 +112,25 @@ pub async fn dispatch(
         }
         other => other,
     };
-    facts.path = Some(route.path.clone());
+    scope.path = Some(route.path.clone());
+    let facts = &scope.facts;
     // Every path but the proxied ones is boxed: a request's future is as large as its largest
     // path, and it is moved (copied) whole when the request starts.
-    let authenticated = match route.kind {
-        RouteKind::Login => return Box::pin(rest_login::login(gw, req, facts)).await,
+    let handled: Handled = match route.kind {
+        RouteKind::Login => Box::pin(rest_login::login(&gw.login, req, facts)).await,
         RouteKind::Logout => {
-            let answer = Box::pin(rest_login::logout(gw, req.method(), creds, facts)).await;
-            return Box::pin(answer_locally(req, answer)).await;
+            let handled = Box::pin(rest_login::logout(&gw.login, req.method(), creds)).await;
+            Handled {
+                answer: Box::pin(answer_locally(req, handled.answer)).await,
+                learned: handled.learned,
+            }
         }
         RouteKind::LoginMethod => {
             let anonymous = route.path.to_ascii_lowercase().contains("method.callanon");
-            return Box::pin(method_login::login_method(gw, req, facts, anonymous)).await;
+            Box::pin(method_login::login_method(&gw.login, req, facts, anonymous)).await
         }
         RouteKind::Realtime if gw.config.realtime.enabled => {
-            return Box::pin(realtime::handle(gw, req, &route, facts, creds)).await;
+            Box::pin(realtime::handle(gw, req, &route, facts, creds)).await
         }
         RouteKind::Realtime => {
             return Box::pin(answer_locally(req, Err(GatewayError::RealtimeUnavailable))).await
@@ -75,33 +141,76 @@ pub async fn dispatch(
         // Token management is answered here, even under a public route an operator wrote: an
         // upstream token must never reach a client.
         RouteKind::Public | RouteKind::Protected if tokens::is_token_route(&route.path) => {
-            return Box::pin(tokens::rest::token_route(gw, req, &route, creds, facts)).await;
+            Box::pin(tokens::rest::token_route(
+                &gw.tokens, req, &route, creds, facts,
+            ))
+            .await
         }
-        RouteKind::Public => None,
+        RouteKind::Public => gw.proxy.forward_plain(req, &route, facts).await,
         RouteKind::Protected => {
             let session = match &creds {
-                Some(c) => gw.session_for(c).await?,
+                Some(c) => gw.sessions.find(c).await?,
                 None => None,
             };
             match (session, creds) {
                 (Some(session), Some(creds)) => {
-                    facts.user_id = Some(creds.user_id.clone());
-                    Some((creds, session))
+                    scope.learned.user_id = Some(creds.user_id.clone());
+                    let facts = &scope.facts;
+                    gw.proxy
+                        .forward_authenticated(req, &route, facts, &creds, &session)
+                        .await
                 }
-                // No usable credentials: the upstream may decide, if it authenticates by itgw.
+                // No usable credentials: the upstream may decide, if it authenticates by itself.
                 // Stale cookies are stripped like any client credential.
-                (None, None) if gw.config.routes.anonymous_forward => None,
-                (None, Some(c)) if c.from_cookies && gw.config.routes.anonymous_forward => None,
+                (None, None) if gw.config.routes.anonymous_forward => {
+                    gw.proxy.forward_plain(req, &route, facts).await
+                }
+                (None, Some(c)) if c.from_cookies && gw.config.routes.anonymous_forward => {
+                    gw.proxy.forward_plain(req, &route, facts).await
+                }
                 _ => return Box::pin(answer_locally(req, Err(GatewayError::NotLoggedIn))).await,
             }
         }
     };
-    match &authenticated {
-        Some((creds, session)) => {
-            proxy::forward_authenticated(gw, req, &route, facts, creds, session).await
+    scope.record(handled.learned);
+    handled.answer
+}
+
+/// The one place a panic is caught: a request whose handler panics answers 500 through the same
+/// path as any other error (request id, access line, metrics), and the connection, the other
+/// requests and the process carry on.
+///
+/// A plain function, not an `async fn`: an async fn would keep its argument and the future
+/// built from it side by side, doubling the request future it wraps.
+fn rescue_panics(
+    handler: impl std::future::Future<Output = Result<Response<Body>, GatewayError>>,
+) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> {
+    std::panic::AssertUnwindSafe(handler)
+        .catch_unwind()
+        .map(|answer| {
+            answer.unwrap_or_else(|_| {
+                tracing::error!("request handler panicked");
+                Err(GatewayError::Internal("handler panicked".into()))
+            })
+        })
+}
+
+/// A request's error as its answer (`GatewayError::into_response`, the one mapping), logged
+/// and counted once here.
+fn error_answer(e: GatewayError, metrics: &Metrics) -> Response<Body> {
+    match &e {
+        GatewayError::Unavailable(dep, why) => {
+            tracing::warn!(dependency = dep.name(), %why, "dependency unavailable")
         }
-        None => proxy::forward_plain(gw, req, &route, facts).await,
+        GatewayError::UpstreamUnreachable(why) => {
+            metrics.upstream_error(UpstreamFailure::Unreachable);
+            tracing::warn!(%why, "upstream unreachable")
+        }
+        GatewayError::UpstreamTimeout => metrics.upstream_error(UpstreamFailure::Timeout),
+        GatewayError::Internal(why) => tracing::error!(%why, "internal error"),
+        _ => {}
     }
+    e.into_response()
 }
 
 /// `CONNECT` and `TRACE` (and IIS's `TRACK`): refused with 405 everywhere.
@@ -147,4 +256,32 @@ fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_the_contract_body() {
+        let answer = rescue_panics(async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            Ok(crate::error::json_response(http::StatusCode::OK, "{}"))
+        })
+        .await;
+        let resp = answer.expect_err("a panic is an error").into_response();
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], crate::error::INTERNAL_ERROR_BODY.as_bytes());
+        // The runtime and this task survive the panic.
+        let ok =
+            rescue_panics(async { Ok(crate::error::json_response(http::StatusCode::OK, "{}")) })
+                .await
+                .expect("no panic, no error");
+        assert_eq!(ok.status(), 200);
+    }
 }

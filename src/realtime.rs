@@ -5,6 +5,9 @@
 //! result frames get authgate's token back, public settings are rewritten, and a socket whose
 //! session is revoked anywhere is closed within a second. In `trusted-headers` mode an upgrade
 //! carrying a live session passes its identity on as `X-User-Id` / `X-Auth-Token`.
+//!
+//! Unlike the other handlers it takes the whole [`Gateway`]: over its lifetime a socket runs
+//! logins (`login_flow`), token methods (`tokens`), forwarding and the public-settings rewrite.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,7 +27,7 @@ use crate::credentials::{cookie_credentials, Credentials};
 use crate::ddp::{self, MethodCall};
 use crate::error::{full_body, meteor, Body, GatewayError};
 use crate::gateway::Gateway;
-use crate::handlers::proxy;
+use crate::handlers::Handled;
 use crate::login::LoginRequest;
 use crate::login_flow;
 use crate::rocketchat::settings;
@@ -149,23 +152,44 @@ struct Routed {
     to_client: Vec<Value>,
 }
 
+/// The realtime route's handler (the whole gateway, see the module doc). The user a socket is
+/// opened as is returned for the access line, whatever the answer.
 pub(crate) async fn handle(
     gw: &Arc<Gateway>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     route: &Route,
-    facts: &mut RequestFacts,
+    facts: &RequestFacts,
     creds: Option<Credentials>,
-) -> Result<Response<Body>, GatewayError> {
+) -> Handled {
     let framing = match framing(&route.path) {
         Some(Some(f)) => f,
         // `/sockjs/info` tells the client which transports exist; it is plain HTTP.
-        Some(None) => return proxy::forward_plain(gw, req, route, facts).await,
-        None => return Err(GatewayError::RealtimeUnavailable),
+        Some(None) => return gw.proxy.forward_plain(req, route, facts).await,
+        None => return GatewayError::RealtimeUnavailable.into(),
     };
     if !is_upgrade(&req) {
-        return Err(GatewayError::BadRequest("Not a valid websocket request."));
+        return GatewayError::BadRequest("Not a valid websocket request.").into();
     }
-    let opened_as = upgrade_session(gw, &req, creds).await?;
+    let opened_as = match upgrade_session(gw, &req, creds).await {
+        Ok(opened_as) => opened_as,
+        Err(e) => return e.into(),
+    };
+    let user_id = opened_as
+        .as_ref()
+        .map(|(_, session)| session.client_user_id().to_string());
+    let answer = upgrade(gw, req, route, facts, opened_as, framing).await;
+    Handled::as_user(user_id, answer)
+}
+
+/// Upgrades the socket once the upstream agreed, then pumps its frames in a task of its own.
+async fn upgrade(
+    gw: &Arc<Gateway>,
+    mut req: Request<Incoming>,
+    route: &Route,
+    facts: &RequestFacts,
+    opened_as: Option<(Credentials, Arc<Session>)>,
+    framing: Framing,
+) -> Result<Response<Body>, GatewayError> {
     let identity = opened_as
         .as_ref()
         .map(|(creds, session)| crate::forward::Identity {
@@ -173,9 +197,6 @@ pub(crate) async fn handle(
             token: creds.token.as_str(),
             as_cookies: false,
         });
-    if let Some(id) = &identity {
-        facts.user_id = Some(id.user_id.to_string());
-    }
     let client_upgrade = hyper::upgrade::on(&mut req);
     let client_ip = facts.client_ip;
     let mut headers = req.headers().clone();

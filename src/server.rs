@@ -78,7 +78,10 @@ impl RunningGateway {
     }
 
     /// Applies a new configuration (see [`Service::reload`]).
-    pub async fn reload(&self, config: Config) -> Result<Vec<&'static str>, String> {
+    pub async fn reload(
+        &self,
+        config: Config,
+    ) -> Result<Vec<&'static str>, crate::service::ReloadError> {
         self.service.reload(config).await
     }
 
@@ -410,7 +413,7 @@ fn conn_limits(server: &crate::config::ServerConfig) -> ConnLimits {
 }
 
 /// The tower service one connection's requests go through: each is decided by the current
-/// configuration's gateway ([`Service::handle`], which also rescues a panicking handler).
+/// configuration's gateway ([`crate::pipeline::handle`], which also rescues a panicking handler).
 #[derive(Clone)]
 struct PerRequest {
     service: Arc<Service>,
@@ -431,10 +434,12 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
     }
 
     fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        let handled =
-            self.service
-                .clone()
-                .handle(req, self.peer.clone(), self.flags.ambiguous_framing());
+        let handled = crate::pipeline::handle(
+            self.service.clone(),
+            req,
+            self.peer.clone(),
+            self.flags.ambiguous_framing(),
+        );
         if self.flags.is_h2() {
             let in_progress = self.flags.request_started();
             return Box::pin(handled.map(move |resp| {

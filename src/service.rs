@@ -1,24 +1,19 @@
 //! The running gateway as the listeners see it: the current [`Gateway`] behind an atomic swap
-//! (so a reload never blocks or drops a request), the per-request wrapper that produces the
-//! request id, the access line and the metrics, readiness, and reload.
+//! (so a reload never blocks or drops a request), draining, readiness, and reload. What one
+//! request passes is `pipeline.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures_util::FutureExt;
-use http::{Request, Response};
-use hyper::body::Incoming;
 
-use crate::access::{ip_header_value, request_id, AccessScope, Peer, RequestFacts, X_REQUEST_ID};
+use crate::config::problem::{problem, problem_list, ConfigProblem};
 use crate::config::Config;
 use crate::directory::SignOut;
-use crate::error::{Body, GatewayError};
-use crate::forward;
 use crate::gateway::Gateway;
 use crate::session::SessionStore;
-use crate::telemetry::{Metrics, UpstreamFailure};
+use crate::telemetry::Metrics;
 use crate::tls::CertResolver;
 
 pub struct Service {
@@ -101,73 +96,6 @@ impl Service {
         self.current.load_full()
     }
 
-    /// `ambiguous_framing`: the connection guard saw a request framed two ways.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        from: Peer,
-        ambiguous_framing: bool,
-    ) -> Response<Body> {
-        let Peer {
-            addr: peer,
-            addr_value: peer_value,
-            tls,
-        } = from;
-        let gw = self.current();
-        let trusted = &gw.config.server.trusted_proxies;
-        let peer_trusted = trusted.iter().any(|n| n.contains(&peer.ip()));
-        let client_ip = forward::client_ip(peer.ip(), req.headers(), trusted);
-        let facts = RequestFacts {
-            request_id: request_id(req.headers(), peer_trusted),
-            client_ip,
-            peer: peer.ip(),
-            peer_trusted,
-            client_value: if client_ip == peer.ip() {
-                peer_value.clone()
-            } else {
-                ip_header_value(client_ip)
-            },
-            peer_value,
-            tls,
-            path: None,
-            user_id: None,
-            upstream: None,
-        };
-        let mut scope = AccessScope::new(facts, req.method().clone(), &self.metrics);
-        let result = if ambiguous_framing {
-            // Never forwarded: a request framed two ways is how smuggling starts.
-            Err(GatewayError::BadRequest(
-                "Content-Length with Transfer-Encoding is not allowed.",
-            ))
-        } else {
-            rescue_panics(crate::pipeline::dispatch(&gw, req, &mut scope.facts)).await
-        };
-        let mut resp = match result {
-            Ok(resp) => resp,
-            Err(e) => {
-                match &e {
-                    GatewayError::Unavailable(dep, why) => {
-                        tracing::warn!(dependency = dep.name(), %why, "dependency unavailable")
-                    }
-                    GatewayError::UpstreamUnreachable(why) => {
-                        self.metrics.upstream_error(UpstreamFailure::Unreachable);
-                        tracing::warn!(%why, "upstream unreachable")
-                    }
-                    GatewayError::UpstreamTimeout => {
-                        self.metrics.upstream_error(UpstreamFailure::Timeout)
-                    }
-                    GatewayError::Internal(why) => tracing::error!(%why, "internal error"),
-                    _ => {}
-                }
-                e.into_response()
-            }
-        };
-        resp.headers_mut()
-            .insert(X_REQUEST_ID, scope.facts.request_id.clone());
-        scope.finish(resp.status().as_u16());
-        resp
-    }
-
     /// From now on `/readyz` answers 503, so load balancers stop sending new work.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
@@ -225,21 +153,21 @@ impl Service {
     /// Applies a new configuration, or changes nothing. Everything is built first (users file,
     /// TLS certificate, TOTP store); only then is it swapped in. Returns the changed keys that
     /// only take effect after a restart.
-    pub async fn reload(&self, config: Config) -> Result<Vec<&'static str>, String> {
+    pub async fn reload(&self, config: Config) -> Result<Vec<&'static str>, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let result = self.prepare_and_swap(config).await;
         self.metrics.reload(result.is_ok());
         result
     }
 
-    async fn prepare_and_swap(&self, mut config: Config) -> Result<Vec<&'static str>, String> {
+    async fn prepare_and_swap(&self, mut config: Config) -> Result<Vec<&'static str>, ReloadError> {
         let old = self.current();
         crate::reload::resolve_port_zero(&mut config.server.listen, &old.config.server.listen);
         let restart = crate::reload::needs_restart(&old.config, &config);
         let certificate = match (&self.tls, &config.server.tls) {
             (Some(_), Some(tls)) => Some(
                 crate::tls::load_certified_key(&tls.cert, &tls.key).map_err(|e| {
-                    crate::config::problem::problem(e.key(), e.to_string(), e.fix()).to_string()
+                    ReloadError::Certificate(problem(e.key(), e.to_string(), e.fix()))
                 })?,
             ),
             _ => None,
@@ -257,8 +185,8 @@ impl Service {
             crate::compose::build_snapshot(config, store, metrics, Some(&upstream))
         })
         .await
-        .map_err(|e| format!("reload task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(ReloadError::Task)?
+        .map_err(ReloadError::Config)?;
         if let (Some(resolver), Some(certificate)) = (&self.tls, certificate) {
             resolver.replace(certificate);
         }
@@ -279,23 +207,18 @@ impl Service {
     }
 }
 
-/// The one place a panic is caught: a request whose handler panics answers 500 through the same
-/// path as any other error (request id, access line, metrics), and the connection, the other
-/// requests and the process carry on.
-///
-/// A plain function, not an `async fn`: an async fn would keep its argument and the future
-/// built from it side by side, doubling the request future it wraps.
-fn rescue_panics(
-    handler: impl std::future::Future<Output = Result<Response<Body>, GatewayError>>,
-) -> impl std::future::Future<Output = Result<Response<Body>, GatewayError>> {
-    std::panic::AssertUnwindSafe(handler)
-        .catch_unwind()
-        .map(|answer| {
-            answer.unwrap_or_else(|_| {
-                tracing::error!("request handler panicked");
-                Err(GatewayError::Internal("handler panicked".into()))
-            })
-        })
+/// Why a reload changed nothing. Its `Display` is what the log line of a rejected reload shows.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The files or settings the new configuration names, in the one problem format.
+    #[error("{}", problem_list(.0))]
+    Config(Vec<ConfigProblem>),
+    /// The new TLS certificate or key cannot be used.
+    #[error("{0}")]
+    Certificate(ConfigProblem),
+    /// The task building the new gateway died (a panic while building it).
+    #[error("reload task failed: {0}")]
+    Task(tokio::task::JoinError),
 }
 
 /// Ends the sessions of a user the reload signed out, and says so in the log.
@@ -343,27 +266,20 @@ async fn revoke_signed_out(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
-    #[tokio::test]
-    async fn a_panicking_handler_answers_500_with_the_contract_body() {
-        let answer = rescue_panics(async {
-            if std::hint::black_box(true) {
-                panic!("boom");
-            }
-            Ok(crate::error::json_response(http::StatusCode::OK, "{}"))
-        })
-        .await;
-        let resp = answer.expect_err("a panic is an error").into_response();
-        assert_eq!(resp.status(), 500);
-        assert_eq!(resp.headers()["content-type"], "application/json");
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], crate::error::INTERNAL_ERROR_BODY.as_bytes());
-        // The runtime and this task survive the panic.
-        let ok =
-            rescue_panics(async { Ok(crate::error::json_response(http::StatusCode::OK, "{}")) })
-                .await
-                .expect("no panic, no error");
-        assert_eq!(ok.status(), 200);
+    #[test]
+    fn a_rejected_reload_reads_in_the_one_problem_format() {
+        let timeout = problem(
+            "upstream.timeout",
+            "`soon` is not a duration",
+            "write \"5s\"",
+        );
+        let e = ReloadError::Config(vec![timeout.clone()]);
+        assert_eq!(e.to_string(), format!("  - {timeout}\n"));
+        let cert = problem("server.tls.cert", "no certificate", "write a PEM file");
+        assert_eq!(
+            ReloadError::Certificate(cert).to_string(),
+            "`server.tls.cert`: no certificate (fix: write a PEM file)"
+        );
     }
 }

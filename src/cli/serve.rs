@@ -139,7 +139,7 @@ async fn reload(args: &ServeArgs, running: &crate::server::RunningGateway) {
             tracing::info!("configuration reloaded");
         }
         Err(why) => {
-            tracing::error!(problems = %why.trim(), "new configuration rejected; the running one stays")
+            tracing::error!(problems = %why.to_string().trim(), "new configuration rejected; the running one stays")
         }
     }
 }

@@ -107,6 +107,12 @@ impl From<crate::directory::DirectoryError> for GatewayError {
     }
 }
 
+impl From<crate::session::StoreError> for GatewayError {
+    fn from(e: crate::session::StoreError) -> Self {
+        GatewayError::Unavailable(Dependency::SessionStore, e.to_string())
+    }
+}
+
 impl From<crate::totp::TotpError> for GatewayError {
     fn from(e: crate::totp::TotpError) -> Self {
         use crate::totp::TotpError;

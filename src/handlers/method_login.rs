@@ -5,12 +5,12 @@ use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
+use super::Handled;
 use crate::access::RequestFacts;
 use crate::ddp;
 use crate::error::{json_response, meteor, Body, GatewayError};
-use crate::gateway::Gateway;
 use crate::login;
-use crate::login_flow;
+use crate::login_flow::LoginFlow;
 
 /// `{"message": "<frame>", "success": true}`: how `method.call*` answers over REST.
 fn rest_envelope(frame: &Value) -> Response<Body> {
@@ -23,16 +23,19 @@ fn rest_envelope(frame: &Value) -> Response<Body> {
 /// `POST /api/v1/method.callAnon/login` and `method.call/login`: the web and desktop clients'
 /// password login. Answered like Rocket.Chat: HTTP 200 with the result or error frame.
 pub async fn login_method(
-    gw: &Gateway,
+    flow: &LoginFlow,
     req: Request<Incoming>,
-    facts: &mut RequestFacts,
+    facts: &RequestFacts,
     anonymous: bool,
-) -> Result<Response<Body>, GatewayError> {
+) -> Handled {
     if req.method() != Method::POST {
-        return Err(GatewayError::MethodNotAllowed);
+        return GatewayError::MethodNotAllowed.into();
     }
     let ip = facts.client_ip;
-    let (headers, body) = gw.read_login_body(req).await?;
+    let (headers, body) = match flow.body.read(req).await {
+        Ok(read) => read,
+        Err(e) => return e.into(),
+    };
     let is_json = login::body_kind(
         headers
             .get(header::CONTENT_TYPE)
@@ -52,26 +55,29 @@ pub async fn login_method(
         .filter(|c| c.method == "login");
     let id = call.as_ref().map(|c| c.id.clone()).unwrap_or(Value::Null);
     let request = call.as_ref().and_then(ddp::login_request);
-    let opened = match login_flow::log_in(
-        gw,
-        request,
-        ip,
-        crate::session::user_agent(&headers),
-        &facts.request_id,
-    )
-    .await
+    let opened = match flow
+        .log_in(
+            request,
+            ip,
+            crate::session::user_agent(&headers),
+            &facts.request_id,
+        )
+        .await
     {
         Ok(o) => o,
         Err(e) => {
-            return meteor::login_error(&e)
-                .map(|err| rest_envelope(&ddp::error_frame(&id, err)))
-                .ok_or(e)
+            return Handled::plain(
+                meteor::login_error(&e)
+                    .map(|err| rest_envelope(&ddp::error_frame(&id, err)))
+                    .ok_or(e),
+            )
         }
     };
-    facts.user_id = Some(opened.session.client_user_id().to_string());
-    let frame = gw
+    let user_id = opened.session.client_user_id().to_string();
+    let frame = flow
+        .sessions
         .identity
-        .login_result_frame(gw.store.as_ref(), opened, &id, anonymous, ip)
-        .await?;
-    Ok(rest_envelope(&frame))
+        .login_result_frame(flow.sessions.store.as_ref(), opened, &id, anonymous, ip)
+        .await;
+    Handled::as_user(Some(user_id), frame.map(|frame| rest_envelope(&frame)))
 }

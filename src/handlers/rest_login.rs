@@ -1,63 +1,83 @@
 //! `POST /api/v1/login` and `/api/v1/logout`, answered by authgate and never forwarded.
 
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
 
+use super::Handled;
 use crate::access::RequestFacts;
 use crate::credentials::Credentials;
-use crate::error::{json_response, Body, GatewayError, LOGGED_OUT_BODY};
-use crate::gateway::Gateway;
+use crate::error::{json_response, GatewayError, LOGGED_OUT_BODY};
 use crate::login;
-use crate::login_flow;
+use crate::login_flow::LoginFlow;
 
+/// `POST /api/v1/login`: the body parsed in any login shape, then the one way in.
 pub(crate) async fn login(
-    gw: &Gateway,
+    flow: &LoginFlow,
     req: Request<Incoming>,
-    facts: &mut RequestFacts,
-) -> Result<Response<Body>, GatewayError> {
+    facts: &RequestFacts,
+) -> Handled {
     if req.method() != Method::POST {
-        return Err(GatewayError::MethodNotAllowed);
+        return GatewayError::MethodNotAllowed.into();
     }
     let ip = facts.client_ip;
-    let (headers, body) = gw.read_login_body(req).await?;
+    let (headers, body) = match flow.body.read(req).await {
+        Ok(read) => read,
+        Err(e) => return e.into(),
+    };
     let kind = login::body_kind(
         headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
     let header_code = headers.get("x-2fa-code").and_then(|v| v.to_str().ok());
-    let opened = login_flow::log_in(
-        gw,
-        login::parse(kind, &body, header_code),
-        ip,
-        crate::session::user_agent(&headers),
-        &facts.request_id,
-    )
-    .await?;
-    facts.user_id = Some(opened.session.client_user_id().to_string());
-    let answer = gw
+    let opened = match flow
+        .log_in(
+            login::parse(kind, &body, header_code),
+            ip,
+            crate::session::user_agent(&headers),
+            &facts.request_id,
+        )
+        .await
+    {
+        Ok(opened) => opened,
+        Err(e) => return e.into(),
+    };
+    let user_id = opened.session.client_user_id().to_string();
+    let answer = flow
+        .sessions
         .identity
-        .rest_login_answer(gw.store.as_ref(), opened, &gw.avatar_base(), ip)
-        .await?;
-    Ok(json_response(StatusCode::OK, answer))
+        .rest_login_answer(flow.sessions.store.as_ref(), opened, &flow.avatar_base, ip)
+        .await
+        .map(|answer| json_response(StatusCode::OK, answer));
+    Handled::as_user(Some(user_id), answer)
 }
 
+/// `/api/v1/logout` (POST or GET): ends the caller's session.
 pub(crate) async fn logout(
-    gw: &Gateway,
+    flow: &LoginFlow,
     method: &Method,
     creds: Option<Credentials>,
-    facts: &mut RequestFacts,
-) -> Result<Response<Body>, GatewayError> {
+) -> Handled {
     if method != Method::POST && method != Method::GET {
-        return Err(GatewayError::MethodNotAllowed);
+        return GatewayError::MethodNotAllowed.into();
     }
-    let (creds, session) = gw.require_session(creds, facts).await?;
-    if gw
+    let (creds, session) = match flow.sessions.require(creds).await {
+        Ok(found) => found,
+        Err(e) => return e.into(),
+    };
+    let answer = match flow
+        .sessions
         .store
         .revoke(&session.user.id, &creds.token.hash())
-        .await?
+        .await
     {
-        gw.metrics.sessions_revoked(1);
-    }
-    Ok(json_response(StatusCode::OK, LOGGED_OUT_BODY))
+        Ok(revoked) => {
+            if revoked {
+                flow.metrics.sessions_revoked(1);
+            }
+            Ok(json_response(StatusCode::OK, LOGGED_OUT_BODY))
+        }
+        Err(e) => Err(e.into()),
+    };
+    Handled::as_user(Some(creds.user_id), answer)
 }

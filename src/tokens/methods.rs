@@ -6,10 +6,9 @@ use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
-use super::{manage_tokens, method_operation, Call, Caller, Operation, Outcome, Refusal};
+use super::{manage_tokens, method_operation, Call, Caller, Operation, Outcome, Refusal, Tokens};
 use crate::ddp::{self, MethodCall};
 use crate::error::{meteor, GatewayError};
-use crate::gateway::Gateway;
 use crate::session::Token;
 
 /// `[{tokenName, bypassTwoFactor}, {twoFactorCode, twoFactorMethod}]`: Rocket.Chat's
@@ -72,14 +71,14 @@ fn result_frame(id: &Value, op: Operation, outcome: Outcome, user_id: &str) -> V
 /// Answers one token-management method frame of `caller`. Faults that are not the method's
 /// own (a dead store or upstream) stay errors for the transport to answer.
 pub(crate) async fn answer_token_method(
-    gw: &Gateway,
+    tokens: &Tokens,
     caller: &Caller,
     op: Operation,
     call: &MethodCall,
     ip: IpAddr,
 ) -> Result<(Value, Option<Token>), GatewayError> {
     let params = call_from_params(&call.params);
-    let outcome = manage_tokens(gw, caller, op, params, ip).await;
+    let outcome = manage_tokens(tokens, caller, op, params, ip).await;
     let error = match outcome {
         Ok(outcome) => {
             // Meteor's getNewToken moves the connection to the new token.
@@ -110,27 +109,28 @@ pub(crate) async fn answer_token_method(
 /// id) is the caller. Returns the frame for the client and the socket's new binding, if
 /// the call moved it to a new token.
 pub(crate) async fn token_method_on_socket(
-    gw: &Gateway,
+    via: &impl AsRef<Tokens>,
     call: &MethodCall,
     bound: Option<&(Token, String)>,
     ip: IpAddr,
 ) -> (Value, Option<(Token, String)>) {
+    let tokens = via.as_ref();
     let Some(op) = method_operation(&call.method) else {
         return (ddp::error_frame(&call.id, meteor::unavailable()), None);
     };
     let session = match bound {
-        Some((token, user_id)) => gw.store.get(user_id, &token.hash()).await,
+        Some((token, user_id)) => tokens.sessions.store.get(user_id, &token.hash()).await,
         None => Ok(None),
     };
     let (token, user_id, session) = match (bound, session) {
-        (Some((token, user_id)), Ok(Some(s))) if gw.usable(&s) => {
+        (Some((token, user_id)), Ok(Some(s))) if tokens.sessions.usable(&s) => {
             (token.clone(), user_id.clone(), s)
         }
         (_, Err(_)) => return (ddp::error_frame(&call.id, meteor::unavailable()), None),
         _ => return (ddp::error_frame(&call.id, not_logged_in(op)), None),
     };
     let caller = Caller { token, session };
-    match answer_token_method(gw, &caller, op, call, ip).await {
+    match answer_token_method(tokens, &caller, op, call, ip).await {
         Ok((frame, rebind)) => (frame, rebind.map(|t| (t, user_id))),
         Err(e) => {
             tracing::warn!(error = %e, method = %call.method, "token management on a socket failed");

@@ -15,11 +15,31 @@ pub mod rest;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::directory::Directories;
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
-use crate::regulation::Settlement;
+use crate::handlers::shared::{LoginBody, SessionLookup};
+use crate::regulation::{Regulation, Settlement};
 use crate::session::{PersonalToken, Session, StoreError, Token, TokenHash};
+use crate::telemetry::Metrics;
+use crate::totp::SecondFactor;
+
+/// The token-management handler, built once per configuration: sessions to list, create and
+/// revoke, and the second-factor step-up (directories, TOTP, regulation) some calls require.
+pub struct Tokens {
+    /// The session store and the upstream mode; `personal_access_tokens` says whether
+    /// personal access tokens are allowed.
+    pub sessions: SessionLookup,
+    pub directories: Directories,
+    pub regulation: Arc<Regulation>,
+    pub totp: Arc<SecondFactor>,
+    pub metrics: Metrics,
+    /// `session.ttl`: how long a fresh token lives.
+    pub session_ttl: Duration,
+    /// The bounds of a request body, as for a login body.
+    pub body: LoginBody,
+}
 
 /// The REST endpoints this module answers, as compared: lower case, no trailing slash.
 const REST_ENDPOINTS: [(&str, Operation); 7] = [
@@ -190,13 +210,13 @@ impl From<StoreError> for Refusal {
 
 /// Runs one token-management call for `caller`.
 pub(crate) async fn manage_tokens(
-    gw: &Gateway,
+    tokens: &Tokens,
     caller: &Caller,
     op: Operation,
     call: Call,
     ip: IpAddr,
 ) -> Result<Outcome, Refusal> {
-    if op.is_personal() && !gw.config.session.personal_access_tokens {
+    if op.is_personal() && !tokens.sessions.personal_access_tokens {
         return Err(Refusal::Meteor {
             error: "error-personal-access-tokens-are-current-disabled",
             reason: "Personal Access Tokens are currently disabled",
@@ -215,8 +235,12 @@ pub(crate) async fn manage_tokens(
                     method: op.method_name(),
                 });
             }
-            let revoked = gw.store.revoke_user(&caller.session.user.id).await?;
-            gw.metrics.sessions_revoked(revoked);
+            let revoked = tokens
+                .sessions
+                .store
+                .revoke_user(&caller.session.user.id)
+                .await?;
+            tokens.metrics.sessions_revoked(revoked);
             tracing::info!(
                 target: "authgate::audit",
                 user_id = own,
@@ -226,26 +250,26 @@ pub(crate) async fn manage_tokens(
             Ok(Outcome::LoggedOut(own.to_string()))
         }
         Operation::LogoutOtherClients => {
-            let (token, session) = fresh_session(gw, caller).await?;
-            revoke_other_sessions(gw, caller, Some(&token.hash())).await?;
+            let (token, session) = fresh_session(tokens, caller).await?;
+            revoke_other_sessions(tokens, caller, Some(&token.hash())).await?;
             Ok(Outcome::Fresh {
                 token,
                 expires_ms: session.expires_ms,
             })
         }
         Operation::RemoveOtherTokens => {
-            revoke_other_sessions(gw, caller, None).await?;
+            revoke_other_sessions(tokens, caller, None).await?;
             Ok(Outcome::Done)
         }
         Operation::GetNewToken => {
-            let (token, session) = fresh_session(gw, caller).await?;
+            let (token, session) = fresh_session(tokens, caller).await?;
             Ok(Outcome::Fresh {
                 token,
                 expires_ms: session.expires_ms,
             })
         }
         Operation::List => {
-            let mut listed: Vec<Listed> = personal_tokens(gw, caller)
+            let mut listed: Vec<Listed> = personal_tokens(tokens, caller)
                 .await?
                 .into_iter()
                 .filter_map(|(_, s)| {
@@ -259,26 +283,26 @@ pub(crate) async fn manage_tokens(
             Ok(Outcome::Listed(listed))
         }
         Operation::Generate | Operation::Regenerate | Operation::Remove => {
-            step_up(gw, caller, &call, ip).await?;
+            step_up(tokens, caller, &call, ip).await?;
             let name = call
                 .token_name
                 .clone()
                 .filter(|n| !n.is_empty())
                 .ok_or(Refusal::NameRequired)?;
-            change_personal_token(gw, caller, op, &name, call.bypass_two_factor).await
+            change_personal_token(tokens, caller, op, &name, call.bypass_two_factor).await
         }
     }
 }
 
 async fn change_personal_token(
-    gw: &Gateway,
+    tokens: &Tokens,
     caller: &Caller,
     op: Operation,
     name: &str,
     bypass_two_factor: bool,
 ) -> Result<Outcome, Refusal> {
     let user_id = caller.session.user.id.clone();
-    let existing = personal_tokens(gw, caller)
+    let existing = personal_tokens(tokens, caller)
         .await?
         .into_iter()
         .find(|(_, s)| s.personal.as_ref().is_some_and(|p| p.name == name));
@@ -299,8 +323,8 @@ async fn change_personal_token(
             })
         }
         (_, Some((hash, old))) => {
-            if gw.store.revoke(&user_id, hash).await? {
-                gw.metrics.sessions_revoked(1);
+            if tokens.sessions.store.revoke(&user_id, hash).await? {
+                tokens.metrics.sessions_revoked(1);
             }
             old.personal.as_ref().is_some_and(|p| p.bypass_two_factor)
         }
@@ -318,33 +342,49 @@ async fn change_personal_token(
     let token = Token::generate();
     let mut session =
         Session::personal(caller.session.user.clone(), &token, name, bypass_two_factor);
-    gw.identity
+    tokens
+        .sessions
+        .identity
         .extend_upstream(&caller.session, &token, &mut session)
         .await?;
-    gw.store.create(&token.hash(), &session).await?;
-    gw.metrics.session_issued();
+    tokens
+        .sessions
+        .store
+        .create(&token.hash(), &session)
+        .await?;
+    tokens.metrics.session_issued();
     Ok(Outcome::Secret(token))
 }
 
 async fn personal_tokens(
-    gw: &Gateway,
+    tokens: &Tokens,
     caller: &Caller,
 ) -> Result<Vec<(TokenHash, Arc<Session>)>, GatewayError> {
-    let mut all = gw.store.list_user(&caller.session.user.id).await?;
+    let mut all = tokens
+        .sessions
+        .store
+        .list_user(&caller.session.user.id)
+        .await?;
     all.retain(|(_, s)| s.personal.is_some());
     Ok(all)
 }
 
 /// A new ordinary session for the caller's user (in `rocketchat` mode with its own
 /// Rocket.Chat token).
-async fn fresh_session(gw: &Gateway, caller: &Caller) -> Result<(Token, Session), GatewayError> {
+async fn fresh_session(tokens: &Tokens, caller: &Caller) -> Result<(Token, Session), GatewayError> {
     let token = Token::generate();
-    let mut session = Session::new(caller.session.user.clone(), gw.config.session.ttl);
-    gw.identity
+    let mut session = Session::new(caller.session.user.clone(), tokens.session_ttl);
+    tokens
+        .sessions
+        .identity
         .extend_upstream(&caller.session, &token, &mut session)
         .await?;
-    gw.store.create(&token.hash(), &session).await?;
-    gw.metrics.session_issued();
+    tokens
+        .sessions
+        .store
+        .create(&token.hash(), &session)
+        .await?;
+    tokens.metrics.session_issued();
     Ok((token, session))
 }
 
@@ -352,22 +392,22 @@ async fn fresh_session(gw: &Gateway, caller: &Caller) -> Result<(Token, Session)
 /// every instance (each revocation is announced; sockets on them close). Personal access
 /// tokens stay, as in Rocket.Chat.
 async fn revoke_other_sessions(
-    gw: &Gateway,
+    tokens: &Tokens,
     caller: &Caller,
     keep: Option<&TokenHash>,
 ) -> Result<usize, GatewayError> {
     let user_id = &caller.session.user.id;
     let own = caller.token.hash();
     let mut revoked = 0;
-    for (hash, session) in gw.store.list_user(user_id).await? {
+    for (hash, session) in tokens.sessions.store.list_user(user_id).await? {
         if session.personal.is_some() || hash == own || Some(&hash) == keep {
             continue;
         }
-        if gw.store.revoke(user_id, &hash).await? {
+        if tokens.sessions.store.revoke(user_id, &hash).await? {
             revoked += 1;
         }
     }
-    gw.metrics.sessions_revoked(revoked);
+    tokens.metrics.sessions_revoked(revoked);
     tracing::info!(
         target: "authgate::audit",
         user_id = caller.session.client_user_id(),
@@ -381,7 +421,7 @@ async fn revoke_other_sessions(
 /// unless the calling token is a personal access token made with `bypassTwoFactor`. Wrong
 /// codes count as failed logins of the user, so a stolen session cannot guess codes freely.
 async fn step_up(
-    gw: &Gateway,
+    tokens: &Tokens,
     caller: &Caller,
     call: &Call,
     ip: IpAddr,
@@ -394,7 +434,7 @@ async fn step_up(
     {
         return Ok(());
     }
-    let user = gw
+    let user = tokens
         .directories
         .current_user(&caller.session.user)
         .await?
@@ -402,8 +442,9 @@ async fn step_up(
     let login = Some(user.profile.username.as_str());
     // Codes are guesses like passwords: each takes its place in the user's and the IP's
     // counters before it is checked.
-    let mut reservation = gw.regulation.reserve(login, ip).await?;
-    gw.regulation
+    let mut reservation = tokens.regulation.reserve(login, ip).await?;
+    tokens
+        .regulation
         .reserve_user(&mut reservation, &user.profile.id)
         .await?;
     // authgate's only second factor is TOTP; a code of another method cannot satisfy it.
@@ -412,13 +453,16 @@ async fn step_up(
             .as_deref()
             .is_none_or(|m| m.eq_ignore_ascii_case("totp"))
     });
-    let checked = gw.totp.check(&user, code, gw.store.as_ref()).await;
+    let checked = tokens
+        .totp
+        .check(&user, code, tokens.sessions.store.as_ref())
+        .await;
     // A right code proves the second factor, not the password: it clears no counter.
     let settlement = match &checked {
         Err(crate::totp::TotpError::Invalid) => Settlement::Failed,
         _ => Settlement::NotCounted,
     };
-    gw.regulation.settle(reservation, settlement).await?;
+    tokens.regulation.settle(reservation, settlement).await?;
     checked.map(|_| ()).map_err(Into::into)
 }
 

@@ -2,6 +2,7 @@
 //! personal access token endpoints, plus the DDP twins over `method.call[Anon]/<method>`, in
 //! Rocket.Chat's request and response shapes.
 
+use std::net::IpAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -11,12 +12,13 @@ use serde_json::{json, Value};
 use super::methods::answer_token_method;
 use super::{
     manage_tokens, method_operation, rest_operation, Call, Caller, Operation, Outcome, Refusal,
+    Tokens,
 };
 use crate::access::RequestFacts;
 use crate::credentials::Credentials;
 use crate::ddp;
 use crate::error::{json_response, meteor, Body, GatewayError, TOKEN_NAME_REQUIRED_BODY};
-use crate::gateway::Gateway;
+use crate::handlers::Handled;
 use crate::route::Route;
 
 /// A date as JavaScript's `toISOString` writes it, as Rocket.Chat's REST answers carry dates.
@@ -94,15 +96,15 @@ fn call_from_body(headers: &HeaderMap, body: &[u8]) -> Call {
     }
 }
 
-/// A token-management request over REST; nothing of it is forwarded.
+/// A token-management request over REST; nothing of it is forwarded. The caller's user is
+/// returned for the access line once its session is found, whatever the answer.
 pub(crate) async fn token_route(
-    gw: &Gateway,
+    tokens: &Tokens,
     req: Request<Incoming>,
     route: &Route,
     creds: Option<Credentials>,
-    facts: &mut RequestFacts,
-) -> Result<Response<Body>, GatewayError> {
-    let url_method = ddp::rest_method_name(&route.path);
+    facts: &RequestFacts,
+) -> Handled {
     let op = rest_operation(&route.path);
     let wanted = match op {
         Some(Operation::List) => Method::GET,
@@ -110,30 +112,50 @@ pub(crate) async fn token_route(
     };
     let method_ok = *req.method() == wanted;
     // Read before answering, so the connection stays usable; bounded like a login body.
-    let (headers, body) = gw.read_login_body(req).await?;
+    let (headers, body) = match tokens.body.read(req).await {
+        Ok(read) => read,
+        Err(e) => return e.into(),
+    };
     if !method_ok {
-        return Err(GatewayError::MethodNotAllowed);
+        return GatewayError::MethodNotAllowed.into();
     }
-    let (creds, session) = gw.require_session(creds, facts).await?;
+    let (creds, session) = match tokens.sessions.require(creds).await {
+        Ok(found) => found,
+        Err(e) => return e.into(),
+    };
     let caller = Caller {
         token: creds.token,
         session,
     };
-    let ip = facts.client_ip;
-    match (op, url_method) {
+    let answer = answer_for(tokens, &caller, op, route, &headers, &body, facts.client_ip).await;
+    Handled::as_user(Some(creds.user_id), answer)
+}
+
+/// The answer to `caller`'s token-management request: a REST operation, or a DDP method call
+/// over REST.
+async fn answer_for(
+    tokens: &Tokens,
+    caller: &Caller,
+    op: Option<Operation>,
+    route: &Route,
+    headers: &HeaderMap,
+    body: &[u8],
+    ip: IpAddr,
+) -> Result<Response<Body>, GatewayError> {
+    match (op, ddp::rest_method_name(&route.path)) {
         (Some(op), _) => {
-            let call = call_from_body(&headers, &body);
-            rest_answer(manage_tokens(gw, &caller, op, call, ip).await)
+            let call = call_from_body(headers, body);
+            rest_answer(manage_tokens(tokens, caller, op, call, ip).await)
         }
         (None, Some(url_method)) => {
-            let frame = method_frame(&body, &url_method)?;
+            let frame = method_frame(body, &url_method)?;
             let call = ddp::parse_method(&frame).ok_or(GatewayError::BadRequest(
                 "The method call is not a DDP method.",
             ))?;
             let op = method_operation(&call.method).ok_or(GatewayError::BadRequest(
                 "The method call does not match its URL.",
             ))?;
-            let reply = answer_token_method(gw, &caller, op, &call, ip)
+            let reply = answer_token_method(tokens, caller, op, &call, ip)
                 .await
                 .map(|(frame, _)| frame)?;
             Ok(json_response(

@@ -324,7 +324,10 @@ impl Gateway {
     pub async fn reload(&self) -> Result<Vec<&'static str>, String> {
         let config = Config::load(&ConfigSource::from_file(&self.files.config_path).unwrap())
             .map_err(|e| e.to_string())?;
-        self.running().reload(config).await
+        self.running()
+            .reload(config)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Writes a new users file and reloads it.
