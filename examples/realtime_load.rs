@@ -127,8 +127,14 @@ fn parse_frame(buf: &mut [u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
     let opcode = buf[0] & 0x0F;
     let masked = buf[1] & 0x80 != 0;
     let (len, mut at) = match buf[1] & 0x7F {
-        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize, 4),
-        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize, 10),
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
         n => (n as usize, 2),
     };
     let mask = if masked {
@@ -156,7 +162,10 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
     loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed in the head"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed in the head",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
@@ -188,7 +197,10 @@ fn message_template() -> (Vec<u8>, usize) {
     let frame = build(&text).into_bytes();
     assert_eq!(frame.len(), FRAME_LEN);
     let stamp = memchr::memmem::find(&frame, STAMP_KEY).expect("stamp key") + STAMP_KEY.len();
-    (server_frame(OP_TEXT, &frame), stamp + (frame_header_len(FRAME_LEN)))
+    (
+        server_frame(OP_TEXT, &frame),
+        stamp + (frame_header_len(FRAME_LEN)),
+    )
 }
 
 fn frame_header_len(len: usize) -> usize {
@@ -203,7 +215,10 @@ fn stamp(frame: &mut [u8], at: usize, us: u64) {
 }
 
 async fn upstream(args: &[String]) {
-    let port: u16 = flag(args, "--port").expect("--port P").parse().expect("port");
+    let port: u16 = flag(args, "--port")
+        .expect("--port P")
+        .parse()
+        .expect("port");
     let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
     let template = Arc::new(message_template());
     loop {
@@ -442,7 +457,9 @@ async fn open_socket(o: &ClientOptions) -> io::Result<Socket> {
     socket
         .send(&json!({"msg": "connect", "version": "1", "support": ["1"]}))
         .await?;
-    socket.expect("connected", |v| v["msg"] == "connected").await?;
+    socket
+        .expect("connected", |v| v["msg"] == "connected")
+        .await?;
     if o.ddp_login {
         let token = o.token.as_deref().unwrap_or_default();
         socket
@@ -459,8 +476,10 @@ async fn open_socket(o: &ClientOptions) -> io::Result<Socket> {
 
 async fn subscribe(socket: &mut Socket, rate: f64) -> io::Result<()> {
     socket
-        .send(&json!({"msg": "sub", "id": "sub-1", "name": "stream-room-messages",
-                      "params": ["GENERAL", {"useCollection": false, "rate": rate}]}))
+        .send(
+            &json!({"msg": "sub", "id": "sub-1", "name": "stream-room-messages",
+                      "params": ["GENERAL", {"useCollection": false, "rate": rate}]}),
+        )
         .await
 }
 
@@ -530,7 +549,10 @@ async fn clients(args: &[String]) {
     let rate: f64 = flag(args, "--rate").map_or(0.0, |r| r.parse().expect("--rate R"));
     let idle = has(args, "--idle");
     let options = Arc::new(ClientOptions {
-        port: flag(args, "--port").expect("--port P").parse().expect("port"),
+        port: flag(args, "--port")
+            .expect("--port P")
+            .parse()
+            .expect("port"),
         path: flag(args, "--path").unwrap_or("/websocket").to_string(),
         user_id: flag(args, "--user-id").map(str::to_string),
         token: flag(args, "--token").map(str::to_string),
@@ -578,7 +600,12 @@ async fn clients(args: &[String]) {
         // Hold the sockets until whoever started this closes stdin.
         let _ = tokio::task::spawn_blocking(|| {
             let mut line = String::new();
-            while io::stdin().lock().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            while io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {
                 line.clear();
             }
         })

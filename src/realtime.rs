@@ -168,4 +168,3 @@ async fn upgrade_session(
     };
     Ok(gw.session_for(&creds).await?.map(|s| (creds, s)))
 }
-

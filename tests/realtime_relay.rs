@@ -29,7 +29,9 @@ const ESCAPED_SETTINGS: &str = r#"{"msg":"changed","collection":"stream-notify-a
 
 /// A WebSocket upstream that answers DDP `connect` by pushing `frames` as they are, and records
 /// the text frames it receives.
-async fn scripted_upstream(frames: Vec<&'static str>) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+async fn scripted_upstream(
+    frames: Vec<&'static str>,
+) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -97,7 +99,10 @@ async fn upstream_frames_pass_byte_for_byte_unless_they_need_a_rewrite() {
     let leak: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
     assert_eq!(leak["id"], "9", "{leak}");
     assert_eq!(leak["error"]["error"], 403, "{leak}");
-    assert!(!leak.to_string().contains("upstream-secret-token"), "{leak}");
+    assert!(
+        !leak.to_string().contains("upstream-secret-token"),
+        "{leak}"
+    );
     // The escaped settings event is still rewritten.
     let settings: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
     assert_eq!(settings["fields"]["eventName"], "public-settings-changed");
@@ -105,7 +110,8 @@ async fn upstream_frames_pass_byte_for_byte_unless_they_need_a_rewrite() {
     assert_eq!(settings["fields"]["args"][1]["value"], true, "{settings}");
     assert_eq!(next_text(&mut ws).await, ROOM_EVENT);
     // A client frame that holds no method call reaches the upstream as it was sent.
-    let sub = r#"{"msg":"sub","id":"s1", "name":"stream-room-messages","params":["GENERAL",false]}"#;
+    let sub =
+        r#"{"msg":"sub","id":"s1", "name":"stream-room-messages","params":["GENERAL",false]}"#;
     ws.send(Message::text(sub)).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), async {
         while !upstream_saw.lock().unwrap().iter().any(|f| f == sub) {
@@ -130,9 +136,11 @@ async fn logins_spelt_with_escapes_are_checked_like_any_login() {
     let (rc, gw) = trusted_headers().await;
     let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
     let mut ws = connect(&gw).await;
-    ws.send(Message::text(r#"{"msg":"connect","version":"1","support":["1"]}"#))
-        .await
-        .unwrap();
+    ws.send(Message::text(
+        r#"{"msg":"connect","version":"1","support":["1"]}"#,
+    ))
+    .await
+    .unwrap();
     assert!(next_text(&mut ws).await.contains("connected"));
     // A resume of a token no session has, `login` spelt through escapes: refused here.
     let forged = r#"{"msg":"\u006dethod","id":"1","\u006dethod":"\u006cogin","params":[{"resume":"not-a-session-token-at-all"}]}"#;
@@ -164,7 +172,12 @@ async fn logins_spelt_with_escapes_are_checked_like_any_login() {
     assert_eq!(refused["id"], "3", "{refused}");
     assert!(refused.get("error").is_some(), "{refused}");
     assert!(
-        rc.state.lock().unwrap().ddp_in.iter().all(|f| f["method"] != "registerUser"),
+        rc.state
+            .lock()
+            .unwrap()
+            .ddp_in
+            .iter()
+            .all(|f| f["method"] != "registerUser"),
         "a credential method reached the upstream"
     );
 }

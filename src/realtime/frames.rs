@@ -179,7 +179,10 @@ mod tests {
     #[test]
     fn room_events_pass_unparsed_and_results_and_settings_do_not() {
         assert!(!upstream_may_need_rewrite(ROOM_EVENT));
-        assert!(!upstream_may_need_rewrite(&format!("a{}", json!([ROOM_EVENT]))));
+        assert!(!upstream_may_need_rewrite(&format!(
+            "a{}",
+            json!([ROOM_EVENT])
+        )));
         assert!(upstream_may_need_rewrite(
             r#"{"msg":"result","id":"1","result":{"token":"t","tokenExpires":1}}"#
         ));
@@ -197,7 +200,9 @@ mod tests {
         // In SockJS the message is a string inside JSON: an inner escape is `\\u`.
         let inner = r#"{"msg":"\u0072esult","id":"1"}"#;
         assert!(upstream_may_need_rewrite(&format!("a{}", json!([inner]))));
-        assert!(upstream_may_need_rewrite(r#"a["{\"msg\":\"\u0072esult\"}"]"#));
+        assert!(upstream_may_need_rewrite(
+            r#"a["{\"msg\":\"\u0072esult\"}"]"#
+        ));
     }
 
     #[test]
@@ -219,13 +224,17 @@ mod tests {
 
     #[test]
     fn other_client_frames_pass_as_is_when_they_are_ddp() {
-        let sub = r#"{"msg":"sub","id":"1","name":"stream-room-messages","params":["GENERAL",false]}"#;
+        let sub =
+            r#"{"msg":"sub","id":"1","name":"stream-room-messages","params":["GENERAL",false]}"#;
         assert!(matches!(
             read_client_text(Framing::Raw, sub),
             ClientText::PassAsIs
         ));
         assert!(matches!(
-            read_client_text(Framing::SockJs, &json!([sub, r#"{"msg":"ping"}"#]).to_string()),
+            read_client_text(
+                Framing::SockJs,
+                &json!([sub, r#"{"msg":"ping"}"#]).to_string()
+            ),
             ClientText::PassAsIs
         ));
         // Batches and anything but a JSON object close the socket, as before.

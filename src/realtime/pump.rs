@@ -25,11 +25,14 @@ use crate::session::Token;
 /// check) wait at most one batch.
 const MAX_BATCH: usize = 64;
 
-/// The read buffer of each side, which is also the most one read takes in. tungstenite's
-/// default (128 KiB, zero-filled on the first read) made an idle socket cost 266 KiB with both
-/// sides; nginx reads a WebSocket through one page per side.
-const CLIENT_READ_BUFFER: usize = 4 * 1024;
-const UPSTREAM_READ_BUFFER: usize = 4 * 1024;
+/// The read buffer of each side, which is also the most one read takes in (a larger frame
+/// grows the buffer, in reads of this size). tungstenite's default (128 KiB, zero-filled on the
+/// first read) made an idle socket cost 266 KiB with both sides. Clients send little and
+/// seldom; the upstream side carries the chat traffic, where 2 KiB (about five room events a
+/// read) kept the CPU per frame within noise of 4 KiB and an idle socket under 16 KiB
+/// (bench/NOTES.md, realtime section).
+const CLIENT_READ_BUFFER: usize = 1024;
+const UPSTREAM_READ_BUFFER: usize = 2 * 1024;
 /// Frames fed to a side are written to the socket once this much is waiting (and at the end
 /// of each batch).
 const WRITE_BUFFER: usize = 16 * 1024;
@@ -83,8 +86,8 @@ pub(super) async fn pump<C, U>(
     loop {
         // The branches' futures are dropped before a handler runs, so handlers use both sockets.
         let go_on = tokio::select! {
-            msg = relay.client.next() => relay.from_client(msg).await,
-            msg = relay.upstream.next() => relay.from_upstream_batch(msg).await,
+            msg = relay.client.next() => relay.relay_client_frame(msg).await,
+            msg = relay.upstream.next() => relay.relay_upstream_batch(msg).await,
             _ = check.tick(), if relay.state.bound.is_some() => relay.session_still_live().await,
         };
         if !go_on {
@@ -100,7 +103,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn from_client(&mut self, msg: Received) -> bool {
+    async fn relay_client_frame(&mut self, msg: Received) -> bool {
         match msg {
             Some(Ok(Message::Text(text))) => match frames::read_client_text(self.framing, &text) {
                 // Not DDP: nothing authgate can vouch for reaches the upstream.
@@ -144,10 +147,10 @@ where
     }
 
     /// Relays `first` and whatever else the upstream side has already read, then flushes once.
-    async fn from_upstream_batch(&mut self, first: Received) -> bool {
+    async fn relay_upstream_batch(&mut self, first: Received) -> bool {
         let mut next = first;
         for _ in 0..MAX_BATCH {
-            if !self.from_upstream(next).await {
+            if !self.relay_upstream_frame(next).await {
                 return false;
             }
             match self.upstream.next().now_or_never() {
@@ -159,7 +162,7 @@ where
     }
 
     /// Queues one upstream frame for the client (written at the batch's flush).
-    async fn from_upstream(&mut self, msg: Received) -> bool {
+    async fn relay_upstream_frame(&mut self, msg: Received) -> bool {
         let text = match msg {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(frame))) => {
