@@ -212,3 +212,35 @@ where
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::upgrade::Upgraded;
+    use hyper_util::rt::TokioIo;
+
+    type Io = TokioIo<Upgraded>;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(
+            &'static Gateway,
+            WebSocketStream<Io>,
+            WebSocketStream<Io>,
+            Framing,
+            IpAddr,
+            Option<(Token, String)>,
+        ) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// An idle socket's memory is mostly its task: a login's or a rewrite's state machine
+    /// inlined into `pump` would sit in every socket's task (2 KiB in a debug build today).
+    #[test]
+    fn a_sockets_task_stays_small() {
+        let size = future_size(pump::<Io, Io>);
+        assert!(size < 4096, "the relay's future is {size} bytes");
+    }
+}
