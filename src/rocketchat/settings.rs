@@ -156,20 +156,26 @@ pub fn rewrite_rest(body: &mut Value) {
     }
 }
 
-/// A `stream-notify-all` `public-settings-changed` event: `args: [action, setting]`.
-pub fn rewrite_changed_event(frame: &mut Value) {
-    if frame["collection"] != json!("stream-notify-all")
-        || frame["fields"]["eventName"] != json!("public-settings-changed")
+/// A `stream-notify-all` `public-settings-changed` event: `args: [action, setting]`. Returns
+/// whether a value changed (the frame is then re-encoded; otherwise it passes as it came).
+pub fn rewrite_changed_event(frame: &mut Value) -> bool {
+    if frame["collection"] != "stream-notify-all"
+        || frame["fields"]["eventName"] != "public-settings-changed"
     {
-        return;
+        return false;
     }
+    let mut changed = false;
     if let Some(Value::Array(args)) = frame.get_mut("fields").and_then(|f| f.get_mut("args")) {
         for arg in args.iter_mut() {
             if let Some(v) = arg.get("_id").and_then(Value::as_str).and_then(forced) {
-                arg["value"] = json!(v);
+                if arg["value"] != v {
+                    arg["value"] = json!(v);
+                    changed = true;
+                }
             }
         }
     }
+    changed
 }
 
 #[cfg(test)]
@@ -215,7 +221,12 @@ mod tests {
         assert_eq!(b["settings"][0]["value"], false);
         assert_eq!(b["settings"][1]["value"], true);
         let mut e = json!({"msg": "changed", "collection": "stream-notify-all", "fields": {"eventName": "public-settings-changed", "args": ["updated", {"_id": "LDAP_Enable", "value": false}]}});
-        rewrite_changed_event(&mut e);
+        assert!(rewrite_changed_event(&mut e));
         assert_eq!(e["fields"]["args"][1]["value"], true);
+        // Already what clients must see: nothing to re-encode.
+        assert!(!rewrite_changed_event(&mut e));
+        let mut other = json!({"msg": "changed", "collection": "stream-room-messages", "fields": {"eventName": "GENERAL", "args": [{"_id": "LDAP_Enable", "value": false}]}});
+        assert!(!rewrite_changed_event(&mut other));
+        assert_eq!(other["fields"]["args"][0]["value"], false);
     }
 }
