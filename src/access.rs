@@ -68,7 +68,7 @@ pub struct RequestFacts {
     /// The client spoke TLS to authgate.
     pub tls: bool,
     /// The canonical path, once the request was routed.
-    pub path: Option<String>,
+    pub path: Option<crate::route::RouteText>,
     /// The user the request acted as: a live session's, or the one who just logged in.
     pub user_id: Option<String>,
     /// Time until the upstream's response head, when the request was forwarded.

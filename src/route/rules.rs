@@ -171,10 +171,38 @@ fn forbidden_byte(b: u8) -> bool {
 
 /// Decodes and checks a raw path. The result keeps case and any trailing slash.
 pub fn canonical_path(raw: &str) -> Result<String, PathError> {
+    canonical_path_cow(raw).map(std::borrow::Cow::into_owned)
+}
+
+/// [`canonical_path`], borrowing `raw` when it holds no escape (it is then its own canonical
+/// form): what every proxied request goes through.
+pub(crate) fn canonical_path_cow(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    let path = match memchr::memchr(b'%', bytes) {
+        None => {
+            if bytes.iter().any(|&b| b >= 0x80 || forbidden_byte(b)) {
+                return Err(PathError::Forbidden);
+            }
+            std::borrow::Cow::Borrowed(raw)
+        }
+        Some(_) => std::borrow::Cow::Owned(decode_path(bytes)?),
+    };
+    let inner = path[1..].strip_suffix('/').unwrap_or(&path[1..]);
+    if path.len() > 1
+        && inner
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(PathError::Forbidden);
+    }
+    Ok(path)
+}
+
+/// Decodes the percent escapes of a raw path, refusing those that would change its structure.
+fn decode_path(bytes: &[u8]) -> Result<String, PathError> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -199,16 +227,7 @@ pub fn canonical_path(raw: &str) -> Result<String, PathError> {
             i += 1;
         }
     }
-    let path = String::from_utf8(out).map_err(|_| PathError::Forbidden)?;
-    let inner = path[1..].strip_suffix('/').unwrap_or(&path[1..]);
-    if path.len() > 1
-        && inner
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-    {
-        return Err(PathError::Forbidden);
-    }
-    Ok(path)
+    String::from_utf8(out).map_err(|_| PathError::Forbidden)
 }
 
 /// The form gateway paths are compared in: ASCII lower case, without a trailing slash.
