@@ -1,6 +1,7 @@
 //! Listeners, connections and the graceful stop. HTTP/1.1 and h2 are served by hyper-util's auto
-//! builder with a timer, so the header-read timeout really applies; with `[server.tls]` the same
-//! happens inside rustls, h2 being chosen by ALPN (or prior knowledge) and HTTP/1.1 otherwise.
+//! builder behind the connection guard, which bounds every phase of a connection; with
+//! `[server.tls]` the same happens inside rustls, h2 being chosen by ALPN (or prior knowledge)
+//! and HTTP/1.1 otherwise.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,8 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access::Peer;
 use crate::config::Config;
-use crate::conn_guard::{ConnLimits, GuardedIo};
-use crate::error::Body;
+use crate::conn_guard::{ConnLimits, GuardedIo, InProgressBody};
 use crate::service::Service;
 use crate::telemetry::ConnectionClose;
 use crate::tls::CertResolver;
@@ -233,10 +233,9 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        // hyper's timer bounds the wait for the next request head, i.e. the idle keep-alive time;
-        // the slow-head (slowloris) deadline is enforced per head by `GuardedIo`.
-        .header_read_timeout(server.idle_timeout)
+        // The wait for the next request and the slow-head (slowloris) deadline are both bounded
+        // by `GuardedIo`'s one timer per connection: hyper's would be armed per request.
+        .header_read_timeout(None::<std::time::Duration>)
         .keep_alive(true)
         .max_buf_size(server.max_header_bytes.max(8192));
     builder
@@ -389,12 +388,7 @@ async fn serve_connection<I>(
         .serve_connection_with_upgrades(TokioIo::new(io), handler)
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
-        // hyper's header-read timer is the HTTP/1 keep-alive bound (see `connection_builder`).
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(|e| e.is_timeout())
-        {
-            metrics.connection_closed(ConnectionClose::IdleTimeout);
-        }
+        // A bound that passed was counted by the guard.
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
@@ -419,7 +413,7 @@ struct PerRequest {
 }
 
 impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
-    type Response = http::Response<Body>;
+    type Response = http::Response<InProgressBody>;
     type Error = std::convert::Infallible;
     type Future = Decided;
 
@@ -431,20 +425,15 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
     }
 
     fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        // Until its answer's body is over, the connection is not idle.
+        let in_progress = self.flags.request_started();
         let handled =
             self.service
                 .clone()
                 .handle(req, self.peer.clone(), self.flags.ambiguous_framing());
-        if self.flags.is_h2() {
-            let in_progress = self.flags.request_started();
-            return Box::pin(handled.map(move |resp| {
-                drop(in_progress);
-                Ok(resp)
-            }));
-        }
         // Set before hyper hands this request over: whatever follows it on the connection was
         // not followed by the guard, so it is never read as a request.
-        if self.flags.lost_track() {
+        if !self.flags.is_h2() && self.flags.lost_track() {
             let metrics = self.service.metrics.clone();
             return Box::pin(handled.map(move |mut resp| {
                 if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -454,17 +443,18 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
                         http::HeaderValue::from_static("close"),
                     );
                 }
-                Ok(resp)
+                Ok(in_progress.until_sent(resp))
             }));
         }
-        Box::pin(handled.map(Ok))
+        Box::pin(handled.map(move |resp| Ok(in_progress.until_sent(resp))))
     }
 }
 
 /// One request's answer on its way out of the tower stack.
 type Decided = std::pin::Pin<
     Box<
-        dyn std::future::Future<Output = Result<http::Response<Body>, std::convert::Infallible>>
-            + Send,
+        dyn std::future::Future<
+                Output = Result<http::Response<InProgressBody>, std::convert::Infallible>,
+            > + Send,
     >,
 >;

@@ -407,8 +407,12 @@ mod tests {
             let pool = pool.clone();
             async move {
                 let started = std::time::Instant::now();
-                let answer = pool.send(get(path), timeout).await;
-                (answer.map(drop), started.elapsed())
+                let answer = match pool.send(get(path), timeout).await {
+                    // Read to the end, so the connection goes back to the pool.
+                    Ok(resp) => Ok(resp.into_body().collect().await.unwrap()).map(drop),
+                    Err(e) => Err(e),
+                };
+                (answer, started.elapsed())
             }
         };
         // A fresh connection: its timer starts at this request's limit.
