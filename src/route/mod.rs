@@ -56,6 +56,12 @@ impl Deref for RouteText {
     }
 }
 
+impl RouteText {
+    pub fn as_str(&self) -> &str {
+        self
+    }
+}
+
 impl From<String> for RouteText {
     fn from(s: String) -> Self {
         RouteText(Text::Built(s))

@@ -47,7 +47,8 @@ enum ApiVersion {
 /// The API version and the endpoint name after it, for a path in comparable form.
 fn api_endpoint(c: &str) -> Option<(ApiVersion, &str)> {
     let rest = c.strip_prefix("/api/")?;
-    if let Some((first, name)) = rest.split_once('/') {
+    if let Some(slash) = memchr::memchr(b'/', rest.as_bytes()) {
+        let (first, name) = (&rest[..slash], &rest[slash + 1..]);
         if let Some(digits) = first.strip_prefix('v') {
             if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
                 let version = match digits {
@@ -68,7 +69,8 @@ pub fn api_endpoint_name(path: &str) -> Option<&str> {
         .get(..5)
         .filter(|p| p.eq_ignore_ascii_case("/api/"))
         .map(|_| &path[5..])?;
-    if let Some((first, name)) = rest.split_once('/') {
+    if let Some(slash) = memchr::memchr(b'/', rest.as_bytes()) {
+        let (first, name) = (&rest[..slash], &rest[slash + 1..]);
         if let Some(digits) = first.strip_prefix(['v', 'V']) {
             if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Some(name);
@@ -190,15 +192,24 @@ pub(crate) fn canonical_path_cow(raw: &str) -> Result<std::borrow::Cow<'_, str>,
         }
         Some(_) => std::borrow::Cow::Owned(decode_path(bytes)?),
     };
-    let inner = path[1..].strip_suffix('/').unwrap_or(&path[1..]);
-    if path.len() > 1
-        && inner
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-    {
+    if has_empty_or_dot_segment(&path) {
         return Err(PathError::Forbidden);
     }
     Ok(path)
+}
+
+/// True when a path (starting with `/`) holds an empty segment (`//`), or a `.` or `..` one;
+/// one trailing slash is allowed. One pass over the bytes: this runs on every request.
+fn has_empty_or_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    if bytes.len() <= 1 {
+        return false;
+    }
+    let inner = &bytes[1..];
+    let inner = inner.strip_suffix(b"/").unwrap_or(inner);
+    inner
+        .split(|&b| b == b'/')
+        .any(|seg| matches!(seg, b"" | b"." | b".."))
 }
 
 /// Decodes the percent escapes of a raw path, refusing those that would change its structure.
