@@ -15,9 +15,9 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -146,8 +146,7 @@ impl Pool {
             let (mut conn, fresh) = match self.checkout(slot, limit).await? {
                 Some(conn) => (conn, false),
                 // Boxed: opening a connection is rare, and its future would weigh on every send.
-                None => match tokio::time::timeout_at(limit, Box::pin(self.connect(false))).await
-                {
+                None => match tokio::time::timeout_at(limit, Box::pin(self.connect(false))).await {
                     Ok(sender) => (Conn::new(sender?, limit), true),
                     Err(_) => return Err(PoolError::Timeout),
                 },
@@ -439,7 +438,11 @@ mod tests {
     async fn a_response_dropped_half_read_takes_its_connection_along() {
         let (addr, accepted) = counting_upstream().await;
         let pool = pool(addr, Duration::from_secs(30));
-        let mut body = pool.send(get("/big"), Duration::from_secs(5)).await.unwrap().into_body();
+        let mut body = pool
+            .send(get("/big"), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .into_body();
         body.frame().await.unwrap().unwrap();
         drop(body);
         assert_eq!(read_all(&pool, "/").await.as_ref(), b"{\"ok\":true}");

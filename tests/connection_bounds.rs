@@ -315,8 +315,10 @@ async fn a_keep_alive_request_slower_than_idle_timeout_is_answered_and_the_wait_
     // The upstream's /slow is cut at the upstream timeout (2 s), past the 1 s idle bound: the
     // request is in progress all along, so the connection is not idle.
     s.write_all(
-        format!("GET /slow HTTP/1.1\r\nHost: a\r\nX-User-Id: {id}\r\nX-Auth-Token: {token}\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "GET /slow HTTP/1.1\r\nHost: a\r\nX-User-Id: {id}\r\nX-Auth-Token: {token}\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();
