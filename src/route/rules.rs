@@ -183,19 +183,41 @@ pub(crate) fn canonical_path_cow(raw: &str) -> Result<std::borrow::Cow<'_, str>,
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
-    let path = match memchr::memchr(b'%', bytes) {
-        None => {
-            if bytes.iter().any(|&b| b >= 0x80 || forbidden_byte(b)) {
-                return Err(PathError::Forbidden);
-            }
-            std::borrow::Cow::Borrowed(raw)
-        }
-        Some(_) => std::borrow::Cow::Owned(decode_path(bytes)?),
-    };
+    if !holds_escape(bytes)? {
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    }
+    let path = decode_path(bytes)?;
     if has_empty_or_dot_segment(&path) {
         return Err(PathError::Forbidden);
     }
-    Ok(path)
+    Ok(std::borrow::Cow::Owned(path))
+}
+
+/// One pass over a raw path (starting with `/`): true when it holds an escape (it must be
+/// decoded before it can be judged), else whether it is canonical as it is: no forbidden byte,
+/// no empty, `.` or `..` segment (one trailing slash allowed).
+fn holds_escape(bytes: &[u8]) -> Result<bool, PathError> {
+    let mut segment_start = 1;
+    let mut bad_segment = false;
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        if b == b'%' {
+            return Ok(true);
+        }
+        if b >= 0x80 || forbidden_byte(b) {
+            return Err(PathError::Forbidden);
+        }
+        if b == b'/' {
+            bad_segment |= matches!(&bytes[segment_start..i], b"" | b"." | b"..");
+            segment_start = i + 1;
+        }
+    }
+    let last = &bytes[segment_start..];
+    // An empty last segment is the root or the one trailing slash allowed.
+    bad_segment |= matches!(last, b"." | b"..");
+    if bad_segment {
+        return Err(PathError::Forbidden);
+    }
+    Ok(false)
 }
 
 /// True when a path (starting with `/`) holds an empty segment (`//`), or a `.` or `..` one;
@@ -286,4 +308,61 @@ pub fn covers_gateway_path(path: &str, is_prefix: bool) -> bool {
         .iter()
         .chain(REALTIME_PATHS.iter())
         .any(|p| p.starts_with(&folder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass check of a path without escapes judges as decoding and then checking the
+    /// segments does.
+    #[test]
+    fn plain_paths_are_judged_as_decoded_ones() {
+        let by_decoding = |raw: &str| -> Result<String, PathError> {
+            if !raw.starts_with('/') {
+                return Err(PathError::NotAbsolute);
+            }
+            let path = decode_path(raw.as_bytes())?;
+            if has_empty_or_dot_segment(&path) {
+                return Err(PathError::Forbidden);
+            }
+            Ok(path)
+        };
+        for raw in [
+            "/",
+            "//",
+            "/a",
+            "/a/",
+            "/a//",
+            "//a",
+            "/.",
+            "/..",
+            "/./",
+            "/../",
+            "/a/.",
+            "/a/..",
+            "/a/./b",
+            "/a/../b",
+            "/.a",
+            "/..a",
+            "/a.",
+            "/a/b/c/",
+            "/a\\b",
+            "/a;b",
+            "/a b",
+            "/a\u{e9}",
+            "/api/v1/me",
+            "/a/%2e",
+            "/a/b%20c",
+            "/%zz",
+            "/./%41",
+            "/a%",
+        ] {
+            assert_eq!(
+                canonical_path_cow(raw).map(std::borrow::Cow::into_owned),
+                by_decoding(raw),
+                "{raw}"
+            );
+        }
+    }
 }
