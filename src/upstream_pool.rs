@@ -408,7 +408,10 @@ mod tests {
                 let started = std::time::Instant::now();
                 let answer = match pool.send(get(path), timeout).await {
                     // Read to the end, so the connection goes back to the pool.
-                    Ok(resp) => Ok(resp.into_body().collect().await.unwrap()).map(drop),
+                    Ok(resp) => {
+                        resp.into_body().collect().await.unwrap();
+                        Ok(())
+                    }
                     Err(e) => Err(e),
                 };
                 (answer, started.elapsed())
