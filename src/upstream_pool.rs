@@ -139,11 +139,12 @@ impl Pool {
         req: Request<UpstreamBody>,
         timeout: Duration,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let limit = Instant::now() + timeout;
+        let now = Instant::now();
+        let limit = now + timeout;
         let slot = self.slot();
         let mut req = req;
         loop {
-            let (mut conn, fresh) = match self.checkout(slot, limit).await? {
+            let (mut conn, fresh) = match self.checkout(slot, now, limit).await? {
                 Some(conn) => (conn, false),
                 // Boxed: opening a connection is rare, and its future would weigh on every send.
                 None => match tokio::time::timeout_at(limit, Box::pin(self.connect(false))).await {
@@ -184,13 +185,21 @@ impl Pool {
         self.tcp().await.map(drop)
     }
 
-    /// The most recently used idle connection that is still open and ready (by `limit`).
-    async fn checkout(&self, slot: usize, limit: Instant) -> Result<Option<Conn>, PoolError> {
+    /// The most recently used idle connection that is still open and ready (by `limit`), as of
+    /// `now` (the send's start, so the clock is read once).
+    async fn checkout(
+        &self,
+        slot: usize,
+        now: Instant,
+        limit: Instant,
+    ) -> Result<Option<Conn>, PoolError> {
         loop {
             let Some(idle) = self.idle[slot].lock().expect("pool lock").pop_back() else {
                 return Ok(None);
             };
-            if idle.since.elapsed() >= self.idle_timeout || idle.conn.sender.is_closed() {
+            if now.saturating_duration_since(idle.since) >= self.idle_timeout
+                || idle.conn.sender.is_closed()
+            {
                 continue;
             }
             let mut conn = idle.conn;

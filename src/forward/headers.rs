@@ -216,8 +216,13 @@ pub fn rewrite_request_headers(
         strip_credential_cookies(headers);
     }
     if let Some(id) = identity {
-        set_unless_equal(headers, X_USER_ID, id.user_id);
-        set_unless_equal(headers, X_AUTH_TOKEN, id.token);
+        let (user_id_kept, token_kept) = hold_only(headers, id);
+        if !user_id_kept {
+            set_only(headers, X_USER_ID, id.user_id);
+        }
+        if !token_kept {
+            set_only(headers, X_AUTH_TOKEN, id.token);
+        }
         if id.as_cookies {
             // One Cookie header, as user agents send it (RFC 6265 section 5.4).
             let mut cookie = headers
@@ -250,15 +255,27 @@ pub fn rewrite_request_headers(
     }
 }
 
-/// `name: value` as the only value of `name`. The client's own credential headers usually
-/// hold exactly what is injected: then they stay as they are, with no new value built.
-fn set_unless_equal(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let mut present = headers.get_all(&name).iter();
-    if let (Some(only), None) = (present.next(), present.next()) {
-        if only.as_bytes() == value.as_bytes() {
-            return;
+/// Whether the client's `X-User-Id` and `X-Auth-Token` each already hold exactly the identity
+/// injected, alone: then they stay as they are, with no new value built. One walk over the
+/// headers, instead of a hashed lookup of each name (custom names hash byte by byte).
+fn hold_only(headers: &HeaderMap, id: &Identity<'_>) -> (bool, bool) {
+    // Values seen of each name, and whether the first was the one injected.
+    let (mut user_ids, mut user_id_equal) = (0, false);
+    let (mut tokens, mut token_equal) = (0, false);
+    for (name, value) in headers {
+        if name == X_USER_ID {
+            user_ids += 1;
+            user_id_equal = value.as_bytes() == id.user_id.as_bytes();
+        } else if name == X_AUTH_TOKEN {
+            tokens += 1;
+            token_equal = value.as_bytes() == id.token.as_bytes();
         }
     }
+    (user_ids == 1 && user_id_equal, tokens == 1 && token_equal)
+}
+
+/// `name: value` as the only value of `name`.
+fn set_only(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     match HeaderValue::from_str(value) {
         Ok(v) => {
             headers.insert(name, v);
