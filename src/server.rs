@@ -3,10 +3,12 @@
 //! `[server.tls]` the same happens inside rustls, h2 being chosen by ALPN (or prior knowledge)
 //! and HTTP/1.1 otherwise.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
-use futures_util::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -18,7 +20,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access::Peer;
 use crate::config::Config;
-use crate::conn_guard::{ConnLimits, GuardedIo, InProgressBody};
+use crate::conn_guard::{ConnLimits, GuardedIo, InProgressBody, RequestInProgress};
+use crate::error::Body;
 use crate::service::Service;
 use crate::telemetry::ConnectionClose;
 use crate::tls::CertResolver;
@@ -427,34 +430,47 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
     fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         // Until its answer's body is over, the connection is not idle.
         let in_progress = self.flags.request_started();
-        let handled =
-            self.service
-                .clone()
-                .handle(req, self.peer.clone(), self.flags.ambiguous_framing());
         // Set before hyper hands this request over: whatever follows it on the connection was
         // not followed by the guard, so it is never read as a request.
-        if !self.flags.is_h2() && self.flags.lost_track() {
-            let metrics = self.service.metrics.clone();
-            return Box::pin(handled.map(move |mut resp| {
-                if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                    metrics.connection_closed(ConnectionClose::UnfollowedFraming);
-                    resp.headers_mut().insert(
-                        http::header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
-                }
-                Ok(in_progress.until_sent(resp))
-            }));
+        let close_after =
+            (!self.flags.is_h2() && self.flags.lost_track()).then(|| self.service.metrics.clone());
+        Decided {
+            // Boxed as it is built: wrapped in a combinator first, the large request future
+            // would be moved (copied) once more on its way into the box.
+            handled: Box::pin(self.service.clone().handle(
+                req,
+                self.peer.clone(),
+                self.flags.ambiguous_framing(),
+            )),
+            in_progress: Some(in_progress),
+            close_after,
         }
-        Box::pin(handled.map(move |resp| Ok(in_progress.until_sent(resp))))
     }
 }
 
 /// One request's answer on its way out of the tower stack.
-type Decided = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = Result<http::Response<InProgressBody>, std::convert::Infallible>,
-            > + Send,
-    >,
->;
+struct Decided {
+    handled: Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>,
+    in_progress: Option<RequestInProgress>,
+    /// Set when the connection must close after this answer (the guard lost track).
+    close_after: Option<crate::telemetry::Metrics>,
+}
+
+impl Future for Decided {
+    type Output = Result<http::Response<InProgressBody>, std::convert::Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut resp = std::task::ready!(self.handled.as_mut().poll(cx));
+        if let Some(metrics) = self.close_after.take() {
+            if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                metrics.connection_closed(ConnectionClose::UnfollowedFraming);
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+        }
+        let in_progress = self.in_progress.take().expect("polled after its answer");
+        Poll::Ready(Ok(in_progress.until_sent(resp)))
+    }
+}
