@@ -289,6 +289,26 @@ fn set_only(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 /// Removes hop-by-hop headers from an upstream response.
 pub fn rewrite_response_headers(headers: &mut HeaderMap) {
+    // The usual answer holds a `Connection: keep-alive` and nothing else to remove: one walk
+    // tells, and then only that header goes.
+    let mut connection = false;
+    let mut more_to_remove = false;
+    for (name, value) in headers.iter() {
+        if name == header::CONNECTION {
+            connection = true;
+            let token = value.as_bytes();
+            more_to_remove |= !(token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"close"));
+        } else {
+            more_to_remove |= is_hop_by_hop(&normalised(name.as_str()));
+        }
+    }
+    if !more_to_remove {
+        if connection {
+            headers.remove(header::CONNECTION);
+        }
+        return;
+    }
     let listed = connection_listed(headers);
     // Nearly every response has one; the scan below then usually finds nothing to collect.
     headers.remove(header::CONNECTION);
@@ -531,5 +551,53 @@ mod tests {
         strip_credential_cookies(&mut h);
         let left: Vec<_> = h.get_all("cookie").iter().collect();
         assert_eq!(left, [HeaderValue::from_static("a=1; b=\"two\"")]);
+    }
+
+    #[test]
+    fn answers_lose_their_hop_by_hop_headers_whatever_connection_says() {
+        let answer = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            rewrite_response_headers(&mut h);
+            let mut names: Vec<String> = h.keys().map(|n| n.to_string()).collect();
+            names.sort();
+            names
+        };
+        // The usual answer: only `Connection` goes.
+        assert_eq!(
+            answer(&[
+                ("content-type", "application/json"),
+                ("connection", "keep-alive"),
+                ("content-length", "2"),
+            ]),
+            ["content-length", "content-type"]
+        );
+        // Names listed in `Connection`, and hop-by-hop headers in any spelling, go too.
+        assert_eq!(
+            answer(&[
+                ("connection", "keep-alive, X-Private"),
+                ("x-private", "1"),
+                ("x-kept", "1"),
+            ]),
+            ["x-kept"]
+        );
+        assert_eq!(
+            answer(&[
+                ("keep_alive", "timeout=5"),
+                ("upgrade", "h2c"),
+                ("proxy-connection", "keep-alive"),
+                ("x-kept", "1"),
+            ]),
+            ["x-kept"]
+        );
+        assert_eq!(
+            answer(&[("connection", "close"), ("trailer", "x"), ("x-kept", "1")]),
+            ["x-kept"]
+        );
     }
 }
