@@ -132,7 +132,7 @@ pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> HeaderValue {
 pub struct AccessScope {
     pub facts: RequestFacts,
     /// The canonical path, once the request was routed.
-    pub path: Option<String>,
+    pub path: Option<crate::route::RouteText>,
     pub learned: Learned,
     method: Method,
     started: Instant,

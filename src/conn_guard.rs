@@ -4,8 +4,12 @@
 //! follow (an upgrade that did not happen, CONNECT, a head or body it cannot read), after which
 //! the connection must close. And it bounds every phase hyper leaves open: the first byte, a
 //! head trickling in, pauses inside a body, the HTTP/2 preface and first SETTINGS, and an
-//! HTTP/2 connection with nothing in progress. (hyper's own timer bounds the idle wait for the
-//! next HTTP/1 request; the TLS handshake is bounded where it happens, in `server`.)
+//! HTTP/2 connection with nothing in progress, and the HTTP/1 wait for the next request. (The TLS
+//! handshake is bounded where it happens, in `server`.)
+//!
+//! hyper's own HTTP/1 header-read timer is off: it allocated, armed and cancelled a timer for
+//! every request (bench/NOTES.md), where this guard's one timer per connection is not touched
+//! by a keep-alive connection whose requests arrive whole.
 
 use std::future::Future;
 use std::io;
@@ -19,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::conn_framing::{FramingTracker, Phase};
+use crate::error::Body;
 use crate::telemetry::{ConnectionClose, Metrics};
 
 /// What the guard learned about a connection, shared with the request handler.
@@ -27,10 +32,10 @@ pub struct ConnFlags {
     ambiguous_framing: AtomicBool,
     lost_track: AtomicBool,
     h2: AtomicBool,
-    /// HTTP/2 requests being handled; an HTTP/2 connection is idle only while this is 0.
+    /// Requests being handled or answered (until their answer's body is over); a connection is
+    /// idle only while this is 0.
     requests_in_progress: AtomicUsize,
-    /// An HTTP/2 request was answered since the idle deadline was last looked at: its answer
-    /// may not be written yet, so the connection is not idle.
+    /// A request was answered since the idle deadline was last looked at.
     answered: AtomicBool,
 }
 
@@ -54,7 +59,7 @@ impl ConnFlags {
         self.requests_in_progress.load(Ordering::Acquire)
     }
 
-    /// Counts an HTTP/2 request as in progress until the returned guard drops.
+    /// Counts a request as in progress until the returned guard drops (see [`InProgressBody`]).
     pub fn request_started(self: &Arc<Self>) -> RequestInProgress {
         self.requests_in_progress.fetch_add(1, Ordering::AcqRel);
         RequestInProgress(self.clone())
@@ -67,6 +72,43 @@ impl Drop for RequestInProgress {
     fn drop(&mut self) {
         self.0.answered.store(true, Ordering::Release);
         self.0.requests_in_progress.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl RequestInProgress {
+    /// The answer, still counted in progress until hyper is done with its body: a response
+    /// streaming slowly is never an idle connection.
+    pub fn until_sent(self, resp: http::Response<Body>) -> http::Response<InProgressBody> {
+        resp.map(|inner| InProgressBody {
+            inner,
+            _in_progress: self,
+        })
+    }
+}
+
+/// An answer's body that keeps its request counted in progress until it is dropped.
+pub struct InProgressBody {
+    inner: Body,
+    _in_progress: RequestInProgress,
+}
+
+impl http_body::Body for InProgressBody {
+    type Data = bytes::Bytes;
+    type Error = crate::error::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -90,8 +132,9 @@ enum Watch {
     H2Preface,
     /// Gap: between two reads of a request body.
     Body,
-    /// Gap: an HTTP/2 connection with no request being handled and no bytes either way.
-    H2Idle,
+    /// Gap: no request being handled and no bytes either way (HTTP/1 between requests, or
+    /// HTTP/2).
+    Idle,
 }
 
 impl Watch {
@@ -101,14 +144,14 @@ impl Watch {
             Phase::Head => Watch::Head,
             Phase::Body => Watch::Body,
             Phase::H2Preface => Watch::H2Preface,
-            Phase::H2 => Watch::H2Idle,
-            // hyper's own keep-alive timer bounds the wait for the next HTTP/1 request.
-            Phase::BetweenRequests | Phase::Lost => Watch::Nothing,
+            Phase::H2 | Phase::BetweenRequests => Watch::Idle,
+            // An upgraded connection, or one whose framing is lost and closes after its answer.
+            Phase::Lost => Watch::Nothing,
         }
     }
 
     fn is_gap(self) -> bool {
-        matches!(self, Watch::Body | Watch::H2Idle)
+        matches!(self, Watch::Body | Watch::Idle)
     }
 
     fn limit(self, limits: &ConnLimits) -> Option<Duration> {
@@ -118,7 +161,7 @@ impl Watch {
             Watch::Head => Some(limits.header_read),
             Watch::H2Preface => Some(limits.h2_preface),
             Watch::Body => Some(limits.body_read),
-            Watch::H2Idle => Some(limits.idle),
+            Watch::Idle => Some(limits.idle),
         }
     }
 
@@ -129,7 +172,7 @@ impl Watch {
             Watch::Head => Some(ConnectionClose::HeaderTimeout),
             Watch::H2Preface => Some(ConnectionClose::H2PrefaceTimeout),
             Watch::Body => Some(ConnectionClose::BodyTimeout),
-            Watch::H2Idle => Some(ConnectionClose::IdleTimeout),
+            Watch::Idle => Some(ConnectionClose::IdleTimeout),
         }
     }
 }
@@ -137,8 +180,9 @@ impl Watch {
 /// The client connection, with its framing followed and a deadline on whatever phase it is in.
 ///
 /// One timer per connection, moved only when the phase changes: a keep-alive connection whose
-/// requests arrive whole in single reads never touches it after its first request, and a body
-/// or an HTTP/2 connection only notes progress in a flag, looked at when the timer fires.
+/// requests arrive whole in single reads never touches it after its first request, and a body,
+/// a keep-alive wait or an HTTP/2 connection only notes progress in a flag, looked at when the
+/// timer fires: so a pause is cut between one and two bounds after the last byte.
 pub struct GuardedIo<T> {
     inner: T,
     tracker: FramingTracker,
@@ -218,7 +262,7 @@ impl<T> GuardedIo<T> {
 
     /// A gap deadline passed: moves it on if anything happened meanwhile.
     fn gap_elapsed(&mut self, cx: &mut Context<'_>) -> bool {
-        let busy = self.watching == Watch::H2Idle
+        let busy = self.watching == Watch::Idle
             && (self.flags.requests_in_progress() > 0
                 || self.flags.answered.swap(false, Ordering::AcqRel));
         if self.progressed || busy {
@@ -273,7 +317,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        // A response streaming out keeps an HTTP/2 connection from counting as idle.
+        // A response streaming out keeps a connection from counting as idle.
         self.progressed = true;
         Pin::new(&mut self.inner).poll_write(cx, data)
     }

@@ -97,7 +97,7 @@ async fn decide(
         return Box::pin(answer_locally(req, Err(GatewayError::MethodNotAllowed))).await;
     }
     let creds = credentials(req.headers())?;
-    let route = route::route(req.uri().path(), req.uri().query(), &gw.config.routes)
+    let route = route::route_uri(req.uri(), &gw.config.routes)
         .map_err(|_| GatewayError::BadRequest("The request path is not allowed."))?;
     if gw.identity.honours_foreign_credentials()
         && !gw.config.upstream.allow_bearer_credentials

@@ -1,11 +1,14 @@
 //! Listeners, connections and the graceful stop. HTTP/1.1 and h2 are served by hyper-util's auto
-//! builder with a timer, so the header-read timeout really applies; with `[server.tls]` the same
-//! happens inside rustls, h2 being chosen by ALPN (or prior knowledge) and HTTP/1.1 otherwise.
+//! builder behind the connection guard, which bounds every phase of a connection; with
+//! `[server.tls]` the same happens inside rustls, h2 being chosen by ALPN (or prior knowledge)
+//! and HTTP/1.1 otherwise.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
-use futures_util::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -17,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access::Peer;
 use crate::config::Config;
-use crate::conn_guard::{ConnLimits, GuardedIo};
+use crate::conn_guard::{ConnLimits, GuardedIo, InProgressBody, RequestInProgress};
 use crate::error::Body;
 use crate::service::Service;
 use crate::telemetry::ConnectionClose;
@@ -236,10 +239,9 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        // hyper's timer bounds the wait for the next request head, i.e. the idle keep-alive time;
-        // the slow-head (slowloris) deadline is enforced per head by `GuardedIo`.
-        .header_read_timeout(server.idle_timeout)
+        // The wait for the next request and the slow-head (slowloris) deadline are both bounded
+        // by `GuardedIo`'s one timer per connection: hyper's would be armed per request.
+        .header_read_timeout(None::<std::time::Duration>)
         .keep_alive(true)
         .max_buf_size(server.max_header_bytes.max(8192));
     builder
@@ -392,12 +394,7 @@ async fn serve_connection<I>(
         .serve_connection_with_upgrades(TokioIo::new(io), handler)
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
-        // hyper's header-read timer is the HTTP/1 keep-alive bound (see `connection_builder`).
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(|e| e.is_timeout())
-        {
-            metrics.connection_closed(ConnectionClose::IdleTimeout);
-        }
+        // A bound that passed was counted by the guard.
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
@@ -422,7 +419,7 @@ struct PerRequest {
 }
 
 impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
-    type Response = http::Response<Body>;
+    type Response = http::Response<InProgressBody>;
     type Error = std::convert::Infallible;
     type Future = Decided;
 
@@ -434,42 +431,50 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for PerRequest {
     }
 
     fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        let handled = crate::pipeline::handle(
-            self.service.clone(),
-            req,
-            self.peer.clone(),
-            self.flags.ambiguous_framing(),
-        );
-        if self.flags.is_h2() {
-            let in_progress = self.flags.request_started();
-            return Box::pin(handled.map(move |resp| {
-                drop(in_progress);
-                Ok(resp)
-            }));
-        }
+        // Until its answer's body is over, the connection is not idle.
+        let in_progress = self.flags.request_started();
         // Set before hyper hands this request over: whatever follows it on the connection was
         // not followed by the guard, so it is never read as a request.
-        if self.flags.lost_track() {
-            let metrics = self.service.metrics.clone();
-            return Box::pin(handled.map(move |mut resp| {
-                if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                    metrics.connection_closed(ConnectionClose::UnfollowedFraming);
-                    resp.headers_mut().insert(
-                        http::header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
-                }
-                Ok(resp)
-            }));
+        let close_after =
+            (!self.flags.is_h2() && self.flags.lost_track()).then(|| self.service.metrics.clone());
+        Decided {
+            // Boxed as it is built: wrapped in a combinator first, the large request future
+            // would be moved (copied) once more on its way into the box.
+            handled: Box::pin(crate::pipeline::handle(
+                self.service.clone(),
+                req,
+                self.peer.clone(),
+                self.flags.ambiguous_framing(),
+            )),
+            in_progress: Some(in_progress),
+            close_after,
         }
-        Box::pin(handled.map(Ok))
     }
 }
 
 /// One request's answer on its way out of the tower stack.
-type Decided = std::pin::Pin<
-    Box<
-        dyn std::future::Future<Output = Result<http::Response<Body>, std::convert::Infallible>>
-            + Send,
-    >,
->;
+struct Decided {
+    handled: Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>,
+    in_progress: Option<RequestInProgress>,
+    /// Set when the connection must close after this answer (the guard lost track).
+    close_after: Option<crate::telemetry::Metrics>,
+}
+
+impl Future for Decided {
+    type Output = Result<http::Response<InProgressBody>, std::convert::Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut resp = std::task::ready!(self.handled.as_mut().poll(cx));
+        if let Some(metrics) = self.close_after.take() {
+            if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                metrics.connection_closed(ConnectionClose::UnfollowedFraming);
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+        }
+        let in_progress = self.in_progress.take().expect("polled after its answer");
+        Poll::Ready(Ok(in_progress.until_sent(resp)))
+    }
+}

@@ -6,13 +6,20 @@
 //! Here each worker runtime keeps its own idle list, a connection's driver task lives on the
 //! worker that opened it, and a connection goes back to its list the moment the response body
 //! has been read to the end, from inside the body itself.
+//!
+//! The wait for an answer is bounded by one timer per connection rather than one per request:
+//! arming and cancelling a timer for every request cost about a thousand instructions
+//! (bench/NOTES.md). The connection's timer only ever runs early, and when it fires before the
+//! current request's limit it is moved on to that limit; so on a busy connection it is moved
+//! about once per timeout, not once per request.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -21,6 +28,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// What goes up: the client's streamed body, or one authgate holds whole.
 pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
@@ -44,10 +52,46 @@ pub enum PoolError {
     ConnectTimeout(String, Duration),
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    #[error("no answer within the upstream timeout")]
+    Timeout,
+}
+
+/// A connection to the upstream, with the timer that bounds the wait for its answers.
+struct Conn {
+    sender: SendRequest<UpstreamBody>,
+    /// Never later than the limit of the request in progress (see the module doc).
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    /// Polls `work` until it is ready or `limit` passes.
+    fn poll_within<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: Instant,
+        work: impl FnOnce(&mut SendRequest<UpstreamBody>, &mut Context<'_>) -> Poll<T>,
+    ) -> Poll<Result<T, PoolError>> {
+        if let Poll::Ready(done) = work(&mut self.sender, cx) {
+            return Poll::Ready(Ok(done));
+        }
+        if self.deadline.deadline() > limit {
+            self.deadline.as_mut().reset(limit);
+        }
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= limit {
+                return Poll::Ready(Err(PoolError::Timeout));
+            }
+            // Set by an earlier request: moved on, and polled again so it wakes this one.
+            self.deadline.as_mut().reset(limit);
+        }
+    }
 }
 
 struct Idle {
-    sender: SendRequest<UpstreamBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -87,25 +131,36 @@ impl Pool {
         WORKER.with(Cell::get) % self.idle.len()
     }
 
-    /// Sends `req` on an idle connection of this worker, or a new one. A request the connection
-    /// turned down before writing anything (the upstream closed it while idle) goes out again
-    /// once on a fresh connection.
+    /// Sends `req` on an idle connection of this worker, or a new one, and waits at most
+    /// `timeout` for the answer's head. A request the connection turned down before writing
+    /// anything (the upstream closed it while idle) goes out again once on a fresh connection.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
+        timeout: Duration,
     ) -> Result<Response<PooledBody>, PoolError> {
+        let now = Instant::now();
+        let limit = now + timeout;
         let slot = self.slot();
         let mut req = req;
         loop {
-            let (mut sender, fresh) = match self.checkout(slot).await {
-                Some(sender) => (sender, false),
+            let (mut conn, fresh) = match self.checkout(slot, now, limit).await? {
+                Some(conn) => (conn, false),
                 // Boxed: opening a connection is rare, and its future would weigh on every send.
-                None => (Box::pin(self.connect(false)).await?, true),
+                None => match tokio::time::timeout_at(limit, Box::pin(self.connect(false))).await {
+                    Ok(sender) => (Conn::new(sender?, limit), true),
+                    Err(_) => return Err(PoolError::Timeout),
+                },
             };
-            match sender.try_send_request(req).await {
+            let mut sent = std::pin::pin!(conn.sender.try_send_request(req));
+            let answer = std::future::poll_fn(|cx| {
+                conn.poll_within(cx, limit, |_, cx| sent.as_mut().poll(cx))
+            })
+            .await?;
+            match answer {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
-                    let body = PooledBody::new(body, sender, self.clone(), slot);
+                    let body = PooledBody::new(body, conn, self.clone(), slot);
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
@@ -130,24 +185,39 @@ impl Pool {
         self.tcp().await.map(drop)
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    async fn checkout(&self, slot: usize) -> Option<SendRequest<UpstreamBody>> {
+    /// The most recently used idle connection that is still open and ready (by `limit`), as of
+    /// `now` (the send's start, so the clock is read once).
+    async fn checkout(
+        &self,
+        slot: usize,
+        now: Instant,
+        limit: Instant,
+    ) -> Result<Option<Conn>, PoolError> {
         loop {
-            let idle = self.idle[slot].lock().expect("pool lock").pop_back()?;
-            if idle.since.elapsed() >= self.idle_timeout || idle.sender.is_closed() {
+            let Some(idle) = self.idle[slot].lock().expect("pool lock").pop_back() else {
+                return Ok(None);
+            };
+            if now.saturating_duration_since(idle.since) >= self.idle_timeout
+                || idle.conn.sender.is_closed()
+            {
                 continue;
             }
-            let mut sender = idle.sender;
-            // Ready at once, unless the connection task has not yet noticed the last response
-            // ended; an error means the upstream closed it meanwhile.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            let mut conn = idle.conn;
+            // Ready at once, unless the connection task has not yet noticed the last exchange
+            // ended (or is still sending its request body); an error means the upstream closed
+            // it meanwhile.
+            let ready = std::future::poll_fn(|cx| {
+                conn.poll_within(cx, limit, |sender, cx| sender.poll_ready(cx))
+            })
+            .await?;
+            if ready.is_ok() {
+                return Ok(Some(conn));
             }
         }
     }
 
-    fn check_in(&self, slot: usize, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
+    fn check_in(&self, slot: usize, conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         let now = Instant::now();
@@ -160,7 +230,7 @@ impl Pool {
             idle.pop_front();
         }
         if idle.len() < self.max_idle {
-            idle.push_back(Idle { sender, since: now });
+            idle.push_back(Idle { conn, since: now });
         }
     }
 
@@ -194,23 +264,27 @@ impl Pool {
     }
 }
 
+impl Conn {
+    fn new(sender: SendRequest<UpstreamBody>, limit: Instant) -> Self {
+        Self {
+            sender,
+            deadline: Box::pin(tokio::time::sleep_until(limit)),
+        }
+    }
+}
+
 /// An upstream response body that hands its connection back to the pool once read to the end.
 /// Dropped earlier, it takes the connection with it: a half-read response cannot be reused.
 pub struct PooledBody {
     inner: Incoming,
-    owner: Option<(SendRequest<UpstreamBody>, Arc<Pool>, usize)>,
+    owner: Option<(Conn, Arc<Pool>, usize)>,
 }
 
 impl PooledBody {
-    fn new(
-        inner: Incoming,
-        sender: SendRequest<UpstreamBody>,
-        pool: Arc<Pool>,
-        slot: usize,
-    ) -> Self {
+    fn new(inner: Incoming, conn: Conn, pool: Arc<Pool>, slot: usize) -> Self {
         let mut body = Self {
             inner,
-            owner: Some((sender, pool, slot)),
+            owner: Some((conn, pool, slot)),
         };
         // An empty body is never polled: the connection is free already.
         if body.inner.is_end_stream() {
@@ -220,8 +294,8 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Some((sender, pool, slot)) = self.owner.take() {
-            pool.check_in(slot, sender);
+        if let Some((conn, pool, slot)) = self.owner.take() {
+            pool.check_in(slot, conn);
         }
     }
 }
@@ -275,6 +349,9 @@ mod tests {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                        }
                         let body = match req.uri().path() {
                             "/empty" => Bytes::new(),
                             "/big" => Bytes::from(vec![b'x'; 256 * 1024]),
@@ -315,7 +392,7 @@ mod tests {
     }
 
     async fn read_all(pool: &Arc<Pool>, path: &str) -> Bytes {
-        let resp = pool.send(get(path)).await.unwrap();
+        let resp = pool.send(get(path), Duration::from_secs(5)).await.unwrap();
         resp.into_body().collect().await.unwrap().to_bytes()
     }
 
@@ -330,10 +407,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_wait_for_an_answer_is_bounded_on_fresh_and_reused_connections() {
+        let (addr, accepted) = counting_upstream().await;
+        let pool = pool(addr, Duration::from_secs(30));
+        let timeout = Duration::from_millis(300);
+        let timed = |path: &'static str| {
+            let pool = pool.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let answer = match pool.send(get(path), timeout).await {
+                    // Read to the end, so the connection goes back to the pool.
+                    Ok(resp) => {
+                        resp.into_body().collect().await.unwrap();
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                (answer, started.elapsed())
+            }
+        };
+        // A fresh connection: its timer starts at this request's limit.
+        let (answer, took) = timed("/slow").await;
+        assert!(matches!(answer, Err(PoolError::Timeout)), "{answer:?}");
+        assert!(took >= timeout && took < Duration::from_secs(2), "{took:?}");
+        // A reused connection whose timer an earlier request set, and let pass meanwhile.
+        read_all(&pool, "/").await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        read_all(&pool, "/").await;
+        let (answer, took) = timed("/slow").await;
+        assert!(matches!(answer, Err(PoolError::Timeout)), "{answer:?}");
+        assert!(took >= timeout && took < Duration::from_secs(2), "{took:?}");
+        // Many quick requests in a row on one connection do not cut the next one short.
+        for _ in 0..20 {
+            let (answer, took) = timed("/").await;
+            assert!(answer.is_ok() && took < timeout, "{took:?}");
+        }
+        // One connection for the first slow request (cut, so closed), one for the rest.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
     async fn a_response_dropped_half_read_takes_its_connection_along() {
         let (addr, accepted) = counting_upstream().await;
         let pool = pool(addr, Duration::from_secs(30));
-        let mut body = pool.send(get("/big")).await.unwrap().into_body();
+        let mut body = pool
+            .send(get("/big"), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .into_body();
         body.frame().await.unwrap().unwrap();
         drop(body);
         assert_eq!(read_all(&pool, "/").await.as_ref(), b"{\"ok\":true}");
@@ -391,7 +512,7 @@ mod tests {
             1,
         ));
         assert!(matches!(
-            pool.send(get("/")).await,
+            pool.send(get("/"), Duration::from_secs(5)).await,
             Err(PoolError::Connect(..))
         ));
     }

@@ -307,6 +307,43 @@ async fn an_idle_keep_alive_connection_is_closed_at_idle_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_keep_alive_request_slower_than_idle_timeout_is_answered_and_the_wait_after_it_bounded() {
+    let up = RecordingUpstream::start().await;
+    let gw = gateway_with(&up, SHORT_BOUNDS).await;
+    let (id, token) = login(&gw.url(""), "alice", "alice-password-1").await;
+    let mut s = connect(gw.addr).await;
+    // The upstream's /slow is cut at the upstream timeout (2 s), past the 1 s idle bound: the
+    // request is in progress all along, so the connection is not idle.
+    s.write_all(
+        format!(
+            "GET /slow HTTP/1.1\r\nHost: a\r\nX-User-Id: {id}\r\nX-Auth-Token: {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 504 "),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(up.last().target, "/slow");
+    // Then nothing: closed as idle within one to two bounds.
+    assert_closed_within(
+        &mut s,
+        Duration::from_millis(800),
+        Duration::from_millis(2500),
+    )
+    .await;
+    assert_eq!(closed_count(&gw, "idle_timeout").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn four_idle_sockets_do_not_lock_out_a_fifth_client_past_the_bound() {
     let up = RecordingUpstream::start().await;
     let gw = gateway_with(&up, &format!("{SHORT_BOUNDS}max_connections = 4\n")).await;

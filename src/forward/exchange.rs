@@ -88,9 +88,10 @@ impl Upstream {
             Ok(req) => req,
             Err(e) => return future::Either::Left(future::ready(Err(e))),
         };
-        let sent = tokio::time::timeout(self.timeout, self.pool.send(req));
+        // The timeout is kept by the pool, on the connection's own timer.
+        let sent = self.pool.send(req, self.timeout);
         future::Either::Right(sent.map(|answer| {
-            let (mut parts, body) = upstream_answer(answer)?.into_parts();
+            let (mut parts, body) = upstream_answer(Ok(answer))?.into_parts();
             rewrite_response_headers(&mut parts.headers);
             Ok(Response::from_parts(
                 parts,
@@ -145,7 +146,7 @@ fn upstream_answer<T>(
     answer: Result<Result<T, PoolError>, tokio::time::error::Elapsed>,
 ) -> Result<T, GatewayError> {
     match answer {
-        Err(_) => Err(GatewayError::UpstreamTimeout),
+        Err(_) | Ok(Err(PoolError::Timeout)) => Err(GatewayError::UpstreamTimeout),
         Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
         Ok(Ok(resp)) => Ok(resp),
     }

@@ -216,8 +216,13 @@ pub fn rewrite_request_headers(
         strip_credential_cookies(headers);
     }
     if let Some(id) = identity {
-        set_unless_equal(headers, X_USER_ID, id.user_id);
-        set_unless_equal(headers, X_AUTH_TOKEN, id.token);
+        let (user_id_kept, token_kept) = hold_only(headers, id);
+        if !user_id_kept {
+            set_only(headers, X_USER_ID, id.user_id);
+        }
+        if !token_kept {
+            set_only(headers, X_AUTH_TOKEN, id.token);
+        }
         if id.as_cookies {
             // One Cookie header, as user agents send it (RFC 6265 section 5.4).
             let mut cookie = headers
@@ -250,15 +255,27 @@ pub fn rewrite_request_headers(
     }
 }
 
-/// `name: value` as the only value of `name`. The client's own credential headers usually
-/// hold exactly what is injected: then they stay as they are, with no new value built.
-fn set_unless_equal(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let mut present = headers.get_all(&name).iter();
-    if let (Some(only), None) = (present.next(), present.next()) {
-        if only.as_bytes() == value.as_bytes() {
-            return;
+/// Whether the client's `X-User-Id` and `X-Auth-Token` each already hold exactly the identity
+/// injected, alone: then they stay as they are, with no new value built. One walk over the
+/// headers, instead of a hashed lookup of each name (custom names hash byte by byte).
+fn hold_only(headers: &HeaderMap, id: &Identity<'_>) -> (bool, bool) {
+    // Values seen of each name, and whether the first was the one injected.
+    let (mut user_ids, mut user_id_equal) = (0, false);
+    let (mut tokens, mut token_equal) = (0, false);
+    for (name, value) in headers {
+        if name == X_USER_ID {
+            user_ids += 1;
+            user_id_equal = value.as_bytes() == id.user_id.as_bytes();
+        } else if name == X_AUTH_TOKEN {
+            tokens += 1;
+            token_equal = value.as_bytes() == id.token.as_bytes();
         }
     }
+    (user_ids == 1 && user_id_equal, tokens == 1 && token_equal)
+}
+
+/// `name: value` as the only value of `name`.
+fn set_only(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     match HeaderValue::from_str(value) {
         Ok(v) => {
             headers.insert(name, v);
@@ -272,6 +289,26 @@ fn set_unless_equal(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 /// Removes hop-by-hop headers from an upstream response.
 pub fn rewrite_response_headers(headers: &mut HeaderMap) {
+    // The usual answer holds a `Connection: keep-alive` and nothing else to remove: one walk
+    // tells, and then only that header goes.
+    let mut connection = false;
+    let mut more_to_remove = false;
+    for (name, value) in headers.iter() {
+        if name == header::CONNECTION {
+            connection = true;
+            let token = value.as_bytes();
+            more_to_remove |= !(token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"close"));
+        } else {
+            more_to_remove |= is_hop_by_hop(&normalised(name.as_str()));
+        }
+    }
+    if !more_to_remove {
+        if connection {
+            headers.remove(header::CONNECTION);
+        }
+        return;
+    }
     let listed = connection_listed(headers);
     // Nearly every response has one; the scan below then usually finds nothing to collect.
     headers.remove(header::CONNECTION);
@@ -514,5 +551,53 @@ mod tests {
         strip_credential_cookies(&mut h);
         let left: Vec<_> = h.get_all("cookie").iter().collect();
         assert_eq!(left, [HeaderValue::from_static("a=1; b=\"two\"")]);
+    }
+
+    #[test]
+    fn answers_lose_their_hop_by_hop_headers_whatever_connection_says() {
+        let answer = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            rewrite_response_headers(&mut h);
+            let mut names: Vec<String> = h.keys().map(|n| n.to_string()).collect();
+            names.sort();
+            names
+        };
+        // The usual answer: only `Connection` goes.
+        assert_eq!(
+            answer(&[
+                ("content-type", "application/json"),
+                ("connection", "keep-alive"),
+                ("content-length", "2"),
+            ]),
+            ["content-length", "content-type"]
+        );
+        // Names listed in `Connection`, and hop-by-hop headers in any spelling, go too.
+        assert_eq!(
+            answer(&[
+                ("connection", "keep-alive, X-Private"),
+                ("x-private", "1"),
+                ("x-kept", "1"),
+            ]),
+            ["x-kept"]
+        );
+        assert_eq!(
+            answer(&[
+                ("keep_alive", "timeout=5"),
+                ("upgrade", "h2c"),
+                ("proxy-connection", "keep-alive"),
+                ("x-kept", "1"),
+            ]),
+            ["x-kept"]
+        );
+        assert_eq!(
+            answer(&[("connection", "close"), ("trailer", "x"), ("x-kept", "1")]),
+            ["x-kept"]
+        );
     }
 }

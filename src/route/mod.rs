@@ -11,7 +11,11 @@ pub use rules::{
 use rules::{comparable, gateway_kind};
 
 use std::borrow::Cow;
+use std::fmt;
+use std::ops::Deref;
 
+use http::uri::PathAndQuery;
+use http::Uri;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::config::RoutesConfig;
@@ -21,9 +25,80 @@ use crate::config::RoutesConfig;
 pub struct Route {
     pub kind: RouteKind,
     /// The canonical path, decoded, case preserved.
-    pub path: String,
+    pub path: RouteText,
     /// Path and query exactly as they will be forwarded.
-    pub forward: String,
+    pub forward: RouteText,
+}
+
+/// The text of a route: the request's own target (shared, not copied) when canonicalisation
+/// left it as it was, as it does for nearly every request; built only when it changed.
+#[derive(Clone)]
+pub struct RouteText(Text);
+
+#[derive(Clone)]
+enum Text {
+    /// The whole request target, path and query.
+    Target(PathAndQuery),
+    /// The path of the request target.
+    TargetPath(PathAndQuery),
+    Built(String),
+}
+
+impl Deref for RouteText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match &self.0 {
+            Text::Target(pq) => pq.as_str(),
+            Text::TargetPath(pq) => pq.path(),
+            Text::Built(s) => s,
+        }
+    }
+}
+
+impl RouteText {
+    pub fn as_str(&self) -> &str {
+        self
+    }
+}
+
+impl From<String> for RouteText {
+    fn from(s: String) -> Self {
+        RouteText(Text::Built(s))
+    }
+}
+
+impl fmt::Debug for RouteText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl fmt::Display for RouteText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+/// Equal when the texts are, however each is held.
+impl PartialEq for RouteText {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for RouteText {}
+
+impl PartialEq<str> for RouteText {
+    fn eq(&self, other: &str) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<&str> for RouteText {
+    fn eq(&self, other: &&str) -> bool {
+        **self == **other
+    }
 }
 
 /// What stays as it is in a forwarded path: RFC 3986 `pchar`s and `/`. Everything else,
@@ -47,9 +122,9 @@ const PATH_KEEPS: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b':')
     .remove(b'@');
 
-/// Re-encodes a canonical path for the request line.
-fn encode_path(path: &str) -> String {
-    Cow::from(utf8_percent_encode(path, PATH_KEEPS)).into_owned()
+/// Re-encodes a canonical path for the request line; borrowed when nothing needs encoding.
+fn encode_path(path: &str) -> Cow<'_, str> {
+    Cow::from(utf8_percent_encode(path, PATH_KEEPS))
 }
 
 pub fn classify(path: &str, routes: &RoutesConfig) -> RouteKind {
@@ -69,16 +144,29 @@ pub fn classify(path: &str, routes: &RoutesConfig) -> RouteKind {
 
 /// A query parameter's name as Rocket.Chat's query parser reads it: percent escapes and `+`
 /// decoded, any `[...]` suffix (the parser's array and object syntax) cut off, in lower case.
-fn decoded_param_name(pair: &str) -> String {
+fn decoded_param_name(pair: &str) -> Cow<'_, str> {
     let raw_name = pair.split('=').next().unwrap_or("");
-    let decoded: Vec<(String, String)> = serde_urlencoded::from_str(raw_name).unwrap_or_default();
-    let name = decoded
-        .into_iter()
-        .next()
-        .map(|(k, _)| k)
-        .unwrap_or_default();
-    let base = name.split('[').next().unwrap_or("");
-    base.to_ascii_lowercase()
+    // Nothing to decode in the usual name: compared as it is, without building anything.
+    let name: Cow<'_, str> = if raw_name.bytes().any(|b| b == b'%' || b == b'+') {
+        let decoded: Vec<(String, String)> =
+            serde_urlencoded::from_str(raw_name).unwrap_or_default();
+        Cow::Owned(
+            decoded
+                .into_iter()
+                .next()
+                .map(|(k, _)| k)
+                .unwrap_or_default(),
+        )
+    } else {
+        Cow::Borrowed(raw_name)
+    };
+    let base_len = name.split('[').next().unwrap_or("").len();
+    match name {
+        Cow::Borrowed(n) if !n[..base_len].bytes().any(|b| b.is_ascii_uppercase()) => {
+            Cow::Borrowed(&n[..base_len])
+        }
+        n => Cow::Owned(n[..base_len].to_ascii_lowercase()),
+    }
 }
 
 /// Query parameters Rocket.Chat reads as credentials on file and avatar routes.
@@ -92,32 +180,98 @@ pub fn has_access_token_param(query: Option<&str>) -> bool {
     })
 }
 
+/// A route's parts, borrowed from the target wherever canonicalisation changed nothing.
+struct Parts<'a> {
+    kind: RouteKind,
+    canonical: Cow<'a, str>,
+    forward_path: Cow<'a, str>,
+    /// The forwarded query (`None`: no `?` at all).
+    forward_query: Option<Cow<'a, str>>,
+}
+
+fn route_parts<'a>(
+    path: &'a str,
+    query: Option<&'a str>,
+    routes: &RoutesConfig,
+) -> Result<Parts<'a>, PathError> {
+    let canonical = rules::canonical_path_cow(path)?;
+    let kind = classify(&canonical, routes);
+    let forward_path = match &canonical {
+        Cow::Borrowed(c) => encode_path(c),
+        Cow::Owned(c) => Cow::Owned(encode_path(c).into_owned()),
+    };
+    let forward_query = match query {
+        None => None,
+        Some(q) => forwarded_query(q)?,
+    };
+    Ok(Parts {
+        kind,
+        canonical,
+        forward_path,
+        forward_query,
+    })
+}
+
+/// The query as forwarded: without the credential parameters Rocket.Chat reads on file and
+/// avatar routes (only authgate's own, as headers or cookies, may reach it, whatever the
+/// spelling). `None` when it held nothing else.
+fn forwarded_query(q: &str) -> Result<Option<Cow<'_, str>>, PathError> {
+    if q.bytes()
+        .any(|b| b < 0x20 || b == 0x7f || b == b'#' || b >= 0x80)
+    {
+        return Err(PathError::Forbidden);
+    }
+    let is_credential = |pair: &&str| CREDENTIAL_PARAMS.contains(&&*decoded_param_name(pair));
+    if !q.split('&').any(|pair| is_credential(&pair)) {
+        // An empty query stays too (`/me?` is what some SDKs send).
+        return Ok(Some(Cow::Borrowed(q)));
+    }
+    let kept: Vec<&str> = q.split('&').filter(|pair| !is_credential(pair)).collect();
+    // One that held only credentials goes.
+    Ok((!kept.is_empty()).then(|| Cow::Owned(kept.join("&"))))
+}
+
 /// Canonicalises a request target (path plus optional query) and decides its route.
 pub fn route(path: &str, query: Option<&str>, routes: &RoutesConfig) -> Result<Route, PathError> {
-    let canonical = canonical_path(path)?;
-    let kind = classify(&canonical, routes);
-    let mut forward = encode_path(&canonical);
-    if let Some(q) = query {
-        if q.bytes()
-            .any(|b| b < 0x20 || b == 0x7f || b == b'#' || b >= 0x80)
-        {
-            return Err(PathError::Forbidden);
-        }
-        // Rocket.Chat reads credentials from these parameters on file and avatar routes; only
-        // authgate's own (as headers or cookies) may reach it, whatever the spelling.
-        let kept: Vec<&str> = q
-            .split('&')
-            .filter(|pair| !CREDENTIAL_PARAMS.contains(&decoded_param_name(pair).as_str()))
-            .collect();
-        // An empty query stays (`/me?` is what some SDKs send); one that held only credentials goes.
-        if q.is_empty() || !kept.is_empty() {
-            forward.push('?');
-            forward.push_str(&kept.join("&"));
-        }
+    let parts = route_parts(path, query, routes)?;
+    let mut forward = parts.forward_path.into_owned();
+    if let Some(q) = parts.forward_query {
+        forward.push('?');
+        forward.push_str(&q);
     }
     Ok(Route {
-        kind,
-        path: canonical,
+        kind: parts.kind,
+        path: parts.canonical.into_owned().into(),
+        forward: forward.into(),
+    })
+}
+
+/// [`route`] for a request's URI: the route's texts share the request target's bytes
+/// whenever it is already canonical, so the usual request copies no string.
+pub fn route_uri(uri: &Uri, routes: &RoutesConfig) -> Result<Route, PathError> {
+    let Some(target) = uri.path_and_query() else {
+        return route(uri.path(), uri.query(), routes);
+    };
+    let parts = route_parts(target.path(), target.query(), routes)?;
+    let path = match parts.canonical {
+        Cow::Borrowed(_) => RouteText(Text::TargetPath(target.clone())),
+        Cow::Owned(c) => c.into(),
+    };
+    let forward = match (&parts.forward_path, &parts.forward_query) {
+        (Cow::Borrowed(_), None) => RouteText(Text::TargetPath(target.clone())),
+        (Cow::Borrowed(_), Some(Cow::Borrowed(_))) => RouteText(Text::Target(target.clone())),
+        _ => {
+            let mut forward = parts.forward_path.into_owned();
+            if let Some(q) = parts.forward_query {
+                forward.push('?');
+                forward.push_str(&q);
+            }
+            forward.into()
+        }
+    };
+    Ok(Route {
+        kind: parts.kind,
+        path,
         forward,
     })
 }
@@ -279,6 +433,41 @@ mod tests {
         assert_eq!(r.forward, "/avatar/alice?size=3");
         let r = route("/file-upload/x/My%20File.png", None, &routes()).unwrap();
         assert_eq!(r.forward, "/file-upload/x/My%20File.png");
+    }
+
+    #[test]
+    fn a_uri_routes_as_its_path_and_query_do_sharing_what_is_canonical() {
+        for target in [
+            "/api/v1/me",
+            "/api/v1/me/",
+            "/api/v1/me?",
+            "/api/v1/me?a=1&b=%2F",
+            "/api/v1/%6De?a=1",
+            "/file-upload/x/My%20File.png",
+            "/file-upload/x/y.png?rc_uid=a&x=1",
+            "/avatar/alice?rc_uid=a&RC_TOKEN=b",
+            "/avatar/alice?rc%5Ftoken=b",
+            "/api/v1/login?x=1",
+            "/api/info",
+            "/assets/a.css?v=2",
+            "/api/v1/a{b}",
+            "/api//v1/me",
+            "/api/v1/me%zz",
+        ] {
+            let uri: Uri = target.parse().unwrap();
+            let by_uri = route_uri(&uri, &routes());
+            let by_parts = route(uri.path(), uri.query(), &routes());
+            assert_eq!(by_uri, by_parts, "{target}");
+        }
+        let uri: Uri = "/api/v1/me?a=1".parse().unwrap();
+        let r = route_uri(&uri, &routes()).unwrap();
+        assert!(matches!(r.path.0, Text::TargetPath(_)));
+        assert!(matches!(r.forward.0, Text::Target(_)));
+        assert_eq!(r.path, "/api/v1/me");
+        assert_eq!(r.forward, "/api/v1/me?a=1");
+        let uri: Uri = "/avatar/alice?rc_token=b".parse().unwrap();
+        let r = route_uri(&uri, &routes()).unwrap();
+        assert_eq!(r.forward, "/avatar/alice");
     }
 
     #[test]

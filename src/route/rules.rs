@@ -47,7 +47,8 @@ enum ApiVersion {
 /// The API version and the endpoint name after it, for a path in comparable form.
 fn api_endpoint(c: &str) -> Option<(ApiVersion, &str)> {
     let rest = c.strip_prefix("/api/")?;
-    if let Some((first, name)) = rest.split_once('/') {
+    if let Some(slash) = memchr::memchr(b'/', rest.as_bytes()) {
+        let (first, name) = (&rest[..slash], &rest[slash + 1..]);
         if let Some(digits) = first.strip_prefix('v') {
             if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
                 let version = match digits {
@@ -68,7 +69,8 @@ pub fn api_endpoint_name(path: &str) -> Option<&str> {
         .get(..5)
         .filter(|p| p.eq_ignore_ascii_case("/api/"))
         .map(|_| &path[5..])?;
-    if let Some((first, name)) = rest.split_once('/') {
+    if let Some(slash) = memchr::memchr(b'/', rest.as_bytes()) {
+        let (first, name) = (&rest[..slash], &rest[slash + 1..]);
         if let Some(digits) = first.strip_prefix(['v', 'V']) {
             if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Some(name);
@@ -171,10 +173,69 @@ fn forbidden_byte(b: u8) -> bool {
 
 /// Decodes and checks a raw path. The result keeps case and any trailing slash.
 pub fn canonical_path(raw: &str) -> Result<String, PathError> {
+    canonical_path_cow(raw).map(std::borrow::Cow::into_owned)
+}
+
+/// [`canonical_path`], borrowing `raw` when it holds no escape (it is then its own canonical
+/// form): what every proxied request goes through.
+pub(crate) fn canonical_path_cow(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    if !holds_escape(bytes)? {
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    }
+    let path = decode_path(bytes)?;
+    if has_empty_or_dot_segment(&path) {
+        return Err(PathError::Forbidden);
+    }
+    Ok(std::borrow::Cow::Owned(path))
+}
+
+/// One pass over a raw path (starting with `/`): true when it holds an escape (it must be
+/// decoded before it can be judged), else whether it is canonical as it is: no forbidden byte,
+/// no empty, `.` or `..` segment (one trailing slash allowed).
+fn holds_escape(bytes: &[u8]) -> Result<bool, PathError> {
+    let mut segment_start = 1;
+    let mut bad_segment = false;
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        if b == b'%' {
+            return Ok(true);
+        }
+        if b >= 0x80 || forbidden_byte(b) {
+            return Err(PathError::Forbidden);
+        }
+        if b == b'/' {
+            bad_segment |= matches!(&bytes[segment_start..i], b"" | b"." | b"..");
+            segment_start = i + 1;
+        }
+    }
+    let last = &bytes[segment_start..];
+    // An empty last segment is the root or the one trailing slash allowed.
+    bad_segment |= matches!(last, b"." | b"..");
+    if bad_segment {
+        return Err(PathError::Forbidden);
+    }
+    Ok(false)
+}
+
+/// True when a path (starting with `/`) holds an empty segment (`//`), or a `.` or `..` one;
+/// one trailing slash is allowed. One pass over the bytes: this runs on every request.
+fn has_empty_or_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    if bytes.len() <= 1 {
+        return false;
+    }
+    let inner = &bytes[1..];
+    let inner = inner.strip_suffix(b"/").unwrap_or(inner);
+    inner
+        .split(|&b| b == b'/')
+        .any(|seg| matches!(seg, b"" | b"." | b".."))
+}
+
+/// Decodes the percent escapes of a raw path, refusing those that would change its structure.
+fn decode_path(bytes: &[u8]) -> Result<String, PathError> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -199,16 +260,7 @@ pub fn canonical_path(raw: &str) -> Result<String, PathError> {
             i += 1;
         }
     }
-    let path = String::from_utf8(out).map_err(|_| PathError::Forbidden)?;
-    let inner = path[1..].strip_suffix('/').unwrap_or(&path[1..]);
-    if path.len() > 1
-        && inner
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-    {
-        return Err(PathError::Forbidden);
-    }
-    Ok(path)
+    String::from_utf8(out).map_err(|_| PathError::Forbidden)
 }
 
 /// The form gateway paths are compared in: ASCII lower case, without a trailing slash.
@@ -256,4 +308,61 @@ pub fn covers_gateway_path(path: &str, is_prefix: bool) -> bool {
         .iter()
         .chain(REALTIME_PATHS.iter())
         .any(|p| p.starts_with(&folder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass check of a path without escapes judges as decoding and then checking the
+    /// segments does.
+    #[test]
+    fn plain_paths_are_judged_as_decoded_ones() {
+        let by_decoding = |raw: &str| -> Result<String, PathError> {
+            if !raw.starts_with('/') {
+                return Err(PathError::NotAbsolute);
+            }
+            let path = decode_path(raw.as_bytes())?;
+            if has_empty_or_dot_segment(&path) {
+                return Err(PathError::Forbidden);
+            }
+            Ok(path)
+        };
+        for raw in [
+            "/",
+            "//",
+            "/a",
+            "/a/",
+            "/a//",
+            "//a",
+            "/.",
+            "/..",
+            "/./",
+            "/../",
+            "/a/.",
+            "/a/..",
+            "/a/./b",
+            "/a/../b",
+            "/.a",
+            "/..a",
+            "/a.",
+            "/a/b/c/",
+            "/a\\b",
+            "/a;b",
+            "/a b",
+            "/a\u{e9}",
+            "/api/v1/me",
+            "/a/%2e",
+            "/a/b%20c",
+            "/%zz",
+            "/./%41",
+            "/a%",
+        ] {
+            assert_eq!(
+                canonical_path_cow(raw).map(std::borrow::Cow::into_owned),
+                by_decoding(raw),
+                "{raw}"
+            );
+        }
+    }
 }
