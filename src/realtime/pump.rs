@@ -33,11 +33,9 @@ const MAX_BATCH: usize = 64;
 /// (bench/NOTES.md, realtime section).
 const CLIENT_READ_BUFFER: usize = 1024;
 const UPSTREAM_READ_BUFFER: usize = 2 * 1024;
-/// Frames fed to a side are written to the socket once more than this is waiting (and at the
-/// end of each batch). 12 KiB rather than 16: tungstenite's buffer is a `Vec` that doubles, and
-/// 16 KiB plus one room event took it to 26 KiB on every busy socket; 12 KiB plus one stays in
-/// 13 KiB. Smaller still (4 or 8 KiB) cost CPU per frame and saved no peak RSS.
-const WRITE_BUFFER: usize = 12 * 1024;
+/// Frames fed to a side are written to the socket once this much is waiting (and at the end
+/// of each batch).
+const WRITE_BUFFER: usize = 16 * 1024;
 
 pub(super) fn client_config() -> WebSocketConfig {
     WebSocketConfig::default()
