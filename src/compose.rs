@@ -17,6 +17,7 @@ use crate::handlers::proxy::Proxy;
 use crate::handlers::shared::{LoginBody, SessionLookup};
 use crate::login_flow::LoginFlow;
 use crate::password::Verifier;
+use crate::realtime::Realtime;
 use crate::regulation::Regulation;
 use crate::session::{build_store, DynSessionStore};
 use crate::telemetry::Metrics;
@@ -133,6 +134,19 @@ pub fn build_snapshot(
         session_ttl: config.session.ttl,
         body,
     };
+    let login = Arc::new(login);
+    let tokens = Arc::new(tokens);
+    let realtime = Arc::new(Realtime {
+        proxy: proxy.clone(),
+        upstream: upstream.clone(),
+        identity: identity.clone(),
+        store: store.clone(),
+        sessions: sessions.clone(),
+        login: login.clone(),
+        tokens: tokens.clone(),
+        revocation_check: config.realtime.revocation_check,
+        rewrite_public_settings: config.upstream.rewrite_public_settings,
+    });
     Ok(Gateway {
         config: Arc::new(config),
         store,
@@ -144,6 +158,7 @@ pub fn build_snapshot(
         proxy,
         login,
         tokens,
+        realtime,
     })
 }
 

@@ -1,20 +1,19 @@
 //! The gateway one configuration builds (`compose.rs`): the handler of each route kind, each
 //! holding only what it uses (`handlers/proxy.rs`'s `Proxy`, `login_flow.rs`'s `LoginFlow`,
-//! `tokens/`'s `Tokens`), and the shared dependencies the running service, the pipeline and the
-//! realtime socket reach directly (configuration, session store, directories, upstream, the
-//! upstream mode, metrics). The request pipeline is `pipeline.rs`.
+//! `tokens/`'s `Tokens`, `realtime.rs`'s `Realtime`), and the shared dependencies the running
+//! service and the pipeline reach directly (configuration, session store, directories,
+//! upstream, the upstream mode, metrics). The request pipeline is `pipeline.rs`.
 
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::credentials::Credentials;
 use crate::directory::Directories;
-use crate::error::GatewayError;
 use crate::forward::Upstream;
 use crate::handlers::proxy::Proxy;
 use crate::handlers::shared::SessionLookup;
 use crate::login_flow::LoginFlow;
-use crate::session::{DynSessionStore, Session};
+use crate::realtime::Realtime;
+use crate::session::DynSessionStore;
 use crate::telemetry::Metrics;
 use crate::tokens::Tokens;
 use crate::upstream_identity::UpstreamIdentity;
@@ -34,31 +33,9 @@ pub struct Gateway {
     /// The handler of proxied requests.
     pub proxy: Proxy,
     /// The one way in, and the login doors' handler.
-    pub login: LoginFlow,
+    pub login: Arc<LoginFlow>,
     /// The token-management handler.
-    pub tokens: Tokens,
-}
-
-impl Gateway {
-    /// The live session the credentials name (see [`SessionLookup::find`]).
-    pub(crate) async fn session_for(
-        &self,
-        creds: &Credentials,
-    ) -> Result<Option<Arc<Session>>, GatewayError> {
-        self.sessions.find(creds).await
-    }
-}
-
-/// The realtime socket holds the whole gateway and logs in through it.
-impl AsRef<LoginFlow> for Gateway {
-    fn as_ref(&self) -> &LoginFlow {
-        &self.login
-    }
-}
-
-/// The realtime socket holds the whole gateway and manages tokens through it.
-impl AsRef<Tokens> for Gateway {
-    fn as_ref(&self) -> &Tokens {
-        &self.tokens
-    }
+    pub tokens: Arc<Tokens>,
+    /// The realtime socket's handler (it shares the login and token handlers).
+    pub realtime: Arc<Realtime>,
 }

@@ -35,20 +35,6 @@ pub struct LoginFlow {
     pub avatar_base: String,
 }
 
-/// [`LoginFlow::log_in`] for a caller holding the whole gateway: the realtime socket, which
-/// runs logins among everything else it does.
-pub async fn log_in(
-    via: &impl AsRef<LoginFlow>,
-    request: Option<LoginRequest>,
-    ip: IpAddr,
-    user_agent: Option<&str>,
-    request_id: &HeaderValue,
-) -> Result<Opened, GatewayError> {
-    via.as_ref()
-        .log_in(request, ip, user_agent, request_id)
-        .await
-}
-
 impl LoginFlow {
     /// Logs a client in. `None` is a body no login shape matched: the generic failure.
     /// Counted (regulation, metrics) and audited once, whatever the entry point.

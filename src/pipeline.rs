@@ -130,7 +130,7 @@ async fn decide(
             Box::pin(method_login::login_method(&gw.login, req, facts, anonymous)).await
         }
         RouteKind::Realtime if gw.config.realtime.enabled => {
-            Box::pin(realtime::handle(gw, req, &route, facts, creds)).await
+            Box::pin(realtime::handle(&gw.realtime, req, &route, facts, creds)).await
         }
         RouteKind::Realtime => {
             return Box::pin(answer_locally(req, Err(GatewayError::RealtimeUnavailable))).await

@@ -6,8 +6,9 @@
 //! session is revoked anywhere is closed within a second. In `trusted-headers` mode an upgrade
 //! carrying a live session passes its identity on as `X-User-Id` / `X-Auth-Token`.
 //!
-//! Unlike the other handlers it takes the whole [`Gateway`]: over its lifetime a socket runs
-//! logins (`login_flow`), token methods (`tokens`), forwarding and the public-settings rewrite.
+//! Its handler value, [`Realtime`], holds what a socket uses over its lifetime: the login and
+//! token handlers it shares with the REST doors, the upstream and its mode, the session store,
+//! and the proxy for SockJS's plain `/info` request.
 
 mod frames;
 mod pump;
@@ -24,10 +25,33 @@ use tokio_tungstenite::WebSocketStream;
 use crate::access::RequestFacts;
 use crate::credentials::{cookie_credentials, Credentials};
 use crate::error::{full_body, Body, GatewayError};
-use crate::gateway::Gateway;
+use crate::forward::Upstream;
+use crate::handlers::proxy::Proxy;
+use crate::handlers::shared::SessionLookup;
 use crate::handlers::Handled;
+use crate::login_flow::LoginFlow;
 use crate::route::Route;
-use crate::session::Session;
+use crate::session::{DynSessionStore, Session};
+use crate::tokens::Tokens;
+use crate::upstream_identity::UpstreamIdentity;
+
+/// What the realtime socket uses, built once per configuration (`compose.rs`). A socket's task
+/// holds it until the socket closes, so a socket keeps the configuration it was opened under.
+pub struct Realtime {
+    /// SockJS's `/info` is a plain proxied request.
+    pub proxy: Proxy,
+    pub upstream: Arc<Upstream>,
+    pub identity: Arc<UpstreamIdentity>,
+    pub store: DynSessionStore,
+    pub sessions: SessionLookup,
+    /// DDP `login` frames take the one way in.
+    pub login: Arc<LoginFlow>,
+    /// The token methods a socket may call.
+    pub tokens: Arc<Tokens>,
+    /// How often a socket checks that its session still stands (`realtime.revocation_check`).
+    pub revocation_check: std::time::Duration,
+    pub rewrite_public_settings: bool,
+}
 
 /// How a realtime path frames DDP messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,10 +94,10 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
         && has(header::UPGRADE, "websocket")
 }
 
-/// The realtime route's handler (the whole gateway, see the module doc). The user a socket is
-/// opened as is returned for the access line, whatever the answer.
+/// The realtime route's handler. The user a socket is opened as is returned for the access
+/// line, whatever the answer.
 pub(crate) async fn handle(
-    gw: &Arc<Gateway>,
+    rt: &Arc<Realtime>,
     req: Request<Incoming>,
     route: &Route,
     facts: &RequestFacts,
@@ -82,26 +106,26 @@ pub(crate) async fn handle(
     let framing = match framing(&route.path) {
         Some(Some(f)) => f,
         // `/sockjs/info` tells the client which transports exist; it is plain HTTP.
-        Some(None) => return gw.proxy.forward_plain(req, route, facts).await,
+        Some(None) => return rt.proxy.forward_plain(req, route, facts).await,
         None => return GatewayError::RealtimeUnavailable.into(),
     };
     if !is_upgrade(&req) {
         return GatewayError::BadRequest("Not a valid websocket request.").into();
     }
-    let opened_as = match upgrade_session(gw, &req, creds).await {
+    let opened_as = match upgrade_session(rt, &req, creds).await {
         Ok(opened_as) => opened_as,
         Err(e) => return e.into(),
     };
     let user_id = opened_as
         .as_ref()
         .map(|(_, session)| session.client_user_id().to_string());
-    let answer = upgrade(gw, req, route, facts, opened_as, framing).await;
+    let answer = upgrade(rt, req, route, facts, opened_as, framing).await;
     Handled::as_user(user_id, answer)
 }
 
 /// Upgrades the socket once the upstream agreed, then pumps its frames in a task of its own.
 async fn upgrade(
-    gw: &Arc<Gateway>,
+    rt: &Arc<Realtime>,
     mut req: Request<Incoming>,
     route: &Route,
     facts: &RequestFacts,
@@ -126,7 +150,7 @@ async fn upgrade(
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     // No compression: authgate must read every frame.
     headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
-    let mut upstream = gw.upstream.send_upgrade(headers, &route.forward).await?;
+    let mut upstream = rt.upstream.send_upgrade(headers, &route.forward).await?;
     if upstream.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = upstream.into_parts();
         crate::forward::rewrite_response_headers(&mut parts.headers);
@@ -150,7 +174,7 @@ async fn upgrade(
     answer
         .headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let gateway = gw.clone();
+    let realtime = rt.clone();
     tokio::spawn(async move {
         let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
             return;
@@ -167,7 +191,7 @@ async fn upgrade(
             Some(pump::upstream_config()),
         )
         .await;
-        pump::pump(&gateway, client, upstream, framing, client_ip, bound).await;
+        pump::pump(&realtime, client, upstream, framing, client_ip, bound).await;
     });
     Ok(answer)
 }
@@ -177,15 +201,15 @@ async fn upgrade(
 /// request. Credentials that name no live session are stripped, never forwarded. In
 /// `rocketchat` mode Rocket.Chat learns a socket's user only from a DDP login.
 async fn upgrade_session(
-    gw: &Gateway,
+    rt: &Realtime,
     req: &Request<Incoming>,
     creds: Option<Credentials>,
 ) -> Result<Option<(Credentials, Arc<Session>)>, GatewayError> {
-    if !gw.identity.binds_sockets_by_headers() {
+    if !rt.identity.binds_sockets_by_headers() {
         return Ok(None);
     }
     let Some(creds) = creds.or_else(|| cookie_credentials(req.headers(), None)) else {
         return Ok(None);
     };
-    Ok(gw.session_for(&creds).await?.map(|s| (creds, s)))
+    Ok(rt.sessions.find(&creds).await?.map(|s| (creds, s)))
 }

@@ -21,6 +21,7 @@ use crate::session::{DynSessionStore, Session};
 use crate::upstream_identity::UpstreamIdentity;
 
 /// The handler of proxied requests, with what forwarding needs and nothing else.
+#[derive(Clone)]
 pub struct Proxy {
     pub upstream: Arc<Upstream>,
     /// How the upstream learns who the user is (`upstream.mode`).

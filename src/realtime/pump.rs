@@ -17,7 +17,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::frames::{self, ClientText};
 use super::rewrite::{self, SocketState, ToClient};
 use super::Framing;
-use crate::gateway::Gateway;
+use crate::realtime::Realtime;
 use crate::session::Token;
 
 /// Upstream frames written to the client before one flush, at most: enough to cover what a
@@ -55,7 +55,7 @@ type Received = Option<Result<Message, WsError>>;
 /// not split into halves: one task reads and writes both, and a split half takes a lock on
 /// every read and write.
 struct Relay<'a, C, U> {
-    gw: &'a Gateway,
+    rt: &'a Realtime,
     framing: Framing,
     ip: IpAddr,
     state: SocketState,
@@ -64,7 +64,7 @@ struct Relay<'a, C, U> {
 }
 
 pub(super) async fn pump<C, U>(
-    gw: &Gateway,
+    rt: &Realtime,
     client: WebSocketStream<C>,
     upstream: WebSocketStream<U>,
     framing: Framing,
@@ -75,14 +75,14 @@ pub(super) async fn pump<C, U>(
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut relay = Relay {
-        gw,
+        rt,
         framing,
         ip,
         state: SocketState::new(bound),
         client,
         upstream,
     };
-    let mut check = tokio::time::interval(gw.config.realtime.revocation_check);
+    let mut check = tokio::time::interval(rt.revocation_check);
     loop {
         // The branches' futures are dropped before a handler runs, so handlers use both sockets.
         let go_on = tokio::select! {
@@ -131,7 +131,7 @@ where
 
     async fn route(&mut self, messages: Vec<serde_json::Value>) -> bool {
         let routed =
-            rewrite::route_client_messages(self.gw, &mut self.state, messages, self.ip).await;
+            rewrite::route_client_messages(self.rt, &mut self.state, messages, self.ip).await;
         if !routed.to_client.is_empty() {
             for out in frames::encode_to_client(self.framing, &routed.to_client) {
                 if self.client.send(Message::text(out)).await.is_err() {
@@ -176,7 +176,7 @@ where
             return self.client.feed(Message::Text(text)).await.is_ok();
         }
         let (to_client, resend) = Box::pin(rewrite::rewrite_upstream_text(
-            self.gw,
+            self.rt,
             &mut self.state,
             self.framing,
             &text,
@@ -201,7 +201,7 @@ where
         let Some((token, user_id)) = &self.state.bound else {
             return true;
         };
-        if let Ok(None) = self.gw.store.get(user_id, &token.hash()).await {
+        if let Ok(None) = self.rt.store.get(user_id, &token.hash()).await {
             let close = CloseFrame {
                 code: CloseCode::Library(4001),
                 reason: "You've been logged out by the server.".into(),
@@ -225,7 +225,7 @@ mod tests {
     fn future_size<F, Fut>(_: F) -> usize
     where
         F: FnOnce(
-            &'static Gateway,
+            &'static Realtime,
             WebSocketStream<Io>,
             WebSocketStream<Io>,
             Framing,

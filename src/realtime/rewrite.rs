@@ -11,9 +11,8 @@ use super::frames::encode_to_client;
 use super::Framing;
 use crate::ddp::{self, MethodCall};
 use crate::error::meteor;
-use crate::gateway::Gateway;
 use crate::login::LoginRequest;
-use crate::login_flow;
+use crate::realtime::Realtime;
 use crate::rocketchat::settings;
 use crate::session::{Session, Token};
 use crate::tokens;
@@ -65,7 +64,7 @@ pub(super) struct Routed {
 
 /// Decides, message by message, what reaches the upstream and what is answered here.
 pub(super) async fn route_client_messages(
-    gw: &Gateway,
+    rt: &Realtime,
     state: &mut SocketState,
     messages: Vec<Value>,
     ip: IpAddr,
@@ -78,22 +77,26 @@ pub(super) async fn route_client_messages(
         };
         let id_key = call.id.to_string();
         match call.method.as_str() {
-            "login" => match realtime_login(gw, state, &call, ip).await {
+            "login" => match realtime_login(rt, state, &call, ip).await {
                 Ok(checked) => routed.to_upstream.push(checked),
                 Err(reply) => routed.to_client.push(reply),
             },
             "logout" => {
                 if let Some((token, user_id)) = state.bound.take() {
-                    if let Err(e) = gw.store.revoke(&user_id, &token.hash()).await {
+                    if let Err(e) = rt.store.revoke(&user_id, &token.hash()).await {
                         tracing::warn!(error = %e, "could not revoke a session on realtime logout");
                     }
                 }
                 routed.to_upstream.push(message);
             }
             m if crate::tokens::method_operation(m).is_some() => {
-                let (reply, rebound) =
-                    tokens::methods::token_method_on_socket(gw, &call, state.bound.as_ref(), ip)
-                        .await;
+                let (reply, rebound) = tokens::methods::token_method_on_socket(
+                    &rt.tokens,
+                    &call,
+                    state.bound.as_ref(),
+                    ip,
+                )
+                .await;
                 if rebound.is_some() {
                     state.bound = rebound;
                 }
@@ -117,7 +120,7 @@ pub(super) async fn route_client_messages(
 /// A DDP `login`: `Ok(frame)` is the checked resume that goes upstream, `Err(frame)` the
 /// answer to send the client. The client's password never leaves authgate.
 async fn realtime_login(
-    gw: &Gateway,
+    rt: &Realtime,
     state: &mut SocketState,
     call: &MethodCall,
     ip: IpAddr,
@@ -127,20 +130,22 @@ async fn realtime_login(
         return Err(ddp::error_frame(&call.id, meteor::unrecognized_login()));
     }
     let is_resume = matches!(request, Some(LoginRequest::Resume(_)));
-    let mut opened =
-        match login_flow::log_in(gw, request, ip, None, &http::HeaderValue::from_static("-")).await
-        {
-            Ok(o) => o,
-            Err(e) if is_resume && matches!(e, crate::error::GatewayError::LoginFailed) => {
-                return Err(ddp::error_frame(&call.id, meteor::logged_out()))
-            }
-            Err(e) => {
-                return Err(ddp::error_frame(&call.id, meteor::ddp_error(&e)));
-            }
-        };
-    let checked = match gw
+    let mut opened = match rt
+        .login
+        .log_in(request, ip, None, &http::HeaderValue::from_static("-"))
+        .await
+    {
+        Ok(o) => o,
+        Err(e) if is_resume && matches!(e, crate::error::GatewayError::LoginFailed) => {
+            return Err(ddp::error_frame(&call.id, meteor::logged_out()))
+        }
+        Err(e) => {
+            return Err(ddp::error_frame(&call.id, meteor::ddp_error(&e)));
+        }
+    };
+    let checked = match rt
         .identity
-        .socket_resume(gw.store.as_ref(), &mut opened, &call.id)
+        .socket_resume(rt.store.as_ref(), &mut opened, &call.id)
         .await
     {
         Ok(checked) => checked,
@@ -171,7 +176,7 @@ pub(super) enum ToClient {
 /// Puts authgate's token back into login results and rewrites public settings. Returns what
 /// the client gets and the frames to send upstream again.
 pub(super) async fn rewrite_upstream_text(
-    gw: &Gateway,
+    rt: &Realtime,
     state: &mut SocketState,
     framing: Framing,
     text: &str,
@@ -195,7 +200,7 @@ pub(super) async fn rewrite_upstream_text(
     let mut to_client = Vec::with_capacity(messages.len());
     let mut resend = Vec::new();
     for mut m in messages {
-        match rewrite_server_message(gw, state, &mut m).await {
+        match rewrite_server_message(rt, state, &mut m).await {
             FromUpstream::Unchanged => to_client.push(m),
             FromUpstream::Rewritten => {
                 changed = true;
@@ -220,7 +225,7 @@ pub(super) async fn rewrite_upstream_text(
 }
 
 async fn rewrite_server_message(
-    gw: &Gateway,
+    rt: &Realtime,
     state: &mut SocketState,
     m: &mut Value,
 ) -> FromUpstream {
@@ -229,11 +234,11 @@ async fn rewrite_server_message(
     if is_result {
         let id = m.get("id").map(Value::to_string).unwrap_or_default();
         if let Some(pending) = state.pending_logins.remove(&id) {
-            return login_answered(gw, state, id, pending, m).await;
+            return login_answered(rt, state, id, pending, m).await;
         }
         if let Some(pos) = state.pending_settings.iter().position(|p| *p == id) {
             state.pending_settings.remove(pos);
-            if gw.config.upstream.rewrite_public_settings {
+            if rt.rewrite_public_settings {
                 if let Some(result) = m.get_mut("result") {
                     settings::rewrite_method_result(result, crate::session::now_unix_ms());
                     return FromUpstream::Rewritten;
@@ -249,10 +254,7 @@ async fn rewrite_server_message(
             return FromUpstream::Rewritten;
         }
     }
-    if gw.config.upstream.rewrite_public_settings
-        && is_changed
-        && settings::rewrite_changed_event(m)
-    {
+    if rt.rewrite_public_settings && is_changed && settings::rewrite_changed_event(m) {
         return FromUpstream::Rewritten;
     }
     FromUpstream::Unchanged
@@ -264,7 +266,7 @@ async fn rewrite_server_message(
 /// the session is still good, so a fresh token is minted and the resume sent once more,
 /// and the client only sees the answer to that.
 async fn login_answered(
-    gw: &Gateway,
+    rt: &Realtime,
     state: &mut SocketState,
     id_key: String,
     mut pending: PendingLogin,
@@ -282,8 +284,8 @@ async fn login_answered(
     let renewed = match pending.retried {
         true => None,
         false => {
-            gw.identity
-                .renew_refused(gw.store.as_ref(), &pending.token, &mut pending.session)
+            rt.identity
+                .renew_refused(rt.store.as_ref(), &pending.token, &mut pending.session)
                 .await
         }
     };
@@ -304,7 +306,7 @@ async fn login_answered(
     // session's revocation still closes it. A session opened for this login is dropped:
     // the client never learns its token.
     if pending.kind == "password" {
-        let revoked = gw
+        let revoked = rt
             .store
             .revoke(&pending.session.user.id, &pending.token.hash())
             .await;

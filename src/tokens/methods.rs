@@ -109,12 +109,11 @@ pub(crate) async fn answer_token_method(
 /// id) is the caller. Returns the frame for the client and the socket's new binding, if
 /// the call moved it to a new token.
 pub(crate) async fn token_method_on_socket(
-    via: &impl AsRef<Tokens>,
+    tokens: &Tokens,
     call: &MethodCall,
     bound: Option<&(Token, String)>,
     ip: IpAddr,
 ) -> (Value, Option<(Token, String)>) {
-    let tokens = via.as_ref();
     let Some(op) = method_operation(&call.method) else {
         return (ddp::error_frame(&call.id, meteor::unavailable()), None);
     };
