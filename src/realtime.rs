@@ -10,9 +10,13 @@
 //! token handlers it shares with the REST doors, the upstream and its mode, the session store,
 //! and the proxy for SockJS's plain `/info` request.
 
+mod dependencies;
 mod frames;
 mod pump;
 mod rewrite;
+
+pub use dependencies::Realtime;
+use frames::{framing, Framing};
 
 use std::sync::Arc;
 
@@ -25,61 +29,9 @@ use tokio_tungstenite::WebSocketStream;
 use crate::access::RequestFacts;
 use crate::credentials::{cookie_credentials, Credentials};
 use crate::error::{full_body, Body, GatewayError};
-use crate::forward::Upstream;
-use crate::handlers::proxy::Proxy;
-use crate::handlers::shared::SessionLookup;
 use crate::handlers::Handled;
-use crate::login_flow::LoginFlow;
 use crate::route::Route;
-use crate::session::{DynSessionStore, Session};
-use crate::tokens::Tokens;
-use crate::upstream_identity::UpstreamIdentity;
-
-/// What the realtime socket uses, built once per configuration (`compose.rs`). A socket's task
-/// holds it until the socket closes, so a socket keeps the configuration it was opened under.
-pub struct Realtime {
-    /// SockJS's `/info` is a plain proxied request.
-    pub proxy: Proxy,
-    pub upstream: Arc<Upstream>,
-    pub identity: Arc<UpstreamIdentity>,
-    pub store: DynSessionStore,
-    pub sessions: SessionLookup,
-    /// DDP `login` frames take the one way in.
-    pub login: Arc<LoginFlow>,
-    /// The token methods a socket may call.
-    pub tokens: Arc<Tokens>,
-    /// How often a socket checks that its session still stands (`realtime.revocation_check`).
-    pub revocation_check: std::time::Duration,
-    pub rewrite_public_settings: bool,
-}
-
-/// How a realtime path frames DDP messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// One DDP message per WebSocket text frame.
-    Raw,
-    /// SockJS: the client sends `["msg", ...]`, the server `o`, `h`, `a["msg", ...]`, `c[...]`.
-    SockJs,
-}
-
-/// What a realtime path is; `None` for SockJS's HTTP transports, which are refused so that
-/// every DDP frame passes through a WebSocket authgate reads.
-pub fn framing(canonical: &str) -> Option<Option<Framing>> {
-    let c = canonical.to_ascii_lowercase();
-    let c = c.trim_end_matches('/');
-    if c == "/websocket" || c == "/sockjs/websocket" {
-        return Some(Some(Framing::Raw));
-    }
-    if c == "/sockjs/info" {
-        return Some(None);
-    }
-    let parts: Vec<&str> = c.split('/').collect();
-    // ["", "sockjs", server, session, "websocket"]
-    if parts.len() == 5 && parts[1] == "sockjs" && parts[4] == "websocket" {
-        return Some(Some(Framing::SockJs));
-    }
-    None
-}
+use crate::session::Session;
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
     let has = |name: header::HeaderName, token: &str| {

@@ -41,6 +41,17 @@ pub struct UpstreamCredential<'a> {
     pub as_cookies: bool,
 }
 
+impl UpstreamCredential<'_> {
+    /// The identity headers (and cookies) the forwarded request carries.
+    pub fn forwarded(&self) -> crate::forward::Identity<'_> {
+        crate::forward::Identity {
+            user_id: self.user_id,
+            token: &self.token,
+            as_cookies: self.as_cookies,
+        }
+    }
+}
+
 impl UpstreamIdentity {
     pub fn new(config: &UpstreamConfig) -> Self {
         match config.mode {

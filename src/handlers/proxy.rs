@@ -54,12 +54,8 @@ impl Proxy {
             Ok(credential) => credential,
             Err(e) => return e.into(),
         };
-        let identity = forward::Identity {
-            user_id: credential.user_id,
-            token: &credential.token,
-            as_cookies: credential.as_cookies,
-        };
-        self.forward(req, route, facts, Some(identity)).await
+        self.forward(req, route, facts, Some(credential.forwarded()))
+            .await
     }
 
     /// Forwards with the session's upstream token; a request the upstream refused with 401 is
@@ -81,12 +77,9 @@ impl Proxy {
             Err(e) => return e.into(),
         };
         let replay = is_replayable(&req).then(|| (req.method().clone(), req.headers().clone()));
-        let identity = forward::Identity {
-            user_id: credential.user_id,
-            token: &credential.token,
-            as_cookies: credential.as_cookies,
-        };
-        let first = self.forward(req, route, facts, Some(identity)).await;
+        let first = self
+            .forward(req, route, facts, Some(credential.forwarded()))
+            .await;
         let answer = match (replay, first.answer) {
             (Some((method, headers)), Ok(refused))
                 if refused.status() == StatusCode::UNAUTHORIZED =>

@@ -1,5 +1,5 @@
-//! DDP messages in WebSocket text frames: decoding what clients send, encoding what authgate
-//! writes, and the byte checks that let frames which cannot matter pass without a JSON parse.
+//! How a realtime path frames DDP messages ([`Framing`]): decoding what clients send, encoding
+//! what authgate writes, and the byte checks that let frames which cannot matter pass without a JSON parse.
 //!
 //! Chat traffic is mostly upstream events (`stream-room-messages`) that authgate never changes;
 //! parsing and cloning each of them cost about a quarter of its CPU per frame. Only a few
@@ -16,7 +16,33 @@ use memchr::memmem::Finder;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Value};
 
-use super::Framing;
+/// How a realtime path frames DDP messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One DDP message per WebSocket text frame.
+    Raw,
+    /// SockJS: the client sends `["msg", ...]`, the server `o`, `h`, `a["msg", ...]`, `c[...]`.
+    SockJs,
+}
+
+/// What a realtime path is; `None` for SockJS's HTTP transports, which are refused so that
+/// every DDP frame passes through a WebSocket authgate reads.
+pub fn framing(canonical: &str) -> Option<Option<Framing>> {
+    let c = canonical.to_ascii_lowercase();
+    let c = c.trim_end_matches('/');
+    if c == "/websocket" || c == "/sockjs/websocket" {
+        return Some(Some(Framing::Raw));
+    }
+    if c == "/sockjs/info" {
+        return Some(None);
+    }
+    let parts: Vec<&str> = c.split('/').collect();
+    // ["", "sockjs", server, session, "websocket"]
+    if parts.len() == 5 && parts[1] == "sockjs" && parts[4] == "websocket" {
+        return Some(Some(Framing::SockJs));
+    }
+    None
+}
 
 static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
 static RESULT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"result"));

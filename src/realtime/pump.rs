@@ -14,10 +14,10 @@ use tokio_tungstenite::tungstenite::protocol::{
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use super::dependencies::Realtime;
+use super::frames::Framing;
 use super::frames::{self, ClientText};
 use super::rewrite::{self, SocketState, ToClient};
-use super::Framing;
-use crate::realtime::Realtime;
 use crate::session::Token;
 
 /// Upstream frames written to the client before one flush, at most: enough to cover what a

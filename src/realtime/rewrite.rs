@@ -7,12 +7,12 @@ use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
+use super::dependencies::Realtime;
 use super::frames::encode_to_client;
-use super::Framing;
+use super::frames::Framing;
 use crate::ddp::{self, MethodCall};
 use crate::error::meteor;
 use crate::login::LoginRequest;
-use crate::realtime::Realtime;
 use crate::rocketchat::settings;
 use crate::session::{Session, Token};
 use crate::tokens;

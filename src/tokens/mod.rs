@@ -340,19 +340,8 @@ async fn change_personal_token(
         return Ok(Outcome::Done);
     }
     let token = Token::generate();
-    let mut session =
-        Session::personal(caller.session.user.clone(), &token, name, bypass_two_factor);
-    tokens
-        .sessions
-        .identity
-        .extend_upstream(&caller.session, &token, &mut session)
-        .await?;
-    tokens
-        .sessions
-        .store
-        .create(&token.hash(), &session)
-        .await?;
-    tokens.metrics.session_issued();
+    let session = Session::personal(caller.session.user.clone(), &token, name, bypass_two_factor);
+    store_new_session(tokens, caller, &token, session).await?;
     Ok(Outcome::Secret(token))
 }
 
@@ -373,11 +362,23 @@ async fn personal_tokens(
 /// Rocket.Chat token).
 async fn fresh_session(tokens: &Tokens, caller: &Caller) -> Result<(Token, Session), GatewayError> {
     let token = Token::generate();
-    let mut session = Session::new(caller.session.user.clone(), tokens.session_ttl);
+    let session = Session::new(caller.session.user.clone(), tokens.session_ttl);
+    let session = store_new_session(tokens, caller, &token, session).await?;
+    Ok((token, session))
+}
+
+/// Gives a new session of the caller's user its upstream side (in `rocketchat` mode its own
+/// Rocket.Chat token) and stores it under `token`.
+async fn store_new_session(
+    tokens: &Tokens,
+    caller: &Caller,
+    token: &Token,
+    mut session: Session,
+) -> Result<Session, GatewayError> {
     tokens
         .sessions
         .identity
-        .extend_upstream(&caller.session, &token, &mut session)
+        .extend_upstream(&caller.session, token, &mut session)
         .await?;
     tokens
         .sessions
@@ -385,7 +386,7 @@ async fn fresh_session(tokens: &Tokens, caller: &Caller) -> Result<(Token, Sessi
         .create(&token.hash(), &session)
         .await?;
     tokens.metrics.session_issued();
-    Ok((token, session))
+    Ok(session)
 }
 
 /// Ends every ordinary session of the caller's user but the caller's own (and `keep`), on
