@@ -70,14 +70,7 @@ async fn closed_count(gw: &Gateway, reason: &str) -> u64 {
     let series = format!("authgate_connections_closed_total{{reason=\"{reason}\"}} ");
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     loop {
-        let text = client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape_metrics(&gw.admin_url("/metrics")).await;
         let n: u64 = text
             .lines()
             .find_map(|l| l.strip_prefix(&series))

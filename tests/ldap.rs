@@ -582,14 +582,7 @@ async fn readiness_follows_the_ldap_server() {
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     };
     let directory_up = || async {
-        let text = client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape_metrics(&gw.admin_url("/metrics")).await;
         text.lines()
             .find(|l| l.starts_with(r#"authgate_directory_up{directory="ldap"}"#))
             .map(|l| l.rsplit(' ').next().unwrap().to_string())

@@ -264,14 +264,7 @@ async fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     assert_eq!(post(&login_url, bob, &[]).await.0, 200);
     assert_eq!(get_with(&format!("{base}/news"), &[]).await, 200);
 
-    let metrics = client()
-        .get(format!("http://{}/metrics", gw.metrics_addr()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(&format!("http://{}/metrics", gw.metrics_addr())).await;
     assert!(
         metrics.contains(r#"authgate_config_reloads_total{result="success"} 1"#),
         "{metrics}"

@@ -283,14 +283,7 @@ async fn a_handshake_that_stops_midway_is_cut_at_header_read_timeout_and_counted
         took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
         "cut after {took:?}"
     );
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(&gw.admin_url("/metrics")).await;
     assert!(
         metrics.contains("authgate_connections_closed_total{reason=\"tls_handshake_timeout\"} 1\n"),
         "{metrics}"

@@ -597,6 +597,13 @@ pub async fn refused_within_100ms(url: &str, id: &str, token: &str) {
     }
 }
 
+/// The Prometheus text a management listener serves at `url` (its `/metrics`).
+pub async fn scrape_metrics(url: &str) -> String {
+    let resp = client().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "GET {url}");
+    resp.text().await.unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
