@@ -5,57 +5,27 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use support::bridge::*;
 use support::rocketchat::FakeRocketChat;
+use support::ws::{self, Socket};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
-
-async fn ws_connect(
-    gw: &Gateway,
-    path: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}{path}", gw.addr))
-        .await
-        .expect("websocket through authgate");
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-async fn next_text<
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
->(
-    ws: &mut S,
-) -> String {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("no frame in time")
-        {
-            Some(Ok(Message::Text(t))) => return t.as_str().to_string(),
-            Some(Ok(_)) => continue,
-            other => panic!("socket ended: {other:?}"),
-        }
-    }
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Logs the socket in with a DDP resume and checks authgate's token comes back.
 async fn resume_on_socket(ws: &mut Socket, token: &str) {
     let frame =
         json!({"msg": "method", "id": "1", "method": "login", "params": [{"resume": token}]});
     ws.send(Message::text(frame.to_string())).await.unwrap();
-    let result: Value = serde_json::from_str(&next_text(ws).await).unwrap();
+    let result: Value = serde_json::from_str(&ws::next_text(ws).await).unwrap();
     assert_eq!(result["result"]["token"], token, "{result}");
 }
 
 /// Sends one DDP frame and returns the next frame the client receives.
 async fn call(ws: &mut Socket, frame: Value) -> Value {
     ws.send(Message::text(frame.to_string())).await.unwrap();
-    serde_json::from_str(&next_text(ws).await).unwrap()
+    serde_json::from_str(&ws::next_text(ws).await).unwrap()
 }
 
 fn resume_frame(id: &str, token: &str) -> Value {
@@ -99,52 +69,17 @@ async fn trusted_headers() -> (FakeRocketChat, Gateway) {
     (rc, gw)
 }
 
-/// A WebSocket with extra request headers on the upgrade.
-async fn ws_connect_with(gw: &Gateway, headers: &[(&str, &str)]) -> Socket {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{}/websocket", gw.addr)
-        .into_client_request()
-        .unwrap();
-    for (name, value) in headers {
-        req.headers_mut().append(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    let (ws, resp) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("websocket through authgate");
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-/// Ok when the socket closes (or dies) within `limit`.
-async fn socket_closes(
-    ws: &mut Socket,
-    limit: Duration,
-) -> Result<(), tokio::time::error::Elapsed> {
-    tokio::time::timeout(limit, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_logins_are_checked_and_swapped() {
     let (rc, gw) = start().await;
     let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    let mut ws = ws_connect(&gw, "/websocket").await;
+    let mut ws = ws::connect(gw.addr, "/websocket").await;
     ws.send(Message::text(
         json!({"msg": "connect", "version": "1", "support": ["1"]}).to_string(),
     ))
     .await
     .unwrap();
-    assert!(next_text(&mut ws).await.contains("connected"));
+    assert!(ws::next_text(&mut ws).await.contains("connected"));
     let result = call(&mut ws, resume_frame("1", &token)).await;
     assert_login_result(&result, "1", &uid, &token, "resume");
     // Rocket.Chat saw a resume with its own token.
@@ -161,7 +96,7 @@ async fn websocket_logins_are_checked_and_swapped() {
     assert!(rc.state.lock().unwrap().tokens.contains_key(&rc_token));
     // A password login over the socket, and a forged resume.
     ws.send(Message::text(json!({"msg": "method", "id": "2", "method": "login", "params": [{"ldap": true, "username": "bob", "ldapPass": "bob-password-2", "ldapOptions": {}}]}).to_string())).await.unwrap();
-    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let result: Value = serde_json::from_str(&ws::next_text(&mut ws).await).unwrap();
     assert_eq!(
         result["result"]["token"].as_str().unwrap().len(),
         43,
@@ -173,13 +108,13 @@ async fn websocket_logins_are_checked_and_swapped() {
     ))
     .await
     .unwrap();
-    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let result: Value = serde_json::from_str(&ws::next_text(&mut ws).await).unwrap();
     assert_eq!(
         result["error"]["error"], 403,
         "a Rocket.Chat token is not an authgate session: {result}"
     );
     ws.send(Message::text(json!({"msg": "method", "id": "4", "method": "login", "params": [{"user": {"username": "bob"}, "password": "wrong"}]}).to_string())).await.unwrap();
-    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let result: Value = serde_json::from_str(&ws::next_text(&mut ws).await).unwrap();
     assert_eq!(result["error"]["error"], 401);
     // Settings over DDP are rewritten too.
     ws.send(Message::text(
@@ -188,7 +123,7 @@ async fn websocket_logins_are_checked_and_swapped() {
     ))
     .await
     .unwrap();
-    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let result: Value = serde_json::from_str(&ws::next_text(&mut ws).await).unwrap();
     assert!(
         result["result"]
             .as_array()
@@ -218,15 +153,15 @@ async fn websocket_logins_are_checked_and_swapped() {
 async fn sockjs_framing_is_read_too() {
     let (_rc, gw) = start().await;
     let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    let mut ws = ws_connect(&gw, "/sockjs/123/abcdef/websocket").await;
-    assert_eq!(next_text(&mut ws).await, "o");
+    let mut ws = ws::connect(gw.addr, "/sockjs/123/abcdef/websocket").await;
+    assert_eq!(ws::next_text(&mut ws).await, "o");
     let frame =
         json!({"msg": "method", "id": "1", "method": "login", "params": [{"resume": token}]})
             .to_string();
     ws.send(Message::text(json!([frame]).to_string()))
         .await
         .unwrap();
-    let text = next_text(&mut ws).await;
+    let text = ws::next_text(&mut ws).await;
     let inner: Vec<String> = serde_json::from_str(text.strip_prefix('a').unwrap()).unwrap();
     assert_eq!(inner.len(), 1, "{text}");
     let result: Value = serde_json::from_str(&inner[0]).unwrap();
@@ -248,12 +183,12 @@ async fn logout_on_one_instance_closes_sockets_on_another_within_a_second() {
     let a = Gateway::start(&bridge_config(&rc, Some(&redis.url()), ""), &bridge_users()).await;
     let b = Gateway::start(&bridge_config(&rc, Some(&redis.url()), ""), &bridge_users()).await;
     let (uid, token) = login(&a.url(""), "alice", "alice-password-1").await;
-    let mut ws = ws_connect(&b, "/websocket").await;
+    let mut ws = ws::connect(b.addr, "/websocket").await;
     resume_on_socket(&mut ws, &token).await;
     assert_eq!(logout_status(&a, &uid, &token).await, 200);
     let revoked = Instant::now();
-    let closed = socket_closes(&mut ws, Duration::from_secs(3)).await;
-    assert!(closed.is_ok(), "the socket stayed open");
+    let closed = ws::closes_within(&mut ws, Duration::from_secs(3)).await;
+    assert!(closed, "the socket stayed open");
     assert!(
         revoked.elapsed() < Duration::from_secs(1),
         "closed after {:?}",
@@ -265,7 +200,7 @@ async fn logout_on_one_instance_closes_sockets_on_another_within_a_second() {
 async fn realtime_in_trusted_headers_mode_and_logout_over_the_socket() {
     let (rc, gw) = trusted_headers().await;
     let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    let mut ws = ws_connect(&gw, "/websocket").await;
+    let mut ws = ws::connect(gw.addr, "/websocket").await;
     // A password login is checked here and reaches the backend as a resume of the new session.
     let result = call(&mut ws, json!({"msg": "method", "id": "1", "method": "login", "params": [{"user": {"username": "bob"}, "password": "bob-password-2"}]})).await;
     let bob_token = result["result"]["token"]
@@ -310,7 +245,7 @@ async fn disabling_a_user_in_the_users_file_closes_their_sockets() {
     let users = bridge_users();
     let gw = Gateway::start(&bridge_config(&rc, None, ""), &users).await;
     let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    let mut ws = ws_connect(&gw, "/websocket").await;
+    let mut ws = ws::connect(gw.addr, "/websocket").await;
     resume_on_socket(&mut ws, &token).await;
     // The operator disables alice and reloads (SIGHUP does the same).
     let disabled = users.replacen(
@@ -320,9 +255,9 @@ async fn disabling_a_user_in_the_users_file_closes_their_sockets() {
     );
     gw.reload_users(&disabled).await;
     let reloaded = Instant::now();
-    let closed = socket_closes(&mut ws, Duration::from_secs(3)).await;
+    let closed = ws::closes_within(&mut ws, Duration::from_secs(3)).await;
     assert!(
-        closed.is_ok() && reloaded.elapsed() < Duration::from_secs(1),
+        closed && reloaded.elapsed() < Duration::from_secs(1),
         "socket of a disabled user stayed open"
     );
     assert_eq!(protected_status(&gw, &uid, &token).await, 401);
@@ -336,10 +271,10 @@ async fn a_socket_resume_after_rocket_chat_dropped_the_token_gets_a_fresh_one() 
     rc.drop_user_tokens(&uid);
     let grants = rc.state.lock().unwrap().token_grants;
     for path in ["/websocket", "/sockjs/123/abcdef/websocket"] {
-        let mut ws = ws_connect(&gw, path).await;
+        let mut ws = ws::connect(gw.addr, path).await;
         let sockjs = path.starts_with("/sockjs");
         if sockjs {
-            assert_eq!(next_text(&mut ws).await, "o");
+            assert_eq!(ws::next_text(&mut ws).await, "o");
         }
         let frame = resume_frame("1", &token);
         let text = if sockjs {
@@ -349,7 +284,7 @@ async fn a_socket_resume_after_rocket_chat_dropped_the_token_gets_a_fresh_one() 
         };
         ws.send(Message::text(text)).await.unwrap();
         // The first thing the client hears is the successful login: no intermediate error.
-        let text = next_text(&mut ws).await;
+        let text = ws::next_text(&mut ws).await;
         let result: Value = if sockjs {
             let inner: Vec<String> =
                 serde_json::from_str(text.strip_prefix('a').expect(&text)).unwrap();
@@ -417,7 +352,7 @@ async fn a_socket_resume_on_instance_b_uses_the_token_renewed_on_instance_a() {
         (mine[0].clone(), st.token_grants)
     };
     // A socket resume on B goes up with A's renewed token, read past B's cache.
-    let mut ws = ws_connect(&b, "/websocket").await;
+    let mut ws = ws::connect(b.addr, "/websocket").await;
     let result = call(&mut ws, resume_frame("1", &token)).await;
     assert_login_result(&result, "1", &uid, &token, "resume");
     assert_eq!(
@@ -459,7 +394,7 @@ async fn a_trusted_headers_backend_sees_who_opened_the_socket() {
     ];
     for (headers, expected) in &cases {
         let before = rc.upgrades().len();
-        let mut ws = ws_connect_with(&gw, headers).await;
+        let mut ws = ws::connect_with(gw.addr, "/websocket", headers).await;
         let reply = call(
             &mut ws,
             json!({"msg": "connect", "version": "1", "support": ["1"]}),
@@ -486,9 +421,14 @@ async fn a_trusted_headers_backend_sees_who_opened_the_socket() {
         );
     }
     // The socket belongs to that session: a logout anywhere closes it.
-    let mut ws = ws_connect_with(&gw, &[("X-User-Id", &uid), ("X-Auth-Token", &token)]).await;
+    let mut ws = ws::connect_with(
+        gw.addr,
+        "/websocket",
+        &[("X-User-Id", &uid), ("X-Auth-Token", &token)],
+    )
+    .await;
     assert_eq!(logout_status(&gw, &uid, &token).await, 200);
-    assert!(socket_closes(&mut ws, Duration::from_secs(3)).await.is_ok());
+    assert!(ws::closes_within(&mut ws, Duration::from_secs(3)).await);
     assert!(rc.socket_logins().is_empty());
 }
 
@@ -496,7 +436,7 @@ async fn a_trusted_headers_backend_sees_who_opened_the_socket() {
 async fn a_login_on_an_open_socket_reaches_a_trusted_headers_backend_as_a_checked_resume() {
     let (rc, gw) = trusted_headers().await;
     let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    let mut ws = ws_connect(&gw, "/websocket").await;
+    let mut ws = ws::connect(gw.addr, "/websocket").await;
     // A resume naming another user: the backend hears the session's own user id.
     let (bob_id, _) = login(&gw.url(""), "bob", "bob-password-2").await;
     let result = call(
@@ -544,7 +484,12 @@ async fn a_socket_login_the_backend_refuses_leaves_the_socket_to_its_session() {
     let rc = FakeRocketChat::start().await;
     let gw = Gateway::start(&config_text(rc.addr, None, ""), &bridge_users()).await;
     let (uid, token) = login(&gw.url(""), "alice", "alice-password-1").await;
-    let mut ws = ws_connect_with(&gw, &[("X-User-Id", &uid), ("X-Auth-Token", &token)]).await;
+    let mut ws = ws::connect_with(
+        gw.addr,
+        "/websocket",
+        &[("X-User-Id", &uid), ("X-Auth-Token", &token)],
+    )
+    .await;
     let result = call(&mut ws, json!({"msg": "method", "id": "1", "method": "login", "params": [{"user": {"username": "bob"}, "password": "bob-password-2"}]})).await;
     assert_eq!(
         result,
@@ -553,6 +498,6 @@ async fn a_socket_login_the_backend_refuses_leaves_the_socket_to_its_session() {
     assert_eq!(rc.socket_logins().len(), 1);
     // Still alice's socket, as the backend sees it: her logout closes it.
     assert_eq!(logout_status(&gw, &uid, &token).await, 200);
-    assert!(socket_closes(&mut ws, Duration::from_secs(3)).await.is_ok());
+    assert!(ws::closes_within(&mut ws, Duration::from_secs(3)).await);
     assert_never_reached_upstream(&rc, &["bob-password-2"]);
 }

@@ -11,11 +11,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use support::bridge::*;
 use support::rocketchat::FakeRocketChat;
+use support::ws::{self, Socket};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A stream-room-messages event as Rocket.Chat pushes it, with spacing and a number format
 /// (`1.50`) that a parse and re-encode would change.
@@ -58,19 +56,6 @@ async fn scripted_upstream(
     (addr, received)
 }
 
-async fn next_text(ws: &mut Socket) -> String {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("no frame in time")
-        {
-            Some(Ok(Message::Text(t))) => return t.as_str().to_string(),
-            Some(Ok(_)) => continue,
-            other => panic!("socket ended: {other:?}"),
-        }
-    }
-}
-
 async fn connect(gw: &Gateway) -> Socket {
     let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/websocket", gw.addr))
         .await
@@ -93,10 +78,10 @@ async fn upstream_frames_pass_byte_for_byte_unless_they_need_a_rewrite() {
     let mut ws = connect(&gw).await;
     let connect_frame = r#"{"msg":"connect","version":"1","support":["1"]}"#;
     ws.send(Message::text(connect_frame)).await.unwrap();
-    assert_eq!(next_text(&mut ws).await, ROOM_EVENT);
-    assert_eq!(next_text(&mut ws).await, ESCAPED_ROOM_EVENT);
+    assert_eq!(ws::next_text(&mut ws).await, ROOM_EVENT);
+    assert_eq!(ws::next_text(&mut ws).await, ESCAPED_ROOM_EVENT);
     // The escaped login result is still caught: the client gets an error, never the token.
-    let leak: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let leak: Value = serde_json::from_str(&ws::next_text(&mut ws).await).unwrap();
     assert_eq!(leak["id"], "9", "{leak}");
     assert_eq!(leak["error"]["error"], 403, "{leak}");
     assert!(
@@ -104,11 +89,11 @@ async fn upstream_frames_pass_byte_for_byte_unless_they_need_a_rewrite() {
         "{leak}"
     );
     // The escaped settings event is still rewritten.
-    let settings: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let settings: Value = serde_json::from_str(&ws::next_text(&mut ws).await).unwrap();
     assert_eq!(settings["fields"]["eventName"], "public-settings-changed");
     assert_eq!(settings["fields"]["args"][1]["_id"], "LDAP_Enable");
     assert_eq!(settings["fields"]["args"][1]["value"], true, "{settings}");
-    assert_eq!(next_text(&mut ws).await, ROOM_EVENT);
+    assert_eq!(ws::next_text(&mut ws).await, ROOM_EVENT);
     // A client frame that holds no method call reaches the upstream as it was sent.
     let sub =
         r#"{"msg":"sub","id":"s1", "name":"stream-room-messages","params":["GENERAL",false]}"#;
@@ -141,11 +126,11 @@ async fn logins_spelt_with_escapes_are_checked_like_any_login() {
     ))
     .await
     .unwrap();
-    assert!(next_text(&mut ws).await.contains("connected"));
+    assert!(ws::next_text(&mut ws).await.contains("connected"));
     // A resume of a token no session has, `login` spelt through escapes: refused here.
     let forged = r#"{"msg":"\u006dethod","id":"1","\u006dethod":"\u006cogin","params":[{"resume":"not-a-session-token-at-all"}]}"#;
     ws.send(Message::text(forged)).await.unwrap();
-    let refused: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let refused: Value = serde_json::from_str(&ws::next_text(&mut ws).await).unwrap();
     assert_eq!(refused["id"], "1", "{refused}");
     assert_eq!(refused["error"]["error"], 403, "{refused}");
     assert!(
@@ -158,7 +143,7 @@ async fn logins_spelt_with_escapes_are_checked_like_any_login() {
         r#"{{"msg":"\u006dethod","id":"2","\u006dethod":"\u006cogin","params":[{{"resume":"{token}"}}]}}"#
     );
     ws.send(Message::text(real)).await.unwrap();
-    let result: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let result: Value = serde_json::from_str(&ws::next_text(&mut ws).await).unwrap();
     assert_eq!(result["id"], "2", "{result}");
     assert_eq!(result["result"]["token"], token.as_str(), "{result}");
     assert_eq!(result["result"]["id"], uid.as_str(), "{result}");
@@ -168,7 +153,7 @@ async fn logins_spelt_with_escapes_are_checked_like_any_login() {
     // A password method spelt through escapes is refused like the plain one.
     let register = r#"{"msg":"\u006dethod","id":"3","method":"registerUser","params":[{"email":"x@example.org","pass":"p","name":"x"}]}"#;
     ws.send(Message::text(register)).await.unwrap();
-    let refused: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let refused: Value = serde_json::from_str(&ws::next_text(&mut ws).await).unwrap();
     assert_eq!(refused["id"], "3", "{refused}");
     assert!(refused.get("error").is_some(), "{refused}");
     assert!(

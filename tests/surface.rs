@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::bridge::*;
 use support::rocketchat::FakeRocketChat;
+use support::ws;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -314,32 +315,6 @@ async fn connect_and_trace_are_refused_everywhere() {
     assert_eq!(up.count(), 0, "{:?}", up.requests());
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(gw: &Gateway, path: &str) -> Socket {
-    let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}{path}", gw.addr))
-        .await
-        .expect("websocket through authgate");
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-/// True when the socket closes (or dies) within three seconds; text frames on the way are
-/// ignored (SockJS's `o`).
-async fn closes(ws: &mut Socket) -> bool {
-    tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
 fn ddp_in(rc: &FakeRocketChat) -> Vec<Value> {
     rc.state.lock().unwrap().ddp_in.clone()
 }
@@ -372,9 +347,12 @@ async fn websocket_frames_that_are_not_one_object_are_refused() {
         ),
     ];
     for (path, frame) in hostile {
-        let mut ws = ws_connect(&gw, path).await;
+        let mut ws = ws::connect(gw.addr, path).await;
         ws.send(Message::text(frame.clone())).await.unwrap();
-        assert!(closes(&mut ws).await, "{path} {frame} left the socket open");
+        assert!(
+            ws::closes_within(&mut ws, Duration::from_secs(3)).await,
+            "{path} {frame} left the socket open"
+        );
     }
     assert!(ddp_in(&rc).is_empty(), "{:?}", ddp_in(&rc));
 }
@@ -383,7 +361,7 @@ async fn websocket_frames_that_are_not_one_object_are_refused() {
 async fn forgot_password_is_refused_on_a_socket() {
     let (rc, gw) = start().await;
     // Meteor's password reset mail is refused like Rocket.Chat's `sendForgotPasswordEmail`.
-    let mut ws = ws_connect(&gw, "/websocket").await;
+    let mut ws = ws::connect(gw.addr, "/websocket").await;
     ws.send(Message::text(
         json!({"msg": "method", "id": "9", "method": "forgotPassword", "params": [{"email": "alice@example.org"}]})
             .to_string(),

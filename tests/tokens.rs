@@ -7,56 +7,20 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use support::bridge::*;
 use support::rocketchat::FakeRocketChat;
 use support::upstream::RecordingUpstream;
+use support::ws::{self, Socket};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(gw: &Gateway) -> Socket {
-    let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/websocket", gw.addr))
-        .await
-        .expect("websocket through authgate");
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-async fn next_frame(ws: &mut Socket) -> Value {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("no frame in time")
-        {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
-            Some(Ok(_)) => continue,
-            other => panic!("socket ended: {other:?}"),
-        }
-    }
-}
 
 /// Sends one method frame and returns the answer.
 async fn call(ws: &mut Socket, id: &str, method: &str, params: Value) -> Value {
     let frame = json!({"msg": "method", "id": id, "method": method, "params": params});
     ws.send(Message::text(frame.to_string())).await.unwrap();
-    next_frame(ws).await
-}
-
-async fn socket_closes(ws: &mut Socket, limit: Duration) -> bool {
-    tokio::time::timeout(limit, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
+    ws::next_json(ws).await
 }
 
 /// A request with a session's headers; the status and the exact body.
@@ -182,7 +146,7 @@ async fn logout_other_clients_ends_the_other_sessions_on_every_instance_and_thei
     let pat: Value = serde_json::from_str(&body).unwrap();
     let pat = pat["token"].as_str().unwrap().to_string();
 
-    let mut other_socket = ws_connect(&b).await;
+    let mut other_socket = ws::connect(b.addr, "/websocket").await;
     let resumed = call(
         &mut other_socket,
         "1",
@@ -191,7 +155,7 @@ async fn logout_other_clients_ends_the_other_sessions_on_every_instance_and_thei
     )
     .await;
     assert_eq!(resumed["result"]["token"], other_on_b.as_str(), "{resumed}");
-    let mut my_socket = ws_connect(&a).await;
+    let mut my_socket = ws::connect(a.addr, "/websocket").await;
     let resumed = call(&mut my_socket, "1", "login", json!([{"resume": mine}])).await;
     assert_eq!(resumed["result"]["token"], mine.as_str(), "{resumed}");
 
@@ -225,7 +189,7 @@ async fn logout_other_clients_ends_the_other_sessions_on_every_instance_and_thei
     );
 
     // The other socket, on the other instance, closes; the caller's stays.
-    assert!(socket_closes(&mut other_socket, Duration::from_secs(3)).await);
+    assert!(ws::closes_within(&mut other_socket, Duration::from_secs(3)).await);
     assert!(
         ended.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -437,7 +401,7 @@ async fn token_methods_over_the_socket_in_rocketchat_mode() {
     let gw = Gateway::start(&bridge_config(&rc, None, ""), &bridge_users()).await;
     let (uid, session) = login(&gw.url(""), "alice", "alice-password-1").await;
     let (_, other) = login(&gw.url(""), "alice", "alice-password-1").await;
-    let mut ws = ws_connect(&gw).await;
+    let mut ws = ws::connect(gw.addr, "/websocket").await;
     let resumed = call(&mut ws, "1", "login", json!([{"resume": session}])).await;
     assert_eq!(resumed["result"]["token"], session.as_str(), "{resumed}");
 
@@ -512,7 +476,7 @@ async fn token_methods_over_the_socket_in_rocketchat_mode() {
     }
 
     // A socket without a session gets the methods' own errors.
-    let mut anonymous = ws_connect(&gw).await;
+    let mut anonymous = ws::connect(gw.addr, "/websocket").await;
     let refused = call(&mut anonymous, "1", "removeOtherTokens", json!([])).await;
     assert_eq!(
         refused,

@@ -9,6 +9,7 @@ pub mod rocketchat;
 pub mod slapd;
 pub mod totp;
 pub mod upstream;
+pub mod ws;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
