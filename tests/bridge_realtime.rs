@@ -61,14 +61,6 @@ fn assert_logged_out_error(frame: &Value, id: &str) {
     assert!(frame.get("result").is_none(), "{frame}");
 }
 
-/// The trusted-headers gateway in front of a backend that takes authgate's socket resumes.
-async fn trusted_headers() -> (FakeRocketChat, Gateway) {
-    let rc = FakeRocketChat::start().await;
-    rc.trust_gateway();
-    let gw = Gateway::start(&config_text(rc.addr, None, ""), &bridge_users()).await;
-    (rc, gw)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_logins_are_checked_and_swapped() {
     let (rc, gw) = start().await;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use support::bridge::*;
-use support::rocketchat::FakeRocketChat;
 use support::ws::{self, Socket};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
@@ -106,14 +105,6 @@ async fn upstream_frames_pass_byte_for_byte_unless_they_need_a_rewrite() {
     .await
     .expect("the sub frame reached the upstream unchanged");
     assert_eq!(upstream_saw.lock().unwrap()[0], connect_frame);
-}
-
-/// The trusted-headers gateway in front of a backend that takes authgate's socket resumes.
-async fn trusted_headers() -> (FakeRocketChat, Gateway) {
-    let rc = FakeRocketChat::start().await;
-    rc.trust_gateway();
-    let gw = Gateway::start(&config_text(rc.addr, None, ""), &bridge_users()).await;
-    (rc, gw)
 }
 
 #[tokio::test(flavor = "multi_thread")]

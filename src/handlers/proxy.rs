@@ -18,7 +18,7 @@ use crate::forward::{self, Upstream};
 use crate::rocketchat::settings;
 use crate::route::Route;
 use crate::session::{DynSessionStore, Session};
-use crate::upstream_identity::UpstreamIdentity;
+use crate::upstream_identity::{UpstreamCredential, UpstreamIdentity};
 
 /// The handler of proxied requests, with what forwarding needs and nothing else.
 #[derive(Clone)]
@@ -42,10 +42,6 @@ impl Proxy {
         creds: &Credentials,
         session: &Session,
     ) -> Handled {
-        if self.identity.renews_refused_tokens() {
-            // Boxed: the renewing path is the larger future, and the plain one is the hot path.
-            return Box::pin(self.forward_renewing(req, route, facts, creds, session)).await;
-        }
         let credential = match self
             .identity
             .credential(self.store.as_ref(), creds, session)
@@ -54,6 +50,11 @@ impl Proxy {
             Ok(credential) => credential,
             Err(e) => return e.into(),
         };
+        if self.identity.renews_refused_tokens() {
+            // Boxed: the renewing path is the larger future, and the plain one is the hot path.
+            return Box::pin(self.forward_renewing(req, route, facts, creds, session, credential))
+                .await;
+        }
         self.forward(req, route, facts, Some(credential.forwarded()))
             .await
     }
@@ -67,15 +68,8 @@ impl Proxy {
         facts: &RequestFacts,
         creds: &Credentials,
         session: &Session,
+        credential: UpstreamCredential<'_>,
     ) -> Handled {
-        let credential = match self
-            .identity
-            .credential(self.store.as_ref(), creds, session)
-            .await
-        {
-            Ok(credential) => credential,
-            Err(e) => return e.into(),
-        };
         let replay = is_replayable(&req).then(|| (req.method().clone(), req.headers().clone()));
         let first = self
             .forward(req, route, facts, Some(credential.forwarded()))

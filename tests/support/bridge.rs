@@ -39,6 +39,14 @@ pub async fn start() -> (FakeRocketChat, Gateway) {
     (rc, gw)
 }
 
+/// The trusted-headers gateway in front of a backend that takes authgate's socket resumes.
+pub async fn trusted_headers() -> (FakeRocketChat, Gateway) {
+    let rc = FakeRocketChat::start().await;
+    rc.trust_gateway();
+    let gw = Gateway::start(&config_text(rc.addr, None, ""), &bridge_users()).await;
+    (rc, gw)
+}
+
 pub fn assert_never_reached_upstream(rc: &FakeRocketChat, secrets: &[&str]) {
     for seen in rc.seen() {
         for s in secrets {
