@@ -189,8 +189,19 @@ pub fn rewrite_request_headers(
     identity: Option<&Identity<'_>>,
     origin: &Origin<'_>,
 ) {
+    // Most requests carry neither (HTTP/1.1 keeps the connection by default, API clients send
+    // no cookies): one walk tells, where lookups by name would hash each.
+    let (mut has_connection, mut has_cookie) = (false, false);
+    for name in headers.keys() {
+        has_connection |= name == header::CONNECTION;
+        has_cookie |= name == header::COOKIE;
+    }
     // Names listed in Connection go first, before anything is injected (Traefik CVE-2024-45410).
-    let listed = connection_listed(headers);
+    let listed = if has_connection {
+        connection_listed(headers)
+    } else {
+        Vec::new()
+    };
     let proto = forwarded_proto(headers, origin);
     let prior_xff: Vec<HeaderValue> = if origin.peer_trusted {
         headers.get_all(&X_FORWARDED_FOR).iter().cloned().collect()
@@ -198,7 +209,9 @@ pub fn rewrite_request_headers(
         Vec::new()
     };
     // Usually `keep-alive`; gone here, the scan below then mostly finds nothing to collect.
-    headers.remove(header::CONNECTION);
+    if has_connection {
+        headers.remove(header::CONNECTION);
+    }
     // Exactly these names are set below whatever the client sent (`insert` replaces every
     // value), so they need no removal first; their other spellings (`X_User_Id`) do.
     let replaced = |name: &HeaderName| {
@@ -212,7 +225,7 @@ pub fn rewrite_request_headers(
                 || is_client_forbidden(norm)
                 || listed.iter().any(|l| l == norm))
     });
-    if headers.contains_key(header::COOKIE) {
+    if has_cookie {
         strip_credential_cookies(headers);
     }
     if let Some(id) = identity {
