@@ -26,6 +26,12 @@ fn is_hop_by_hop(norm: &str) -> bool {
     )
 }
 
+/// [`is_hop_by_hop`] of a name as received. Only names of the listed lengths can be one (and
+/// normalising keeps the length), so most are told without normalising them or comparing.
+fn is_hop_by_hop_name(name: &str) -> bool {
+    matches!(name.len(), 2 | 7 | 10 | 16..=19) && is_hop_by_hop(&normalised(name))
+}
+
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -313,7 +319,7 @@ pub fn rewrite_response_headers(headers: &mut HeaderMap) {
             more_to_remove |= !(token.eq_ignore_ascii_case(b"keep-alive")
                 || token.eq_ignore_ascii_case(b"close"));
         } else {
-            more_to_remove |= is_hop_by_hop(&normalised(name.as_str()));
+            more_to_remove |= is_hop_by_hop_name(name.as_str());
         }
     }
     if !more_to_remove {
@@ -334,6 +340,31 @@ pub fn rewrite_response_headers(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use crate::access::ip_header_value;
+
+    #[test]
+    fn hop_by_hop_names_are_told_by_length_first_without_missing_one() {
+        for name in [
+            "connection",
+            "keep_alive",
+            "keep-alive",
+            "proxy-connection",
+            "proxy_authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer_encoding",
+            "upgrade",
+        ] {
+            assert!(is_hop_by_hop_name(name), "{name}");
+        }
+        for name in ["content-length", "server", "date", "x-te", "upgrades", "tE"] {
+            assert_eq!(
+                is_hop_by_hop_name(name),
+                is_hop_by_hop(&normalised(name)),
+                "{name}"
+            );
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
