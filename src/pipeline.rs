@@ -9,13 +9,13 @@
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use http::{header, HeaderMap, Method, Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::access::{ip_header_value, request_id, AccessScope, Peer, RequestFacts, X_REQUEST_ID};
 use crate::credentials::{
-    carries_bearer_credentials, cookie_credentials, credentials, is_cookie_route, is_fetch,
+    carries_bearer_credentials, cookie_credentials, is_cookie_route, is_fetch, RequestHeaders,
 };
 use crate::error::{Body, GatewayError};
 use crate::forward;
@@ -90,18 +90,25 @@ async fn decide(
     req: Request<Incoming>,
     scope: &mut AccessScope,
 ) -> Result<Response<Body>, GatewayError> {
-    check_framing(req.headers())?;
-    // A tunnel or an echo of the request (with its credentials) is never what a chat client
-    // wants, on any route.
-    if is_refused_method(req.method()) {
+    // The header checks in one walk, in a block so that what it borrows is not kept in the
+    // request's future.
+    let checked = {
+        let seen = RequestHeaders::read(req.headers());
+        check_framing(&seen)?;
+        // A tunnel or an echo of the request (with its credentials) is never what a chat
+        // client wants, on any route.
+        (!is_refused_method(req.method()))
+            .then(|| seen.credentials().map(|creds| (creds, seen.authorization)))
+    };
+    let Some(checked) = checked else {
         return Box::pin(answer_locally(req, Err(GatewayError::MethodNotAllowed))).await;
-    }
-    let creds = credentials(req.headers())?;
+    };
+    let (creds, authorization) = checked?;
     let route = route::route_uri(req.uri(), &gw.config.routes)
         .map_err(|_| GatewayError::BadRequest("The request path is not allowed."))?;
     if gw.identity.honours_foreign_credentials()
         && !gw.config.upstream.allow_bearer_credentials
-        && carries_bearer_credentials(req.headers(), req.uri().query())
+        && carries_bearer_credentials(authorization, req.uri().query())
     {
         return Box::pin(answer_locally(req, Err(GatewayError::NotLoggedIn))).await;
     }
@@ -234,26 +241,21 @@ async fn answer_locally(
 }
 
 /// Requests whose framing could be read two ways are refused before anything else.
-fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
-    let te = headers.contains_key(header::TRANSFER_ENCODING);
-    let mut cls = headers.get_all(header::CONTENT_LENGTH).iter();
-    let first_cl = cls.next();
-    if te && first_cl.is_some() {
+fn check_framing(seen: &RequestHeaders<'_>) -> Result<(), GatewayError> {
+    if seen.transfer_encoding && seen.first_content_length.is_some() {
         return Err(GatewayError::BadRequest(
             "Content-Length and Transfer-Encoding together are not allowed.",
         ));
     }
-    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+    if seen.hosts > 1 {
         return Err(GatewayError::BadRequest(
             "Repeated Host headers are not allowed.",
         ));
     }
-    if let Some(first) = first_cl {
-        if cls.any(|v| v != first) {
-            return Err(GatewayError::BadRequest(
-                "Conflicting Content-Length headers.",
-            ));
-        }
+    if seen.conflicting_content_length {
+        return Err(GatewayError::BadRequest(
+            "Conflicting Content-Length headers.",
+        ));
     }
     Ok(())
 }

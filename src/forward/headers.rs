@@ -26,6 +26,12 @@ fn is_hop_by_hop(norm: &str) -> bool {
     )
 }
 
+/// [`is_hop_by_hop`] of a name as received. Only names of the listed lengths can be one (and
+/// normalising keeps the length), so most are told without normalising them or comparing.
+fn is_hop_by_hop_name(name: &str) -> bool {
+    matches!(name.len(), 2 | 7 | 10 | 16..=19) && is_hop_by_hop(&normalised(name))
+}
+
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -189,8 +195,19 @@ pub fn rewrite_request_headers(
     identity: Option<&Identity<'_>>,
     origin: &Origin<'_>,
 ) {
+    // Most requests carry neither (HTTP/1.1 keeps the connection by default, API clients send
+    // no cookies): one walk tells, where lookups by name would hash each.
+    let (mut has_connection, mut has_cookie) = (false, false);
+    for name in headers.keys() {
+        has_connection |= name == header::CONNECTION;
+        has_cookie |= name == header::COOKIE;
+    }
     // Names listed in Connection go first, before anything is injected (Traefik CVE-2024-45410).
-    let listed = connection_listed(headers);
+    let listed = if has_connection {
+        connection_listed(headers)
+    } else {
+        Vec::new()
+    };
     let proto = forwarded_proto(headers, origin);
     let prior_xff: Vec<HeaderValue> = if origin.peer_trusted {
         headers.get_all(&X_FORWARDED_FOR).iter().cloned().collect()
@@ -198,7 +215,9 @@ pub fn rewrite_request_headers(
         Vec::new()
     };
     // Usually `keep-alive`; gone here, the scan below then mostly finds nothing to collect.
-    headers.remove(header::CONNECTION);
+    if has_connection {
+        headers.remove(header::CONNECTION);
+    }
     // Exactly these names are set below whatever the client sent (`insert` replaces every
     // value), so they need no removal first; their other spellings (`X_User_Id`) do.
     let replaced = |name: &HeaderName| {
@@ -212,7 +231,7 @@ pub fn rewrite_request_headers(
                 || is_client_forbidden(norm)
                 || listed.iter().any(|l| l == norm))
     });
-    if headers.contains_key(header::COOKIE) {
+    if has_cookie {
         strip_credential_cookies(headers);
     }
     if let Some(id) = identity {
@@ -300,7 +319,7 @@ pub fn rewrite_response_headers(headers: &mut HeaderMap) {
             more_to_remove |= !(token.eq_ignore_ascii_case(b"keep-alive")
                 || token.eq_ignore_ascii_case(b"close"));
         } else {
-            more_to_remove |= is_hop_by_hop(&normalised(name.as_str()));
+            more_to_remove |= is_hop_by_hop_name(name.as_str());
         }
     }
     if !more_to_remove {
@@ -321,6 +340,31 @@ pub fn rewrite_response_headers(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use crate::access::ip_header_value;
+
+    #[test]
+    fn hop_by_hop_names_are_told_by_length_first_without_missing_one() {
+        for name in [
+            "connection",
+            "keep_alive",
+            "keep-alive",
+            "proxy-connection",
+            "proxy_authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer_encoding",
+            "upgrade",
+        ] {
+            assert!(is_hop_by_hop_name(name), "{name}");
+        }
+        for name in ["content-length", "server", "date", "x-te", "upgrades", "tE"] {
+            assert_eq!(
+                is_hop_by_hop_name(name),
+                is_hop_by_hop(&normalised(name)),
+                "{name}"
+            );
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
