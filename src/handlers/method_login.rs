@@ -1,14 +1,14 @@
 //! `POST /api/v1/method.callAnon/login` and `method.call/login`: the DDP login over REST that
 //! the web and desktop clients use, answered by authgate and never forwarded.
 
-use http::{header, Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::Handled;
 use crate::access::RequestFacts;
 use crate::ddp;
-use crate::error::{json_response, meteor, Body, GatewayError};
+use crate::error::{json_response, meteor, Body};
 use crate::login;
 use crate::login_flow::LoginFlow;
 
@@ -28,19 +28,12 @@ pub async fn login_method(
     facts: &RequestFacts,
     anonymous: bool,
 ) -> Handled {
-    if req.method() != Method::POST {
-        return GatewayError::MethodNotAllowed.into();
-    }
     let ip = facts.client_ip;
-    let (headers, body) = match flow.body.read(req).await {
+    let (headers, body, kind) = match flow.body.read_login(req).await {
         Ok(read) => read,
         Err(e) => return e.into(),
     };
-    let is_json = login::body_kind(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    ) == login::BodyKind::Json;
+    let is_json = kind == login::BodyKind::Json;
     let frame: Option<Value> = is_json
         .then(|| serde_json::from_slice::<Value>(&body).ok())
         .flatten()

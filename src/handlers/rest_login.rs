@@ -1,6 +1,6 @@
 //! `POST /api/v1/login` and `/api/v1/logout`, answered by authgate and never forwarded.
 
-use http::{header, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 use super::Handled;
@@ -16,19 +16,11 @@ pub(crate) async fn login(
     req: Request<Incoming>,
     facts: &RequestFacts,
 ) -> Handled {
-    if req.method() != Method::POST {
-        return GatewayError::MethodNotAllowed.into();
-    }
     let ip = facts.client_ip;
-    let (headers, body) = match flow.body.read(req).await {
+    let (headers, body, kind) = match flow.body.read_login(req).await {
         Ok(read) => read,
         Err(e) => return e.into(),
     };
-    let kind = login::body_kind(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
     let header_code = headers.get("x-2fa-code").and_then(|v| v.to_str().ok());
     let opened = match flow
         .log_in(

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, Request};
+use http::{header, HeaderMap, Method, Request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
 use crate::credentials::Credentials;
 use crate::error::GatewayError;
+use crate::login::{body_kind, BodyKind};
 use crate::session::{DynSessionStore, Session};
 use crate::telemetry::{ConnectionClose, Metrics};
 use crate::upstream_identity::UpstreamIdentity;
@@ -91,6 +92,24 @@ async fn drain(mut body: Incoming, max: usize) {
 }
 
 impl LoginBody {
+    /// A login door's request: POST only, its body read within the bounds of [`Self::read`],
+    /// and the kind of body its `Content-Type` names.
+    pub(crate) async fn read_login(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(HeaderMap, Bytes, BodyKind), GatewayError> {
+        if req.method() != Method::POST {
+            return Err(GatewayError::MethodNotAllowed);
+        }
+        let (headers, body) = self.read(req).await?;
+        let kind = body_kind(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        Ok((headers, body, kind))
+    }
+
     /// The whole body, at most `limit`. A larger one is answered 413 without being parsed; up
     /// to `DRAIN_LIMIT` of it is read and dropped first, so the client (still sending) gets the
     /// answer instead of a reset connection.
