@@ -6,7 +6,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
@@ -36,18 +35,7 @@ fn config(upstream: SocketAddr, redis: &Redis, user_failures: u64, ip_failures: 
 }
 
 fn authgate(args: &[&str], config: &GatewayFiles) -> (i32, String, String) {
-    let out = Command::new(authgate_bin())
-        .args(args)
-        .arg("--config")
-        .arg(&config.config_path)
-        .env_remove("AUTHGATE_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::totp::run_cli(args, &config.config_path)
 }
 
 async fn login_as(base: &str, user: &str, password: &str, agent: &str) -> (u16, Value) {

@@ -5,7 +5,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -242,19 +241,6 @@ async fn sentinel_failover_keeps_logins_working_and_revocations_revoked() {
     assert_eq!(me(gw.url("/api/v1/me"), &id, &kept).await, 200);
 }
 
-fn authgate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(authgate_bin())
-        .args(args)
-        .env_remove("AUTHGATE_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn operators_list_and_revoke_sessions_from_the_command_line() {
     let redis = Redis::start();
@@ -268,7 +254,7 @@ async fn operators_list_and_revoke_sessions_from_the_command_line() {
         assert_eq!(me(gw.url("/api/v1/me"), &id, t).await, 200);
     }
 
-    let (code, out, err) = authgate(&["sessions", "list", "bob", "--config", &cfg]);
+    let (code, out, err) = run_authgate(&["sessions", "list", "bob", "--config", &cfg]);
     assert_eq!(code, 0, "{err}");
     let ids: Vec<String> = out
         .lines()
@@ -286,27 +272,28 @@ async fn operators_list_and_revoke_sessions_from_the_command_line() {
     assert_eq!(me(gw.url("/api/v1/me"), &id, &ids[0]).await, 401);
 
     let t1_id = authgate::session::Token::from_client(&t1).hash().id();
-    let (code, out, err) = authgate(&["sessions", "revoke", "bob", &t1_id[..8], "--config", &cfg]);
+    let (code, out, err) =
+        run_authgate(&["sessions", "revoke", "bob", &t1_id[..8], "--config", &cfg]);
     assert_eq!(code, 0, "{out}{err}");
     refused_within_100ms(&gw.url("/api/v1/me"), &id, &t1).await;
     assert_eq!(me(gw.url("/api/v1/me"), &id, &t2).await, 200);
 
-    let (code, _, err) = authgate(&["sessions", "revoke", "bob", "zzzzzzzz", "--config", &cfg]);
+    let (code, _, err) = run_authgate(&["sessions", "revoke", "bob", "zzzzzzzz", "--config", &cfg]);
     assert_eq!(code, 64);
     assert!(err.contains("no live session"), "{err}");
 
     // By user id too ("log out everywhere").
-    let (code, out, err) = authgate(&["sessions", "revoke", &id, "--all", "--config", &cfg]);
+    let (code, out, err) = run_authgate(&["sessions", "revoke", &id, "--all", "--config", &cfg]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Revoked 1 session"), "{out}");
     refused_within_100ms(&gw.url("/api/v1/me"), &id, &t2).await;
-    let (code, out, _) = authgate(&["sessions", "list", "bob", "--config", &cfg]);
+    let (code, out, _) = run_authgate(&["sessions", "list", "bob", "--config", &cfg]);
     assert_eq!(code, 0);
     assert!(out.contains("no live sessions"), "{out}");
 
     // Nothing to reach with in-memory sessions: said plainly, exit 64.
     let files = write_files(&config_text(up.addr, None, ""), &users());
-    let (code, _, err) = authgate(&[
+    let (code, _, err) = run_authgate(&[
         "sessions",
         "list",
         "bob",

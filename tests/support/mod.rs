@@ -379,6 +379,22 @@ pub struct GatewayProcess {
     listening: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
 }
 
+/// Runs the authgate binary with `args`, nothing configured from the test runner's environment:
+/// its exit code, standard output and standard error.
+pub fn run_authgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(authgate_bin())
+        .args(args)
+        .env_remove("AUTHGATE_CONFIG")
+        .env_remove("AUTHGATE_SESSION_REDIS_URL")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn authgate_bin() -> &'static str {
     env!("CARGO_BIN_EXE_authgate")
 }

@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -124,20 +123,9 @@ pub fn no_session_keys(redis: &Redis) {
     assert!(!keys.contains("session"), "a session was created: {keys}");
 }
 
+/// An operator command against the config file at `config`.
 pub fn run_cli(args: &[&str], config: &Path) -> (i32, String, String) {
-    let out = Command::new(authgate_bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("AUTHGATE_CONFIG")
-        .env_remove("AUTHGATE_SESSION_REDIS_URL")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    super::run_authgate(&[args, &["--config", config.to_str().unwrap()]].concat())
 }
 
 pub async fn cli(args: &'static [&'static str], config: &Path) -> (i32, String, String) {
