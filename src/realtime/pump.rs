@@ -15,8 +15,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::dependencies::Realtime;
-use super::frames::Framing;
-use super::frames::{self, ClientText};
+use super::frames::{self, ClientText, Framing};
 use super::rewrite::{self, SocketState, ToClient};
 use crate::session::Token;
 
